@@ -1,0 +1,99 @@
+"""`mlc bench`: prefill and decode speed of a built model, as medians after a warm-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from mlc.runtime import CompiledModel
+
+
+@dataclasses.dataclass
+class BenchResult:
+    model: str
+    prompt_len: int
+    gen_len: int
+    runs: int
+    load_seconds: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    time_to_first_token_s: float
+    peak_rss_mb: float
+    machine: str
+
+    def table(self) -> str:
+        return "\n".join(
+            [
+                f"model            {self.model}",
+                f"machine          {self.machine}",
+                f"load             {self.load_seconds:.2f} s",
+                f"prefill          {self.prefill_tokens_per_s:.1f} tok/s ({self.prompt_len} tok)",
+                f"decode           {self.decode_tokens_per_s:.2f} tok/s ({self.gen_len} tok)",
+                f"first token      {self.time_to_first_token_s * 1000:.0f} ms",
+                f"peak memory      {self.peak_rss_mb:.0f} MB (resident)",
+                f"runs             median of {self.runs} after a warm-up",
+            ]
+        )
+
+
+def machine_description() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {psutil.cpu_count(logical=True)} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
+    )
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_bench(
+    model_dir: Path, prompt_len: int, gen_len: int, runs: int, device: str = "cpu"
+) -> BenchResult:
+    start = time.perf_counter()
+    engine = CompiledModel(model_dir, device=device)
+    load_seconds = time.perf_counter() - start
+    if prompt_len + gen_len > engine.context_window_size:
+        raise ValueError(
+            f"prompt-len + gen-len = {prompt_len + gen_len} exceeds the context window "
+            f"({engine.context_window_size})"
+        )
+    prompt = np.random.default_rng(0).integers(3, engine.vocab_size, size=prompt_len).tolist()
+    prefill_times, decode_times = [], []
+    for run in range(runs + 1):  # run 0 warms up caches and the thread pool
+        engine.reset()
+        t0 = time.perf_counter()
+        logits = engine.prefill(prompt)
+        t1 = time.perf_counter()
+        for _ in range(gen_len):
+            logits = engine.decode(int(np.argmax(logits)))
+        t2 = time.perf_counter()
+        if run:
+            prefill_times.append(t1 - t0)
+            decode_times.append(t2 - t1)
+    prefill_s, decode_s = statistics.median(prefill_times), statistics.median(decode_times)
+    return BenchResult(
+        model=str(model_dir),
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        runs=runs,
+        load_seconds=load_seconds,
+        prefill_tokens_per_s=prompt_len / prefill_s,
+        decode_tokens_per_s=gen_len / decode_s if gen_len else 0.0,
+        time_to_first_token_s=prefill_s,
+        peak_rss_mb=_peak_rss_mb(),
+        machine=machine_description(),
+    )
+
+
+def print_result(result: BenchResult, as_json: bool) -> None:
+    print(json.dumps(dataclasses.asdict(result), indent=2) if as_json else result.table())

@@ -1,0 +1,260 @@
+"""`mlc build`: Hugging Face model directory → `<output>/<model>-<quantization>/` artifact.
+
+Everything is written into a hidden staging directory beside the destination and moved into
+place only when the build has succeeded, so a failed or interrupted build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tqdm import tqdm
+
+from mlc import __version__
+from mlc.compiler import attach_metadata, attach_shape_bounds, compile_module, export_model
+from mlc.hf_checkpoint import HFCheckpoint
+from mlc.models import get_architecture
+from mlc.quantization import get_quantization
+from mlc.runtime.artifact import ARTIFACT_FORMAT_VERSION, CHAT_CONFIG_NAME, library_name
+from mlc.runtime.conversation import get_template
+from mlc.targets import get_target
+from mlc.tensor_cache import TensorCacheWriter
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
+MAX_BATCH_SIZE = 1
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    model: Path
+    quantization: str = "q0f32"
+    target: str = "llvm"
+    output: Path = Path("dist")
+    conv_template: str | None = None
+    context_window_size: int | None = None
+    prefill_chunk_size: int | None = None
+    quiet: bool = False
+
+
+def _log(opts: BuildOptions, message: str) -> None:
+    if not opts.quiet:
+        print(message, flush=True)
+
+
+def build(opts: BuildOptions) -> Path:
+    """Build the artifact; returns the model directory it wrote."""
+    start = time.perf_counter()
+    model_path = Path(opts.model).resolve()
+    checkpoint = HFCheckpoint(model_path)
+    arch = get_architecture(checkpoint.config)
+    quant = get_quantization(opts.quantization)
+    preset = get_target(opts.target)
+    conv_template = get_template(opts.conv_template or "LM").name
+    config = arch.CONFIG.from_hf(checkpoint.config)
+    if opts.context_window_size:
+        config.context_window_size = opts.context_window_size
+    if opts.prefill_chunk_size or opts.context_window_size:
+        chunk = opts.prefill_chunk_size or config.prefill_chunk_size
+        config.prefill_chunk_size = min(chunk, config.context_window_size)
+
+    model_name = model_path.name
+    artifact_name = f"{model_name}-{quant.name}"
+    output = Path(opts.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    final_dir = output / artifact_name
+    staging = Path(tempfile.mkdtemp(prefix=f".{artifact_name}.partial-", dir=output))
+    try:
+        target = preset.tvm_target()
+        model = arch.MODEL(config, dtype=quant.model_dtype)
+        source_names = [name for name, _ in model.named_parameters()]
+        model = quant.quantize_model(model)
+        mod, named_params = export_model(model, target)
+        param_meta = [
+            {"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype}
+            for n, p in named_params
+        ]
+        weight_map = arch.hf_weight_map(config)
+        missing = [n for n in source_names if n not in weight_map]
+        if missing:
+            raise ValueError(f"{arch.__name__} maps no Hugging Face weights to: {missing}")
+        ordered = {n: weight_map[n] for n in source_names}
+        _convert_weights(opts, checkpoint, ordered, quant, param_meta, staging)
+
+        lib_name = library_name(model_name, quant.name, preset.name, preset.library_suffix)
+        metadata = {
+            "artifact_format_version": ARTIFACT_FORMAT_VERSION,
+            "builder": f"mlc {__version__}",
+            "tvm_version": tvm.__version__,
+            "model_type": checkpoint.config["model_type"],
+            "quantization": quant.name,
+            "target": str(target),
+            "model_config": config.to_dict(),
+            "max_batch_size": MAX_BATCH_SIZE,
+            "params": param_meta,
+        }
+        mod = attach_metadata(attach_shape_bounds(mod, config.prefill_chunk_size, 1), metadata)
+        _log(opts, f"Compiling for {preset.name} ({target.attrs.get('mcpu', '')}) ...")
+        t0 = time.perf_counter()
+        executable = compile_module(mod, preset, target)
+        preset.export(executable, staging / lib_name)
+        _log(opts, f"Compiled {lib_name} in {time.perf_counter() - t0:.1f} s")
+
+        tokenizer_files = _copy_tokenizer(model_path, staging)
+        chat_config = _chat_config(
+            checkpoint.config,
+            model_path,
+            config.to_dict(),
+            quant.name,
+            preset.name,
+            lib_name,
+            conv_template,
+            tokenizer_files,
+        )
+        (staging / CHAT_CONFIG_NAME).write_text(json.dumps(chat_config, indent=2))
+        _replace_dir(staging, final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _log(opts, f"Built {final_dir} in {time.perf_counter() - start:.1f} s")
+    return final_dir
+
+
+def _convert_weights(
+    opts: BuildOptions,
+    checkpoint: HFCheckpoint,
+    weight_map: dict,
+    quant: Any,
+    param_meta: list[dict[str, Any]],
+    out_dir: Path,
+) -> None:
+    """Stream every parameter from the checkpoint into the tensor cache, in calling order."""
+    writer = TensorCacheWriter(out_dir)
+    expected = iter(param_meta)
+    for our_name, source in tqdm(
+        weight_map.items(), desc="Converting weights", unit="tensor", disable=opts.quiet
+    ):
+        array = source.build([checkpoint.get(n) for n in source.hf_names])
+        for name, stored in quant.convert(our_name, array):
+            want = next(expected, None)
+            if want is None or want["name"] != name or list(stored.shape) != want["shape"]:
+                raise ValueError(
+                    f"weight {name} {list(stored.shape)} does not fit the model, which expects "
+                    f"{want and (want['name'], want['shape'])}; is config.json from the same "
+                    "model as the weights?"
+                )
+            writer.add(name, stored, logical_size=array.size)
+    leftover = [p["name"] for p in expected]
+    if leftover:
+        raise ValueError(f"no weights were converted for: {leftover}")
+    writer.finish()
+
+
+def _copy_tokenizer(model_path: Path, out_dir: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (model_path / name).is_file():
+            shutil.copy2(model_path / name, out_dir / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied:
+        _write_tokenizer_json(model_path, out_dir)
+        copied.insert(0, "tokenizer.json")
+    return copied
+
+
+def _write_tokenizer_json(model_path: Path, out_dir: Path) -> None:
+    """Older models ship only a slow tokenizer; transformers can convert it once at build time."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+    except Exception as err:
+        raise ValueError(
+            f"{model_path} has no tokenizer.json and it could not be made from the other "
+            f"tokenizer files ({err}); add a tokenizer.json to the model directory"
+        ) from err
+
+
+def _generation_defaults(model_path: Path) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "top_k": 40,
+        "repetition_penalty": 1.0,
+        "max_tokens": 512,
+    }
+    path = model_path / "generation_config.json"
+    if path.is_file():
+        gen = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
+            if gen.get(key) is not None:
+                defaults[key] = gen[key]
+        if gen.get("max_new_tokens"):
+            defaults["max_tokens"] = gen["max_new_tokens"]
+    return defaults
+
+
+def _special_token_ids(hf_config: dict[str, Any], model_path: Path) -> dict[str, Any]:
+    ids = {k: hf_config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    path = model_path / "generation_config.json"
+    if path.is_file():
+        gen = json.loads(path.read_text(encoding="utf-8"))
+        ids.update({k: gen[k] for k in ids if gen.get(k) is not None})
+    return ids
+
+
+def _chat_config(
+    hf_config: dict[str, Any],
+    model_path: Path,
+    model_config: dict[str, Any],
+    quantization: str,
+    target: str,
+    lib_name: str,
+    conv_template: str,
+    tokenizer_files: list[str],
+) -> dict[str, Any]:
+    return {
+        "artifact_format_version": ARTIFACT_FORMAT_VERSION,
+        "builder": f"mlc {__version__}",
+        "tvm_version": tvm.__version__,
+        "model_type": hf_config["model_type"],
+        "quantization": quantization,
+        "model_config": model_config,
+        "vocab_size": model_config["vocab_size"],
+        "context_window_size": model_config["context_window_size"],
+        "prefill_chunk_size": model_config["prefill_chunk_size"],
+        **_generation_defaults(model_path),
+        "conv_template": conv_template,
+        "tokenizer_files": tokenizer_files,
+        **_special_token_ids(hf_config, model_path),
+        "model_lib": lib_name,
+        "target": target,
+        "source_model": str(model_path),
+    }
+
+
+def _replace_dir(staging: Path, final_dir: Path) -> None:
+    """Move the finished build into place, replacing an older build of the same name."""
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old-{time.time_ns()}")
+        final_dir.rename(old)
+        staging.rename(final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(final_dir)

@@ -1,0 +1,25 @@
+"""Weight quantization schemes, registered by name (`q0f32`, `q4f16_1`, ...).
+
+A scheme says which dtype the model computes in, how it rewrites the model's layers and how it
+converts each Hugging Face tensor into the tensors the rewritten layers expect.
+"""
+
+from __future__ import annotations
+
+from .base import Quantization, register
+from .no_quant import NoQuantization
+
+QUANTIZATIONS: dict[str, Quantization] = {}
+for _scheme in (NoQuantization("q0f32", "float32"), NoQuantization("q0f16", "float16")):
+    register(QUANTIZATIONS, _scheme)
+
+
+def get_quantization(name: str) -> Quantization:
+    if name not in QUANTIZATIONS:
+        raise ValueError(
+            f"unknown quantization {name!r}; choose one of: {', '.join(sorted(QUANTIZATIONS))}"
+        )
+    return QUANTIZATIONS[name]
+
+
+__all__ = ["QUANTIZATIONS", "Quantization", "get_quantization"]

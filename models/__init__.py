@@ -1,0 +1,26 @@
+"""One module per architecture, chosen by the `model_type` in `config.json`.
+
+Each module exposes `MODEL_TYPES`, `CONFIG` (a `ModelConfig` with `from_hf`), `MODEL`
+(the `nn.Module` causal LM) and `hf_weight_map(config)`.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from . import llama
+
+_ARCHITECTURES: tuple[ModuleType, ...] = (llama,)
+MODEL_TYPES: dict[str, ModuleType] = {t: m for m in _ARCHITECTURES for t in m.MODEL_TYPES}
+
+
+def get_architecture(hf_config: dict[str, Any]) -> ModuleType:
+    model_type = hf_config.get("model_type")
+    if model_type is None:
+        raise ValueError("config.json has no 'model_type': cannot tell the architecture")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(MODEL_TYPES))}"
+        )
+    return MODEL_TYPES[model_type]

@@ -1,0 +1,194 @@
+"""`ChatModule`: multi-turn chat over a built model, with streaming and statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .artifact import ArtifactError
+from .conversation import ConversationTemplate, get_template
+from .engine import CompiledModel
+from .generation_config import GenerationConfig
+from .sampling import sample
+from .streamer import StopStringFilter, TextStreamer
+
+StreamCallback = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+    finish_reason: str = ""
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+class ChatModule:
+    """Chat with a model built by `mlc build`.
+
+    Earlier turns stay in the KV cache: each turn prefills only its own new tokens.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        model_lib: str | None = None,
+        device: str = "cpu",
+        conv_template: str | dict | None = None,
+        verify_weights: bool = True,
+    ):
+        self.engine = CompiledModel(model, model_lib, device, verify_weights)
+        config = self.engine.chat_config
+        self.chat_config = config
+        tokenizer_path = self.engine.model_dir / "tokenizer.json"
+        if not tokenizer_path.is_file():
+            raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.template: ConversationTemplate = get_template(
+            conv_template if conv_template is not None else config.get("conv_template", "LM")
+        )
+        self.bos_token_id = config.get("bos_token_id")
+        self.stop_token_ids = self._stop_token_ids()
+        self.history_ids: list[int] = []  # every token in the KV cache, in order
+        self._pending: int | None = None  # sampled last, not yet in the KV cache
+        self._turns = 0
+        self._interrupted = False
+        self.last_stats = GenerationStats()
+        self.last_output_ids: list[int] = []  # the tokens of the last answer
+
+    def _stop_token_ids(self) -> set[int]:
+        eos = self.chat_config.get("eos_token_id")
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        for token in self.template.stop_tokens:
+            token_id = self.tokenizer.token_to_id(token)
+            if token_id is not None:
+                ids.add(token_id)
+        return ids
+
+    # --- public API -------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        generation_config: GenerationConfig | None = None,
+        progress_callback: StreamCallback | None = None,
+    ) -> str:
+        """Answer `prompt` as the next turn of the conversation; streamed pieces go to the
+        callback as they are decoded."""
+        if not prompt:
+            raise ValueError("the prompt is empty; give some text to respond to")
+        config = (generation_config or GenerationConfig()).resolved(self.chat_config)
+        text = self.template.render_turn(prompt, first_turn=self._turns == 0)
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self._turns == 0 and self.template.add_bos and self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        if self._pending is not None:
+            ids = [self._pending, *ids]
+        self.engine.check_fits(len(ids))
+        self._pending = None
+        self._turns += 1
+        return self._generate_from(ids, config, progress_callback, ignore_stop=False)
+
+    def benchmark_generate(self, prompt: str, generate_length: int) -> str:
+        """Reset, prefill `prompt` as raw text and decode exactly `generate_length` tokens."""
+        self.reset_chat()
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        if self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        config = GenerationConfig(temperature=0, max_tokens=generate_length).resolved({})
+        out = self._generate_from(ids, config, None, ignore_stop=True)
+        self.reset_chat()
+        return out
+
+    def interrupt(self) -> None:
+        """Stop the answer being generated after the current token (safe from a signal)."""
+        self._interrupted = True
+
+    def reset_chat(self) -> None:
+        self.engine.reset()
+        self.history_ids = []
+        self._pending = None
+        self._turns = 0
+
+    def stats(self) -> str:
+        s = self.last_stats
+        return (
+            f"prefill: {s.prefill_tokens_per_s:.1f} tok/s ({s.prefill_tokens} tokens), "
+            f"decode: {s.decode_tokens_per_s:.1f} tok/s ({s.decode_tokens} tokens)"
+        )
+
+    # --- generation loop --------------------------------------------------------------------
+
+    def _generate_from(
+        self,
+        ids: list[int],
+        config: GenerationConfig,
+        callback: StreamCallback | None,
+        ignore_stop: bool,
+    ) -> str:
+        self._interrupted = False
+        stats = GenerationStats()
+        rng = np.random.default_rng(config.seed)
+        streamer = TextStreamer(self.tokenizer)
+        stop_filter = StopStringFilter(
+            [] if ignore_stop else [*config.stop, *self.template.stop_str]
+        )
+        stop_ids = set() if ignore_stop else self.stop_token_ids | set(config.stop_token_ids)
+        pieces: list[str] = []
+
+        def emit(piece: str) -> None:
+            if piece:
+                pieces.append(piece)
+                if callback is not None:
+                    callback(piece)
+
+        start = time.perf_counter()
+        logits = self.engine.prefill(ids)
+        self.history_ids.extend(ids)
+        stats.prefill_tokens, stats.prefill_seconds = len(ids), time.perf_counter() - start
+        generated: list[int] = []
+        start = time.perf_counter()
+        while True:
+            if len(generated) >= config.max_tokens:
+                stats.finish_reason = "length"
+                break
+            token = sample(logits, config, rng, self.history_ids, generated)
+            if token in stop_ids:
+                stats.finish_reason = "stop"
+                break
+            generated.append(token)
+            emit(stop_filter.put(streamer.put(token)))
+            if stop_filter.stopped:
+                stats.finish_reason = "stop"
+                self._pending = token
+                break
+            room = self.engine.num_cached_tokens < self.engine.context_window_size
+            if len(generated) >= config.max_tokens or self._interrupted or not room:
+                stats.finish_reason = "interrupted" if self._interrupted else "length"
+                self._pending = token
+                break
+            logits = self.engine.decode(token)
+            self.history_ids.append(token)
+            stats.decode_tokens += 1
+        emit(stop_filter.put(streamer.finish()))
+        emit(stop_filter.finish())
+        stats.decode_seconds = time.perf_counter() - start
+        # Count the final sampled token too: it was produced by the last forward pass.
+        stats.decode_tokens = len(generated)
+        self.last_stats = stats
+        self.last_output_ids = generated
+        return "".join(pieces)

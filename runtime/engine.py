@@ -1,0 +1,179 @@
+"""One compiled model on one device: its library, weights and paged KV cache.
+
+This layer speaks token ids and logits only; text, templates and sampling live above it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .artifact import (
+    CHAT_CONFIG_NAME,
+    METADATA_FUNC,
+    ArtifactError,
+    check_library_metadata,
+    read_json,
+    rebuild_hint,
+)
+from .weights import load_params, param_records, read_tensor_cache
+
+PAGE_SIZE = 16
+SEQUENCE_ID = 0
+
+_kv_add_sequence = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
+_kv_remove_sequence = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
+_kv_begin_forward = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
+_kv_end_forward = tvm.get_global_func("vm.builtin.kv_state_end_forward")
+_kv_popn = tvm.get_global_func("vm.builtin.kv_state_popn")
+
+
+class ContextWindowExceeded(ValueError):
+    """The conversation would not fit in the model's context window."""
+
+
+def to_device(device: str) -> tvm.runtime.Device:
+    name, _, index = device.partition(":")
+    if name in ("cpu", "llvm"):
+        name = "cpu"
+    try:
+        dev = tvm.device(name, int(index or 0))
+    except (ValueError, tvm.error.TVMError) as err:
+        raise ValueError(f"unknown device {device!r} (try 'cpu')") from err
+    if not dev.exist:
+        raise ValueError(f"device {device!r} is not available on this machine")
+    return dev
+
+
+def find_library(model_dir: Path, chat_config: dict[str, Any], model_lib: str | None) -> Path:
+    if model_lib is not None:
+        path = Path(model_lib)
+    else:
+        path = model_dir / chat_config.get("model_lib", "")
+    if not path.is_file():
+        raise ArtifactError(
+            f"model library not found: {path}; {rebuild_hint(chat_config, model_dir)}"
+        )
+    return path
+
+
+class CompiledModel:
+    """Prefill and decode for a single sequence whose history lives in the paged KV cache."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        model_lib: str | None = None,
+        device: str = "cpu",
+        verify_weights: bool = True,
+    ):
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise ArtifactError(
+                f"model directory not found: {self.model_dir} (build one with `mlc build`)"
+            )
+        self.chat_config = read_json(self.model_dir / CHAT_CONFIG_NAME, "chat config")
+        self.device = to_device(device)
+        library_path = find_library(self.model_dir, self.chat_config, model_lib)
+        cache = read_tensor_cache(self.model_dir)
+        try:
+            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library_path)), self.device)
+            metadata = json.loads(self.vm[METADATA_FUNC]())
+        except Exception as err:
+            raise ArtifactError(
+                f"{library_path} is not a model library this runtime can load ({err}); "
+                f"{rebuild_hint(self.chat_config, self.model_dir)}"
+            ) from err
+        check_library_metadata(
+            metadata, self.chat_config, param_records(cache), self.model_dir, library_path
+        )
+        self.metadata = metadata
+        self.params = load_params(
+            self.model_dir,
+            cache,
+            self.device,
+            rebuild_hint(self.chat_config, self.model_dir),
+            verify=verify_weights,
+        )
+        self.context_window_size = int(self.chat_config["context_window_size"])
+        self.prefill_chunk_size = int(self.chat_config["prefill_chunk_size"])
+        self.vocab_size = int(self.chat_config["vocab_size"])
+        self.kv_cache = self.vm["create_paged_kv_cache"](
+            tvm.runtime.ShapeTuple([1]),
+            tvm.runtime.ShapeTuple([self.context_window_size]),
+            tvm.runtime.ShapeTuple([self.prefill_chunk_size]),
+            tvm.runtime.ShapeTuple([PAGE_SIZE]),
+            tvm.runtime.ShapeTuple([0]),
+        )
+        _kv_add_sequence(self.kv_cache, SEQUENCE_ID)
+        self.num_cached_tokens = 0
+
+    def reset(self) -> None:
+        """Forget the sequence: its KV pages are freed."""
+        _kv_remove_sequence(self.kv_cache, SEQUENCE_ID)
+        _kv_add_sequence(self.kv_cache, SEQUENCE_ID)
+        self.num_cached_tokens = 0
+
+    def pop(self, num_tokens: int) -> None:
+        """Drop the last `num_tokens` tokens from the KV cache."""
+        if num_tokens:
+            _kv_popn(self.kv_cache, SEQUENCE_ID, num_tokens)
+            self.num_cached_tokens -= num_tokens
+
+    def check_fits(self, num_new_tokens: int) -> None:
+        total = self.num_cached_tokens + num_new_tokens
+        if total > self.context_window_size:
+            raise ContextWindowExceeded(
+                f"the conversation needs {total} tokens ({self.num_cached_tokens} already in "
+                f"context + {num_new_tokens} new) but the context window is "
+                f"{self.context_window_size}; shorten the prompt or reset the chat"
+            )
+
+    def _embed(self, token_ids: np.ndarray) -> tvm.runtime.Tensor:
+        # The compiled lookup does no bounds check: an id outside the vocabulary would crash.
+        if token_ids.min() < 0 or token_ids.max() >= self.vocab_size:
+            raise ValueError(
+                f"token id {int(token_ids.max())} is outside the vocabulary of "
+                f"{self.vocab_size}; does the tokenizer belong to this model?"
+            )
+        ids = tvm.runtime.tensor(token_ids.astype(np.int32), self.device)
+        return self.vm["embed"](ids, self.params)
+
+    def _begin(self, length: int) -> None:
+        _kv_begin_forward(
+            self.kv_cache, tvm.runtime.ShapeTuple([SEQUENCE_ID]), tvm.runtime.ShapeTuple([length])
+        )
+
+    def prefill(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
+        """Feed tokens in chunks of `prefill_chunk_size`; returns the last token's logits."""
+        token_ids = np.asarray(token_ids, dtype=np.int32)
+        if token_ids.size == 0:
+            raise ValueError("prefill needs at least one token")
+        self.check_fits(token_ids.size)
+        logits = None
+        for start in range(0, token_ids.size, self.prefill_chunk_size):
+            chunk = token_ids[start : start + self.prefill_chunk_size]
+            embed = self._embed(chunk)
+            embed = embed._create_view((1, chunk.size, embed.shape[-1]))
+            last = tvm.runtime.tensor(np.array([chunk.size - 1], dtype=np.int32), self.device)
+            self._begin(chunk.size)
+            logits, self.kv_cache = self.vm["prefill"](embed, last, self.kv_cache, self.params)
+            _kv_end_forward(self.kv_cache)
+            self.num_cached_tokens += chunk.size
+        return logits.numpy().reshape(-1)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Feed one token; returns its logits."""
+        self.check_fits(1)
+        embed = self._embed(np.array([token_id], dtype=np.int32))
+        embed = embed._create_view((1, 1, embed.shape[-1]))
+        self._begin(1)
+        logits, self.kv_cache = self.vm["decode"](embed, self.kv_cache, self.params)
+        _kv_end_forward(self.kv_cache)
+        self.num_cached_tokens += 1
+        return logits.numpy().reshape(-1)
