@@ -21,7 +21,7 @@ from mlc import __version__
 from mlc.compiler import attach_metadata, attach_shape_bounds, compile_module, export_model
 from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
-from mlc.quantization import get_quantization
+from mlc.quantization import Quantization, get_quantization
 from mlc.runtime.artifact import ARTIFACT_FORMAT_VERSION, CHAT_CONFIG_NAME, library_name
 from mlc.runtime.conversation import get_template
 from mlc.targets import get_target
@@ -120,7 +120,7 @@ def build(opts: BuildOptions) -> Path:
             checkpoint.config,
             model_path,
             config.to_dict(),
-            quant.name,
+            quant,
             preset.name,
             lib_name,
             conv_template,
@@ -223,7 +223,7 @@ def _chat_config(
     hf_config: dict[str, Any],
     model_path: Path,
     model_config: dict[str, Any],
-    quantization: str,
+    quant: Quantization,
     target: str,
     lib_name: str,
     conv_template: str,
@@ -234,7 +234,8 @@ def _chat_config(
         "builder": f"mlc {__version__}",
         "tvm_version": tvm.__version__,
         "model_type": hf_config["model_type"],
-        "quantization": quantization,
+        "quantization": quant.name,
+        "quantization_scheme": quant.describe(),
         "model_config": model_config,
         "vocab_size": model_config["vocab_size"],
         "context_window_size": model_config["context_window_size"],

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
 
 # A recipe for one of our parameters: which Hugging Face tensors it is made of, and how.
 Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
@@ -25,6 +26,13 @@ class WeightSource:
             (array,) = arrays
             return array
         return self.combine(arrays)
+
+
+class Embedding(nn.Embedding):
+    """Token embedding that can also serve as the tied LM head."""
+
+    def lm_head_forward(self, x: Tensor) -> Tensor:
+        return op.matmul(x, op.permute_dims(self.weight))
 
 
 def concat_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:

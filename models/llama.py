@@ -12,7 +12,15 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
-from .base import ModelConfig, WeightSource, concat_rows, export_spec, require, rope_parameters
+from .base import (
+    Embedding,
+    ModelConfig,
+    WeightSource,
+    concat_rows,
+    export_spec,
+    require,
+    rope_parameters,
+)
 
 MODEL_TYPES = ("llama", "mistral")
 
@@ -123,7 +131,7 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     def __init__(self, config: LlamaConfig, dtype: str):
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(
             [LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers)]
         )
@@ -147,7 +155,7 @@ class LlamaForCausalLM(nn.Module):
 
     def _logits(self, hidden: Tensor) -> Tensor:
         if self.config.tie_word_embeddings:
-            logits = op.matmul(hidden, op.permute_dims(self.model.embed_tokens.weight))
+            logits = self.model.embed_tokens.lm_head_forward(hidden)
         else:
             logits = self.lm_head(hidden)
         return logits.astype("float32") if logits.dtype != "float32" else logits

@@ -6,6 +6,7 @@ This layer speaks token ids and logits only; text, templates and sampling live a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from .artifact import (
     rebuild_hint,
 )
 from .weights import load_params, param_records, read_tensor_cache
+
+# TVM sizes its thread pool once, at the first parallel kernel, from TVM_NUM_THREADS or its own
+# guess, which on some virtual machines is one thread (half the speed on 2 cores). Default to
+# every core this process may run on.
+os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 PAGE_SIZE = 16
 SEQUENCE_ID = 0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 
+import tvm
+from tvm.s_tir.dlight import ApplyDefaultSchedule
 from tvm.target import Target, codegen
 
 from .base import TargetPreset
+from .cpu_schedules import MatmulNT
 
 
 def host_cpu() -> str:
@@ -29,3 +32,6 @@ class LLVMTarget(TargetPreset):
                 "fast-math": True,
             }
         )
+
+    def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
+        return [ApplyDefaultSchedule(MatmulNT())]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlc.runtime import CompiledModel, ContextWindowExceeded
 from reference import hf_logits, load_hf
 
 from mlc import ChatModule, GenerationConfig
+from mlc.runtime import CompiledModel, ContextWindowExceeded
 
 GQA = {"num_key_value_heads": 2}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlc.runtime import CompiledModel
 from reference import hf_greedy, hf_logits, load_hf
 
 from mlc import ChatModule, GenerationConfig
+from mlc.runtime import CompiledModel
 
 # fp32 on both sides; the differences are summation order and LLVM fast-math reassociation.
 ATOL = 1e-4

@@ -7,10 +7,18 @@ converts each Hugging Face tensor into the tensors the rewritten layers expect.
 from __future__ import annotations
 
 from .base import Quantization, register
+from .group_quant import GroupQuantization
 from .no_quant import NoQuantization
 
 QUANTIZATIONS: dict[str, Quantization] = {}
-for _scheme in (NoQuantization("q0f32", "float32"), NoQuantization("q0f16", "float16")):
+for _scheme in (
+    NoQuantization("q0f32", "float32"),
+    NoQuantization("q0f16", "float16"),
+    GroupQuantization("q4f16_1", "float16", bits=4, group_size=32, scale_dtype="float16"),
+    GroupQuantization("q4f32_1", "float32", bits=4, group_size=32, scale_dtype="float32"),
+    GroupQuantization("q3f16_1", "float16", bits=3, group_size=40, scale_dtype="float16"),
+    GroupQuantization("q8f16_1", "float16", bits=8, group_size=32, scale_dtype="float16"),
+):
     register(QUANTIZATIONS, _scheme)
 
 

@@ -1,0 +1,238 @@
+"""Symmetric group quantization along K, packed into uint32 words ("NK" layout).
+
+For a weight `W[N, K]`, group size `G` and `max_int = 2^(bits-1) - 1`:
+`scale = max(|w|) / max_int` over each group of G consecutive values of a row,
+`q = clamp(round(w / scale) + max_int, 0, 2 * max_int)`, and element j of a word sits in bits
+`j*bits .. j*bits+bits-1`. Dequantized: `w' = (q - max_int) * scale`. K is zero-padded to a
+multiple of G (padding dequantizes to 0 and is never read by the kernels).
+
+The kernels never materialise `w'`: the Linear layer is one `dequantize_matmul` kernel whose
+reduction reads the packed words and scales directly, and the embedding dequantizes only the
+rows it looks up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+
+from .base import Quantization
+
+STORAGE_DTYPE = "uint32"
+STORAGE_BITS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupQuantization(Quantization):
+    bits: int = 4
+    group_size: int = 32
+    scale_dtype: str = "float16"
+
+    @property
+    def max_int(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    @property
+    def elems_per_word(self) -> int:
+        return STORAGE_BITS // self.bits
+
+    def __post_init__(self) -> None:
+        if self.group_size % self.elems_per_word:
+            raise ValueError(f"{self.name}: group size must be a multiple of values per word")
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "scale_dtype": self.scale_dtype,
+            "storage": f"{STORAGE_DTYPE}, {self.elems_per_word} values per word, NK",
+            "quantized": "every Linear weight, the token embedding and the LM head",
+        }
+
+    # --- numpy: build-time packing and the reference dequantization ------------------------
+
+    def padded_k(self, k: int) -> int:
+        return math.ceil(k / self.group_size) * self.group_size
+
+    def quantize_weight(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`W[N, K]` → (`q_weight: uint32[N, Kp / per_word]`, `q_scale: [N, Kp / G]`)."""
+        n, k = weight.shape
+        kp = self.padded_k(k)
+        w = np.zeros((n, kp), dtype=np.float32)
+        w[:, :k] = weight
+        groups = w.reshape(n, kp // self.group_size, self.group_size)
+        scale = (np.abs(groups).max(axis=-1) / self.max_int).astype(self.scale_dtype)
+        # Quantize with the stored (rounded) scale, so that w' is the nearest grid point.
+        divisor = scale.astype(np.float32)[..., None]
+        divisor = np.where(divisor == 0, 1.0, divisor)
+        q = np.clip(np.round(groups / divisor) + self.max_int, 0, 2 * self.max_int)
+        return self.pack(q.reshape(n, kp).astype(np.uint32)), scale
+
+    def pack(self, q: np.ndarray) -> np.ndarray:
+        """uint values `[N, Kp]` → words `[N, Kp / per_word]`, least significant first."""
+        n, kp = q.shape
+        per_word = self.elems_per_word
+        lanes = q.reshape(n, kp // per_word, per_word).astype(np.uint32)
+        shifts = (np.arange(per_word, dtype=np.uint32) * self.bits)[None, None, :]
+        return np.bitwise_or.reduce(lanes << shifts, axis=-1).astype(np.uint32)
+
+    def unpack(self, words: np.ndarray) -> np.ndarray:
+        """Inverse of `pack`: words `[N, W]` → values `[N, W * per_word]`."""
+        per_word = self.elems_per_word
+        shifts = (np.arange(per_word, dtype=np.uint32) * self.bits)[None, None, :]
+        mask = np.uint32((1 << self.bits) - 1)
+        values = (words[..., None] >> shifts) & mask
+        return values.reshape(words.shape[0], -1)
+
+    def dequantize_weight(self, q_weight: np.ndarray, q_scale: np.ndarray, k: int) -> np.ndarray:
+        """`w'` as float32 `[N, K]`: the weights the quantized model really computes with."""
+        q = self.unpack(q_weight).astype(np.float32) - self.max_int
+        scale = np.repeat(q_scale.astype(np.float32), self.group_size, axis=1)
+        return (q * scale)[:, :k]
+
+    def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        if is_quantized_param(name, array):
+            q_weight, q_scale = self.quantize_weight(array.astype(np.float32))
+            prefix = name.removesuffix(".weight")
+            yield f"{prefix}.q_weight", q_weight
+            yield f"{prefix}.q_scale", q_scale
+        elif np.issubdtype(array.dtype, np.floating):
+            yield name, array.astype(self.model_dtype)
+        else:
+            yield name, array
+
+    # --- the model rewrite -----------------------------------------------------------------
+
+    def quantize_model(self, model: nn.Module) -> nn.Module:
+        return _SwapLayers(self).visit("", model)
+
+    # --- tensor expressions used by the quantized layers -----------------------------------
+
+    def dequantize_value(self, q_weight: te.Tensor, q_scale: te.Tensor, n, k) -> tirx.PrimExpr:
+        """`w'[n, k]` in float32, read straight from the packed words."""
+        word = q_weight[n, k // self.elems_per_word]
+        shift = ((k % self.elems_per_word) * self.bits).astype(STORAGE_DTYPE)
+        q = (word >> shift) & tirx.const((1 << self.bits) - 1, STORAGE_DTYPE)
+        scale = q_scale[n, k // self.group_size].astype("float32")
+        return (q.astype("float32") - tirx.const(self.max_int, "float32")) * scale
+
+
+def is_quantized_param(name: str, array: np.ndarray) -> bool:
+    """Every 2-D `.weight` in our models belongs to a Linear or an Embedding."""
+    return name.endswith(".weight") and array.ndim == 2
+
+
+class GroupQuantizedLinear(nn.Module):
+    """`y = x @ W'^T (+ bias)` as one kernel that dequantizes inside the reduction."""
+
+    def __init__(
+        self, scheme: GroupQuantization, in_features: int, out_features: int, bias: bool, dtype: str
+    ):
+        self.scheme = scheme
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dtype = dtype
+        kp = scheme.padded_k(in_features)
+        self.q_weight = nn.Parameter((out_features, kp // scheme.elems_per_word), STORAGE_DTYPE)
+        self.q_scale = nn.Parameter((out_features, kp // scheme.group_size), scheme.scale_dtype)
+        self.bias = nn.Parameter((out_features,), dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = dequantize_matmul(
+            self.scheme,
+            x,
+            self.q_weight,
+            self.q_scale,
+            self.in_features,
+            self.out_features,
+            self.dtype,
+        )
+        return out + self.bias if self.bias is not None else out
+
+
+class GroupQuantizedEmbedding(nn.Module):
+    """Token embedding that dequantizes only the rows looked up; also the tied LM head."""
+
+    def __init__(self, scheme: GroupQuantization, num: int, dim: int, dtype: str):
+        self.scheme = scheme
+        self.num = num
+        self.dim = dim
+        self.dtype = dtype
+        kp = scheme.padded_k(dim)
+        self.q_weight = nn.Parameter((num, kp // scheme.elems_per_word), STORAGE_DTYPE)
+        self.q_scale = nn.Parameter((num, kp // scheme.group_size), scheme.scale_dtype)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        scheme, dim, dtype = self.scheme, self.dim, self.dtype
+
+        def lookup(q_weight: te.Tensor, q_scale: te.Tensor, ids: te.Tensor) -> te.Tensor:
+            return te.compute(
+                (*ids.shape, dim),
+                lambda *i: scheme.dequantize_value(q_weight, q_scale, ids[i[:-1]], i[-1]).astype(
+                    dtype
+                ),
+                name="dequantize_take",
+            )
+
+        return op.tensor_expr_op(lookup, "dequantize_take", [self.q_weight, self.q_scale, ids])
+
+    def lm_head_forward(self, x: Tensor) -> Tensor:
+        return dequantize_matmul(
+            self.scheme, x, self.q_weight, self.q_scale, self.dim, self.num, self.dtype
+        )
+
+
+def dequantize_matmul(
+    scheme: GroupQuantization,
+    x: Tensor,
+    q_weight: Tensor,
+    q_scale: Tensor,
+    k: int,
+    n: int,
+    dtype: str,
+) -> Tensor:
+    """`x[..., K] @ W'[N, K]^T`, accumulated in float32, returned in `dtype`."""
+
+    def compute(x: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor) -> te.Tensor:
+        r = te.reduce_axis((0, k), name="k")
+        acc = te.compute(
+            (*x.shape[:-1], n),
+            lambda *i: te.sum(
+                x[(*i[:-1], r)].astype("float32")
+                * scheme.dequantize_value(q_weight, q_scale, i[-1], r),
+                axis=r,
+            ),
+            name="dequantize_matmul",
+        )
+        if dtype == "float32":
+            return acc
+        return te.compute(acc.shape, lambda *i: acc[i].astype(dtype), name="cast")
+
+    return op.tensor_expr_op(compute, "dequantize_matmul", [x, q_weight, q_scale])
+
+
+class _SwapLayers(nn.Mutator):
+    """Replaces every `nn.Linear` and `nn.Embedding` with its group-quantized twin."""
+
+    def __init__(self, scheme: GroupQuantization):
+        self.scheme = scheme
+
+    def visit_module(self, name: str, node: nn.Module):
+        if isinstance(node, nn.Linear):
+            return GroupQuantizedLinear(
+                self.scheme,
+                node.in_features,
+                node.out_features,
+                node.bias is not None,
+                self.scheme.model_dtype,
+            )
+        if isinstance(node, nn.Embedding):
+            return GroupQuantizedEmbedding(self.scheme, node.num, node.dim, self.scheme.model_dtype)
+        return self.visit(name, node)
