@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from mlc import __version__
 from mlc.compiler import attach_metadata, attach_shape_bounds, compile_module, export_model
+from mlc.gguf.checkpoint import GGUFCheckpoint
 from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
 from mlc.quantization import Quantization, get_quantization
@@ -27,16 +29,6 @@ from mlc.runtime.conversation import get_template
 from mlc.targets import get_target
 from mlc.tensor_cache import TensorCacheWriter
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-)
 MAX_BATCH_SIZE = 1
 
 
@@ -54,18 +46,19 @@ class BuildOptions:
 
 def _log(opts: BuildOptions, message: str) -> None:
     if not opts.quiet:
-        print(message, flush=True)
+        print(message, file=sys.stderr, flush=True)
 
 
 def build(opts: BuildOptions) -> Path:
     """Build the artifact; returns the model directory it wrote."""
     start = time.perf_counter()
     model_path = Path(opts.model).resolve()
-    checkpoint = HFCheckpoint(model_path)
+    checkpoint = open_checkpoint(model_path)
     arch = get_architecture(checkpoint.config)
     quant = get_quantization(opts.quantization)
     preset = get_target(opts.target)
-    conv_template = get_template(opts.conv_template or "LM").name
+    # None: the model's own chat template if it has one, else the raw-text `LM` template.
+    conv_template = get_template(opts.conv_template).name if opts.conv_template else None
     config = arch.CONFIG.from_hf(checkpoint.config)
     if opts.context_window_size:
         config.context_window_size = opts.context_window_size
@@ -73,7 +66,7 @@ def build(opts: BuildOptions) -> Path:
         chunk = opts.prefill_chunk_size or config.prefill_chunk_size
         config.prefill_chunk_size = min(chunk, config.context_window_size)
 
-    model_name = model_path.name
+    model_name = checkpoint.model_name
     artifact_name = f"{model_name}-{quant.name}"
     output = Path(opts.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -115,9 +108,9 @@ def build(opts: BuildOptions) -> Path:
         preset.export(executable, staging / lib_name)
         _log(opts, f"Compiled {lib_name} in {time.perf_counter() - t0:.1f} s")
 
-        tokenizer_files = _copy_tokenizer(model_path, staging)
+        tokenizer_files = checkpoint.write_tokenizer(staging)
         chat_config = _chat_config(
-            checkpoint.config,
+            checkpoint,
             model_path,
             config.to_dict(),
             quant,
@@ -125,6 +118,7 @@ def build(opts: BuildOptions) -> Path:
             lib_name,
             conv_template,
             tokenizer_files,
+            staging,
         )
         (staging / CHAT_CONFIG_NAME).write_text(json.dumps(chat_config, indent=2))
         _replace_dir(staging, final_dir)
@@ -137,7 +131,7 @@ def build(opts: BuildOptions) -> Path:
 
 def _convert_weights(
     opts: BuildOptions,
-    checkpoint: HFCheckpoint,
+    checkpoint: HFCheckpoint | GGUFCheckpoint,
     weight_map: dict,
     quant: Any,
     param_meta: list[dict[str, Any]],
@@ -150,7 +144,7 @@ def _convert_weights(
         weight_map.items(), desc="Converting weights", unit="tensor", disable=opts.quiet
     ):
         array = source.build([checkpoint.get(n) for n in source.hf_names])
-        for name, stored in quant.convert(our_name, array):
+        for i, (name, stored) in enumerate(quant.convert(our_name, array)):
             want = next(expected, None)
             if want is None or want["name"] != name or list(stored.shape) != want["shape"]:
                 raise ValueError(
@@ -158,40 +152,15 @@ def _convert_weights(
                     f"{want and (want['name'], want['shape'])}; is config.json from the same "
                     "model as the weights?"
                 )
-            writer.add(name, stored, logical_size=array.size)
+            # The model parameters count once, with the first tensor they are stored as.
+            writer.add(name, stored, logical_size=array.size if i == 0 else 0)
     leftover = [p["name"] for p in expected]
     if leftover:
         raise ValueError(f"no weights were converted for: {leftover}")
     writer.finish()
 
 
-def _copy_tokenizer(model_path: Path, out_dir: Path) -> list[str]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (model_path / name).is_file():
-            shutil.copy2(model_path / name, out_dir / name)
-            copied.append(name)
-    if "tokenizer.json" not in copied:
-        _write_tokenizer_json(model_path, out_dir)
-        copied.insert(0, "tokenizer.json")
-    return copied
-
-
-def _write_tokenizer_json(model_path: Path, out_dir: Path) -> None:
-    """Older models ship only a slow tokenizer; transformers can convert it once at build time."""
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
-    except Exception as err:
-        raise ValueError(
-            f"{model_path} has no tokenizer.json and it could not be made from the other "
-            f"tokenizer files ({err}); add a tokenizer.json to the model directory"
-        ) from err
-
-
-def _generation_defaults(model_path: Path) -> dict[str, Any]:
+def _generation_defaults(gen: dict[str, Any]) -> dict[str, Any]:
     defaults: dict[str, Any] = {
         "temperature": 0.7,
         "top_p": 0.95,
@@ -199,36 +168,47 @@ def _generation_defaults(model_path: Path) -> dict[str, Any]:
         "repetition_penalty": 1.0,
         "max_tokens": 512,
     }
-    path = model_path / "generation_config.json"
-    if path.is_file():
-        gen = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
-            if gen.get(key) is not None:
-                defaults[key] = gen[key]
-        if gen.get("max_new_tokens"):
-            defaults["max_tokens"] = gen["max_new_tokens"]
+    for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
+        if gen.get(key) is not None:
+            defaults[key] = gen[key]
+    if gen.get("max_new_tokens"):
+        defaults["max_tokens"] = gen["max_new_tokens"]
     return defaults
 
 
-def _special_token_ids(hf_config: dict[str, Any], model_path: Path) -> dict[str, Any]:
+def _special_token_ids(hf_config: dict[str, Any], gen: dict[str, Any]) -> dict[str, Any]:
     ids = {k: hf_config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    path = model_path / "generation_config.json"
-    if path.is_file():
-        gen = json.loads(path.read_text(encoding="utf-8"))
-        ids.update({k: gen[k] for k in ids if gen.get(k) is not None})
+    ids.update({k: gen[k] for k in ids if gen.get(k) is not None})
     return ids
 
 
+def open_checkpoint(path: Path) -> HFCheckpoint | GGUFCheckpoint:
+    """A Hugging Face model directory, or a single `.gguf` file."""
+    if path.suffix == ".gguf" and not path.is_dir():
+        return GGUFCheckpoint(path)
+    return HFCheckpoint(path)
+
+
+def _chat_template(out_dir: Path) -> str | None:
+    path = out_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    return template if isinstance(template, str) else None
+
+
 def _chat_config(
-    hf_config: dict[str, Any],
+    checkpoint: HFCheckpoint | GGUFCheckpoint,
     model_path: Path,
     model_config: dict[str, Any],
     quant: Quantization,
     target: str,
     lib_name: str,
-    conv_template: str,
+    conv_template: str | None,
     tokenizer_files: list[str],
+    out_dir: Path,
 ) -> dict[str, Any]:
+    hf_config, gen = checkpoint.config, checkpoint.generation_config
     return {
         "artifact_format_version": ARTIFACT_FORMAT_VERSION,
         "builder": f"mlc {__version__}",
@@ -240,10 +220,11 @@ def _chat_config(
         "vocab_size": model_config["vocab_size"],
         "context_window_size": model_config["context_window_size"],
         "prefill_chunk_size": model_config["prefill_chunk_size"],
-        **_generation_defaults(model_path),
+        **_generation_defaults(gen),
         "conv_template": conv_template,
+        "chat_template": _chat_template(out_dir),
         "tokenizer_files": tokenizer_files,
-        **_special_token_ids(hf_config, model_path),
+        **_special_token_ids(hf_config, gen),
         "model_lib": lib_name,
         "target": target,
         "source_model": str(model_path),

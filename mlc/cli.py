@@ -70,7 +70,7 @@ def build(
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), required=False)
 @click.option("--model-lib", default=None, help="Library to load (default: the one in MODEL).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--conv-template", default=None, help="Override the model's conversation template.")
@@ -78,7 +78,7 @@ def build(
 @click.option("--temperature", type=float, default=None)
 @click.option("--max-tokens", type=int, default=None)
 def chat(
-    model: Path,
+    model: Path | None,
     model_lib: str | None,
     device: str,
     conv_template: str | None,
@@ -86,9 +86,16 @@ def chat(
     temperature: float | None,
     max_tokens: int | None,
 ) -> None:
-    """Chat in the terminal with the built model in directory MODEL."""
+    """Chat in the terminal with the built model in directory MODEL.
+
+    Without MODEL: the embedded default (SmolLM2-135M-Instruct), built into dist/ on first use.
+    """
     from mlc.chat_repl import run_chat
 
+    if model is None:
+        from mlc.default_model import default_model_dir
+
+        model = _run(default_model_dir)
     _run(lambda: run_chat(model, model_lib, device, conv_template, prompt, temperature, max_tokens))
 
 
@@ -114,13 +121,13 @@ def bench(
     _run(lambda: print_result(run_bench(model, prompt_len, gen_len, runs, device), as_json))
 
 
-def _run(action) -> None:
+def _run(action):
     """Report expected failures (bad input, damaged artifacts) as one clear line."""
     from mlc.hf_checkpoint import CheckpointError
     from mlc.runtime import ArtifactError
 
     try:
-        action()
+        return action()
     except (CheckpointError, ArtifactError, ValueError, FileNotFoundError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)

@@ -28,7 +28,8 @@ def attach_shape_bounds(
     """Upper bounds for symbolic dims, so memory planning can preallocate every buffer."""
     bounds = {
         "seq_len": prefill_chunk_size,
-        "num_seqs": max_batch_size,
+        # Logit positions in one prefill: every token of a chunk (perplexity, scoring).
+        "num_seqs": prefill_chunk_size,
         "batch_size": max_batch_size,
     }
     for gvar, func in list(mod.functions.items()):

@@ -8,6 +8,7 @@ tensor is read only when asked for and a damaged file is named precisely.
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,18 @@ import numpy as np
 
 class CheckpointError(ValueError):
     """The model directory is missing something or holds damaged files."""
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 _SAFETENSORS_DTYPES = {
@@ -167,6 +180,27 @@ class HFCheckpoint:
             "or pytorch_model*.bin"
         )
 
+    @property
+    def model_name(self) -> str:
+        return self.model_dir.name
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        path = self.model_dir / "generation_config.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def write_tokenizer(self, out_dir: Path) -> list[str]:
+        """Copy the tokenizer files; make `tokenizer.json` if the model has only a slow one."""
+        copied = []
+        for name in TOKENIZER_FILES:
+            if (self.model_dir / name).is_file():
+                shutil.copy2(self.model_dir / name, out_dir / name)
+                copied.append(name)
+        if "tokenizer.json" not in copied:
+            _write_tokenizer_json(self.model_dir, out_dir)
+            copied.insert(0, "tokenizer.json")
+        return copied
+
     def names(self) -> Iterator[str]:
         return iter(self._where)
 
@@ -177,3 +211,17 @@ class HFCheckpoint:
                 "is config.json from the same model as the weights?"
             )
         return self._where[name].get(name)
+
+
+def _write_tokenizer_json(model_dir: Path, out_dir: Path) -> None:
+    """Older models ship only a slow tokenizer; transformers can convert it once at build time."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+    except Exception as err:
+        raise CheckpointError(
+            f"{model_dir} has no tokenizer.json and it could not be made from the other "
+            f"tokenizer files ({err}); add a tokenizer.json to the model directory"
+        ) from err

@@ -35,6 +35,24 @@ class Embedding(nn.Embedding):
         return op.matmul(x, op.permute_dims(self.weight))
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 whatever the model's dtype: real models carry activations in
+    the tens of thousands (SmolLM2: 22,552), whose squares overflow float16."""
+
+    def __init__(self, hidden_size: int, eps: float, dtype: str):
+        self.weight = nn.Parameter((hidden_size,), dtype)
+        self.eps = eps
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dtype == "float32":
+            return op.rms_norm(x, self.weight, axes=-1, epsilon=self.eps)
+        out = op.rms_norm(
+            x.astype("float32"), self.weight.astype("float32"), axes=-1, epsilon=self.eps
+        )
+        return out.astype(self.dtype)
+
+
 def concat_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Fuse projections that share an input (q/k/v, gate/up) along the output axis."""
     return np.concatenate(arrays, axis=0)

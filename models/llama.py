@@ -15,6 +15,7 @@ from tvm.target import Target
 from .base import (
     Embedding,
     ModelConfig,
+    RMSNorm,
     WeightSource,
     concat_rows,
     export_spec,
@@ -111,17 +112,22 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+        if x.dtype == "float32":
+            return self.down_proj(op.silu(gate) * up)
+        # In float16 models the product overflows on real weights (SmolLM2 reaches 1e5 here):
+        # keep it in float32. Quantized layers read a float32 input directly.
+        act = op.silu(gate.astype("float32")) * up.astype("float32")
+        if isinstance(self.down_proj, nn.Linear):
+            act = act.astype(x.dtype)
+        return self.down_proj(act)
 
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: LlamaConfig, dtype: str):
         eps = config.rms_norm_eps
-        self.input_layernorm = nn.RMSNorm(config.hidden_size, -1, eps, bias=False, dtype=dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.self_attn = LlamaAttention(config, dtype)
-        self.post_attention_layernorm = nn.RMSNorm(
-            config.hidden_size, -1, eps, bias=False, dtype=dtype
-        )
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.mlp = LlamaMLP(config, dtype)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
@@ -135,7 +141,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(
             [LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers)]
         )
-        self.norm = nn.RMSNorm(config.hidden_size, -1, config.rms_norm_eps, bias=False, dtype=dtype)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache) -> Tensor:
         for layer_id, layer in enumerate(self.layers):

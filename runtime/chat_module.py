@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .artifact import ArtifactError
+from .artifact import ArtifactError, read_json
+from .chat_template import JinjaChatTemplate
 from .conversation import ConversationTemplate, get_template
 from .engine import CompiledModel
 from .generation_config import GenerationConfig
@@ -58,17 +59,35 @@ class ChatModule:
         if not tokenizer_path.is_file():
             raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.template: ConversationTemplate = get_template(
-            conv_template if conv_template is not None else config.get("conv_template", "LM")
-        )
+        self.template = self._choose_template(conv_template)
         self.bos_token_id = config.get("bos_token_id")
         self.stop_token_ids = self._stop_token_ids()
+        self.messages: list[dict[str, str]] = []  # the conversation so far
         self.history_ids: list[int] = []  # every token in the KV cache, in order
+        self._kv_text = ""  # the text of those tokens (and of the pending one)
         self._pending: int | None = None  # sampled last, not yet in the KV cache
-        self._turns = 0
         self._interrupted = False
         self.last_stats = GenerationStats()
         self.last_output_ids: list[int] = []  # the tokens of the last answer
+
+    def _choose_template(
+        self, override: str | dict | None
+    ) -> ConversationTemplate | JinjaChatTemplate:
+        """An explicit template, else the one named at build time, else the model's own chat
+        template, else raw text (`LM`)."""
+        config = self.chat_config
+        if override is not None or config.get("conv_template"):
+            return get_template(override if override is not None else config["conv_template"])
+        if config.get("chat_template"):
+            path = self.engine.model_dir / "tokenizer_config.json"
+            tokens = read_json(path, "tokenizer config") if path.is_file() else {}
+            special = {
+                k: v if isinstance(v, str) else (v or {}).get("content")
+                for k, v in tokens.items()
+                if k.endswith("_token")
+            }
+            return JinjaChatTemplate(config["chat_template"], special)
+        return get_template("LM")
 
     def _stop_token_ids(self) -> set[int]:
         eos = self.chat_config.get("eos_token_id")
@@ -92,16 +111,28 @@ class ChatModule:
         if not prompt:
             raise ValueError("the prompt is empty; give some text to respond to")
         config = (generation_config or GenerationConfig()).resolved(self.chat_config)
-        text = self.template.render_turn(prompt, first_turn=self._turns == 0)
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        if self._turns == 0 and self.template.add_bos and self.bos_token_id is not None:
+        messages = [*self.messages, {"role": "user", "content": prompt}]
+        full_text = self.template.render(messages)
+        # Prefill only what the KV cache lacks. A template that rewrites earlier turns (or an
+        # answer cut at a stop string) breaks the prefix: then the conversation is re-fed whole.
+        incremental = full_text.startswith(self._kv_text)
+        new_text = full_text[len(self._kv_text) :] if incremental else full_text
+        ids = self.tokenizer.encode(new_text, add_special_tokens=False).ids
+        fresh = not incremental or not self.messages
+        if fresh and self.template.add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
-        if self._pending is not None:
+        if incremental and self._pending is not None:
             ids = [self._pending, *ids]
-        self.engine.check_fits(len(ids))
+        if incremental:
+            self.engine.check_fits(len(ids))
+        else:
+            self.engine.check_fits(len(ids), fresh=True)
+            self.reset_chat()
         self._pending = None
-        self._turns += 1
-        return self._generate_from(ids, config, progress_callback, ignore_stop=False)
+        answer = self._generate_from(ids, config, progress_callback, ignore_stop=False)
+        self.messages = [*messages, {"role": "assistant", "content": answer}]
+        self._kv_text = full_text + answer
+        return answer
 
     def benchmark_generate(self, prompt: str, generate_length: int) -> str:
         """Reset, prefill `prompt` as raw text and decode exactly `generate_length` tokens."""
@@ -120,9 +151,10 @@ class ChatModule:
 
     def reset_chat(self) -> None:
         self.engine.reset()
+        self.messages = []
         self.history_ids = []
+        self._kv_text = ""
         self._pending = None
-        self._turns = 0
 
     def stats(self) -> str:
         s = self.last_stats

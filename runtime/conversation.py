@@ -42,6 +42,19 @@ class ConversationTemplate:
             text += self.assistant_suffix
         return text + self.user_template.replace("{content}", content) + self.assistant_prefix
 
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The whole conversation as text, ending with the generation prompt after the last
+        user message."""
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        text, first = "", True
+        for message in messages:
+            if message["role"] == "user":
+                text += self.render_turn(message["content"], first, system)
+                first = False
+            elif message["role"] == "assistant":
+                text += message["content"]
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -131,11 +131,13 @@ class CompiledModel:
             _kv_popn(self.kv_cache, SEQUENCE_ID, num_tokens)
             self.num_cached_tokens -= num_tokens
 
-    def check_fits(self, num_new_tokens: int) -> None:
-        total = self.num_cached_tokens + num_new_tokens
+    def check_fits(self, num_new_tokens: int, fresh: bool = False) -> None:
+        """Raise unless `num_new_tokens` more (or, `fresh`, in an empty cache) fit."""
+        cached = 0 if fresh else self.num_cached_tokens
+        total = cached + num_new_tokens
         if total > self.context_window_size:
             raise ContextWindowExceeded(
-                f"the conversation needs {total} tokens ({self.num_cached_tokens} already in "
+                f"the conversation needs {total} tokens ({cached} already in "
                 f"context + {num_new_tokens} new) but the context window is "
                 f"{self.context_window_size}; shorten the prompt or reset the chat"
             )
@@ -155,23 +157,27 @@ class CompiledModel:
             self.kv_cache, tvm.runtime.ShapeTuple([SEQUENCE_ID]), tvm.runtime.ShapeTuple([length])
         )
 
-    def prefill(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
-        """Feed tokens in chunks of `prefill_chunk_size`; returns the last token's logits."""
+    def prefill(self, token_ids: list[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
+        """Feed tokens in chunks of `prefill_chunk_size`; returns the last token's logits
+        `[vocab]`, or with `all_logits` those of every token `[len(token_ids), vocab]`."""
         token_ids = np.asarray(token_ids, dtype=np.int32)
         if token_ids.size == 0:
             raise ValueError("prefill needs at least one token")
         self.check_fits(token_ids.size)
-        logits = None
+        outputs = []
         for start in range(0, token_ids.size, self.prefill_chunk_size):
             chunk = token_ids[start : start + self.prefill_chunk_size]
             embed = self._embed(chunk)
             embed = embed._create_view((1, chunk.size, embed.shape[-1]))
-            last = tvm.runtime.tensor(np.array([chunk.size - 1], dtype=np.int32), self.device)
+            wanted = np.arange(chunk.size) if all_logits else np.array([chunk.size - 1])
+            positions = tvm.runtime.tensor(wanted.astype(np.int32), self.device)
             self._begin(chunk.size)
-            logits, self.kv_cache = self.vm["prefill"](embed, last, self.kv_cache, self.params)
+            logits, self.kv_cache = self.vm["prefill"](embed, positions, self.kv_cache, self.params)
             _kv_end_forward(self.kv_cache)
             self.num_cached_tokens += chunk.size
-        return logits.numpy().reshape(-1)
+            if all_logits or start + chunk.size == token_ids.size:
+                outputs.append(logits.numpy().reshape(chunk.size if all_logits else 1, -1))
+        return np.concatenate(outputs) if all_logits else outputs[-1].reshape(-1)
 
     def decode(self, token_id: int) -> np.ndarray:
         """Feed one token; returns its logits."""

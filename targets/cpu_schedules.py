@@ -1,9 +1,11 @@
 """CPU schedule rules for the kernels an LLM spends its time in.
 
 `MatmulNT` covers `C[..., j] = sum_k A[..., k] * W[j, k]` (every Linear layer, in decode and in
-prefill) with an optional elementwise epilogue (a residual add). The output features `j` are
-split into tiles spread over the cores; inside a tile all rows of `A` are visited while the
-tile's weight rows stay in cache, and the `k` reduction is left innermost for LLVM to vectorise.
+prefill, with or without dequantization inside the reduction) with an optional elementwise
+epilogue (a residual add). The output features `j` are split into tiles spread over the cores;
+inside a tile all rows of `A` are visited while the tile's weight rows stay in cache. The `k`
+reduction is factored into `VECTOR_LANES` partial sums (rfactor) so that the innermost loop is a
+plain vector multiply-add, which dequantizes a whole packed word at once in quantized layers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from tvm.target import Target
 
 # Weight rows per tile: 16 rows of a 2048-wide fp32 layer are 128 KB, about an L2's share.
 TILE_N = 16
+# Partial sums per output: one AVX2 register of float32 (and one 4-bit word of 8 values).
+VECTOR_LANES = 8
 
 
 class MatmulNT(ScheduleRule):
@@ -35,10 +39,24 @@ class MatmulNT(ScheduleRule):
         n_extent = main.iters[-2].dom
         if not isinstance(n_extent, int | tirx.IntImm) or int(n_extent) < 2 * TILE_N:
             return None
-        loops = sch.get_loops(main.block_rv)
-        *rows, n, k = loops
+        k_extent = main.iters[-1].dom
+        block = main.block_rv
+        *rows, n, k = sch.get_loops(block)
         n_outer, n_inner = sch.split(n, factors=[None, TILE_N])
-        sch.reorder(n_outer, *rows, n_inner, k)
+        vectorize = isinstance(k_extent, int | tirx.IntImm) and int(k_extent) % VECTOR_LANES == 0
+        if not vectorize:
+            sch.reorder(n_outer, *rows, n_inner, k)
+        else:
+            k_outer, k_lane = sch.split(k, factors=[None, VECTOR_LANES])
+            sch.reorder(n_outer, *rows, n_inner, k_outer, k_lane)
+            # The lane becomes the last, contiguous axis of the partial-sum buffer.
+            out_ndim = len(sch.get(block).writes[0].region)
+            partial = sch.rfactor(k_lane, factor_axis=out_ndim)
+            # Per output (row, n): partial[lane] accumulates over k_outer, `lane` innermost.
+            sch.compute_at(partial, n_inner)
+            *_, lane, k_outer = sch.get_loops(partial)
+            sch.reorder(k_outer, lane)
+            sch.vectorize(lane)
         sch.parallel(n_outer)
         if epilogue is not None:
             sch.reverse_compute_at(epilogue.block_rv, n_outer)

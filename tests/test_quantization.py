@@ -140,7 +140,7 @@ def test_q4f32_1_greedy_generation_matches_transformers(tiny_builds):
 
 
 def test_tensor_cache_records_sizes_and_q4_costs_4_5_bits(tiny_builds):
-    _, built = tiny_builds.get("gqa", quantization="q4f16_1", **GQA)
+    hf_dir, built = tiny_builds.get("gqa", quantization="q4f16_1", **GQA)
     cache = json.loads((built / "tensor-cache.json").read_text())
     meta = cache["metadata"]
     records = [r for shard in cache["records"] for r in shard["records"]]
@@ -153,6 +153,9 @@ def test_tensor_cache_records_sizes_and_q4_costs_4_5_bits(tiny_builds):
         r["shape"][0] * r["shape"][1] * 8 for r in records if r["name"].endswith("q_weight")
     )
     assert 8 * quantized_bytes / quantized_params == pytest.approx(4.5, rel=0.05)
+    # ParamSize counts the model's parameters (before quantization) once each.
+    hf_params = sum(p.numel() for p in load_hf(hf_dir).parameters())
+    assert meta["ParamSize"] == hf_params
     config = json.loads((built / "mlc-chat-config.json").read_text())
     assert config["quantization"] == "q4f16_1"
     assert "embedding" in config["quantization_scheme"]["quantized"]
@@ -180,6 +183,7 @@ def _compiled_prim_funcs(built) -> dict[str, tvm.tirx.PrimFunc]:
 def test_no_dequantize_kernel_stands_alone(tiny_builds, code):
     _, built = tiny_builds.get("gqa", quantization=code, **GQA)
     funcs = _compiled_prim_funcs(built)
+    scheme = get_quantization(code)
     readers = {}
     for name, func in funcs.items():
         text = func.script()
@@ -191,10 +195,10 @@ def test_no_dequantize_kernel_stands_alone(tiny_builds, code):
     for name, (text, packed_shapes) in readers.items():
         is_lookup = "dequantize_take" in name
         assert is_lookup or "T.axis.reduce" in text, f"{name} dequantizes without a matmul"
-        # No kernel allocates a buffer as large as the weight it reads: nothing materialised.
-        words = max(np.prod(shape) for shape in packed_shapes)
+        # No kernel allocates a buffer as large as the dequantized weight: nothing materialised.
+        weight_elements = max(np.prod(shape) for shape in packed_shapes) * scheme.elems_per_word
         for dims in re.findall(r"alloc_buffer\(\(([^()]*(?:\([^()]*\)[^()]*)*)\)", text):
-            assert np.prod(_extents(dims)) < words, f"{name} allocates a buffer ({dims})"
+            assert np.prod(_extents(dims)) < weight_elements, f"{name} allocates ({dims})"
     assert not [n for n in funcs if n.startswith("dequantize") and n not in readers]
 
 

