@@ -123,10 +123,8 @@ class ChatModule:
             ids = [self.bos_token_id, *ids]
         if incremental and self._pending is not None:
             ids = [self._pending, *ids]
-        if incremental:
-            self.engine.check_fits(len(ids))
-        else:
-            self.engine.check_fits(len(ids), fresh=True)
+        self.engine.check_fits(len(ids), fresh=not incremental)
+        if not incremental:
             self.reset_chat()
         self._pending = None
         answer = self._generate_from(ids, config, progress_callback, ignore_stop=False)

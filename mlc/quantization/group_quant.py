@@ -115,6 +115,14 @@ class GroupQuantization(Quantization):
 
     # --- tensor expressions used by the quantized layers -----------------------------------
 
+    def packed_params(self, rows: int, k: int) -> tuple[nn.Parameter, nn.Parameter]:
+        """The `q_weight` and `q_scale` parameters of a quantized `[rows, k]` weight."""
+        kp = self.padded_k(k)
+        return (
+            nn.Parameter((rows, kp // self.elems_per_word), STORAGE_DTYPE),
+            nn.Parameter((rows, kp // self.group_size), self.scale_dtype),
+        )
+
     def dequantize_value(self, q_weight: te.Tensor, q_scale: te.Tensor, n, k) -> tirx.PrimExpr:
         """`w'[n, k]` in float32, read straight from the packed words."""
         word = q_weight[n, k // self.elems_per_word]
@@ -139,9 +147,7 @@ class GroupQuantizedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.dtype = dtype
-        kp = scheme.padded_k(in_features)
-        self.q_weight = nn.Parameter((out_features, kp // scheme.elems_per_word), STORAGE_DTYPE)
-        self.q_scale = nn.Parameter((out_features, kp // scheme.group_size), scheme.scale_dtype)
+        self.q_weight, self.q_scale = scheme.packed_params(out_features, in_features)
         self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -165,9 +171,7 @@ class GroupQuantizedEmbedding(nn.Module):
         self.num = num
         self.dim = dim
         self.dtype = dtype
-        kp = scheme.padded_k(dim)
-        self.q_weight = nn.Parameter((num, kp // scheme.elems_per_word), STORAGE_DTYPE)
-        self.q_scale = nn.Parameter((num, kp // scheme.group_size), scheme.scale_dtype)
+        self.q_weight, self.q_scale = scheme.packed_params(num, dim)
 
     def forward(self, ids: Tensor) -> Tensor:
         scheme, dim, dtype = self.scheme, self.dim, self.dtype
