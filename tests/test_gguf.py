@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from reference import hf_logits, load_hf
+from tokenizer_samples import TEXT, tokenizer_samples
 
+from mlc import ChatModule, GenerationConfig
 from mlc.build import BuildOptions, build
 from mlc.gguf.dequantize import GGML_TYPES, dequantize
 from mlc.gguf.export import export_gguf
 from mlc.gguf.reader import GGUFError
-from mlc.random_model import save_llama
+from mlc.random_model import CORPUS, save_llama
 from mlc.runtime import CompiledModel
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is the reference for GGUF files")
 
 TINY = {"num_key_value_heads": 2, "hidden_size": 128, "intermediate_size": 256}
+TINY_VOCAB = 600  # the SentencePiece vocabulary: 256 byte pieces, characters, merges
 # Types the gguf package can write; the K-quants are checked block by block below.
 WRITABLE_TYPES = {
     "blk.0.attn_q.weight": "Q4_0",
@@ -125,3 +130,62 @@ def test_not_a_gguf_file(tmp_path):
     path.write_bytes(b"PK\x03\x04 definitely not gguf")
     with pytest.raises(GGUFError, match="not a GGUF file"):
         build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_gguf(tmp_path_factory):
+    """The tiny model with a SentencePiece BPE vocabulary trained here (byte fallback, a
+    user-defined and a control symbol), exported as GGUF tokenizer kind `llama`."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece trains the reference")
+    folder = tmp_path_factory.mktemp("spm")
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT.read_text().splitlines() + CORPUS * 5),
+        model_writer=proto,
+        model_type="bpe",
+        vocab_size=TINY_VOCAB,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        user_defined_symbols=["<|user|>"],
+        control_symbols=["<|im_start|>"],
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    model_dir = save_llama(folder / "model", vocab_size=TINY_VOCAB, **TINY)
+    (model_dir / "tokenizer.json").unlink()
+    (model_dir / "tokenizer.model").write_bytes(proto.getvalue())
+    path = export_gguf(model_dir, folder / "spm.gguf", "Q8_0")
+    return path, spm.SentencePieceProcessor(model_proto=proto.getvalue())
+
+
+def test_sentencepiece_tokenizer_matches_references(sentencepiece_gguf, tmp_path):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    path, sp = sentencepiece_gguf
+    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    ours = Tokenizer.from_file(str(built / "tokenizer.json"))
+    hf = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    samples = [*tokenizer_samples(), "<|user|> hi <|im_start|>x", "x <|user|>y", "\n\n  \t"]
+    ids = {s: ours.encode(s, add_special_tokens=False).ids for s in samples}
+    assert all(ids[s] == hf.encode(s, add_special_tokens=False) for s in samples), [
+        s for s in samples if ids[s] != hf.encode(s, add_special_tokens=False)
+    ][:5]
+    # SentencePiece itself, the independent reference, agrees wherever `transformers` does not
+    # knowingly differ: it prepends its space even to text that starts with whitespace or with
+    # a user-defined symbol, and never reads control symbols from text.
+    comparable = [s for s in samples if s and not s[0].isspace() and "<|" not in s]
+    assert len(comparable) > 250
+    assert [s for s in comparable if ids[s] != sp.encode(s)] == []
+    assert any(sp.id_to_piece(i).startswith("<0x") for s in samples for i in ids[s])
+    assert [s for s in comparable if ours.decode(ids[s]) != s] == []
+    # The whole path: the runtime chats with the converted vocabulary and starts with BOS.
+    config = json.loads((built / "tokenizer_config.json").read_text())
+    assert config["add_bos_token"] is True and config["bos_token"] == "<s>"
+    cm = ChatModule(str(built), conv_template="LM")
+    assert cm.generate("Once upon a time", GenerationConfig(max_tokens=4, temperature=0))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from reference import hf_logits
+from tokenizer_samples import tokenizer_samples
 
 from mlc import ChatModule, GenerationConfig
 from mlc.build import BuildOptions, build
@@ -94,31 +95,7 @@ def test_tokenizer_matches_transformers(builds, reference):
 
     hf_tokenizer, _ = reference
     ours = Tokenizer.from_file(str(builds("q0f32") / "tokenizer.json"))
-    rng = np.random.default_rng(0)
-    pieces = [
-        "Hello, world!",
-        "  leading spaces",
-        "trailing   ",
-        "tabs\tand\nnewlines\n\n\n",
-        "12345 67.89 1e10 0x1F",
-        "naïve café résumé Ünïcödé",
-        "日本語のテキスト",
-        "emoji 🙂🚀👍🏽",
-        "def f(x):\n    return x ** 2  # square\n",
-        "<|im_start|>user\nhi<|im_end|>",
-        "URL https://example.org/a?b=c&d=e",
-        "mixed CASE and camelCaseWords",
-        "a" * 50,
-        "\u200b zero width",
-        "Ελληνικά και русский",
-        "¿Qué? ¡Sí!",
-        "",
-    ]
-    words = TEXT.read_text().split()
-    for _ in range(300):
-        start = int(rng.integers(0, len(words) - 12))
-        sample = " ".join(words[start : start + int(rng.integers(1, 12))])
-        pieces.append(sample if rng.random() < 0.5 else sample.upper() + " " + sample)
+    pieces = tokenizer_samples()
     mismatched = [
         p
         for p in pieces

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .reader import GGUFError, GGUFFile
-from .tokenizer import tokenizer_from_gguf
+from .tokenizer import adds_bos, tokenizer_from_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -142,7 +142,7 @@ class GGUFCheckpoint:
             "eos_token": token("eos"),
             "unk_token": token("unknown"),
             "pad_token": token("padding"),
-            "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+            "add_bos_token": adds_bos(meta),
         }
         if "tokenizer.chat_template" in meta:
             config["chat_template"] = meta["tokenizer.chat_template"]

@@ -2,7 +2,8 @@
 
 Used to feed llama.cpp the same weights in benchmarks, and by the tests to make GGUF files of
 every tensor type. Q and K rows are permuted into llama.cpp's rotary layout, as its converter
-does; the tokenizer must be a byte-level BPE (`tokenizer.json`).
+does; the tokenizer is a SentencePiece `tokenizer.model` (GGUF kind `llama`) or else a byte-level
+BPE `tokenizer.json` (kind `gpt2`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mlc.hf_checkpoint import HFCheckpoint
+
+from .sentencepiece_model import read_sentencepiece_model
 
 _LAYER_NAMES = {
     "self_attn.q_proj": "attn_q",
@@ -105,6 +108,38 @@ def export_gguf(
 
 
 def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
+    if (model_dir / "tokenizer.model").is_file():
+        _add_sentencepiece(writer, model_dir / "tokenizer.model")
+    else:
+        _add_byte_level_bpe(writer, model_dir, config)
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        template = json.loads(tokenizer_config.read_text()).get("chat_template")
+        if isinstance(template, str):
+            writer.add_chat_template(template)
+
+
+def _add_sentencepiece(writer, model_file: Path) -> None:
+    """A SentencePiece model as GGUF's `llama` kind: pieces, scores and piece types."""
+    sp = read_sentencepiece_model(model_file)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(sp.pieces)
+    writer.add_token_scores(sp.scores)
+    writer.add_token_types(sp.types)
+    for token_id, add in (
+        (sp.bos_id, writer.add_bos_token_id),
+        (sp.eos_id, writer.add_eos_token_id),
+        (sp.unk_id, writer.add_unk_token_id),
+        (sp.pad_id, writer.add_pad_token_id),
+    ):
+        if token_id >= 0:
+            add(token_id)
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(sp.add_dummy_prefix)
+
+
+def _add_byte_level_bpe(writer, model_dir: Path, config: dict) -> None:
     data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     model = data["model"]
     if model.get("type") != "BPE":
@@ -129,8 +164,3 @@ def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
         if isinstance(config.get(key), int):
             add(config[key])
     writer.add_add_bos_token(False)
-    tokenizer_config = model_dir / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        template = json.loads(tokenizer_config.read_text()).get("chat_template")
-        if isinstance(template, str):
-            writer.add_chat_template(template)

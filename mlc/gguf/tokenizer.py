@@ -1,50 +1,149 @@
-"""Build a `tokenizers` tokenizer from GGUF's `tokenizer.ggml.*` metadata."""
+"""Build a `tokenizers` tokenizer from GGUF's `tokenizer.ggml.*` metadata.
+
+Two kinds: `gpt2` (byte-level BPE with merges, split by the pre-tokenizer regex that
+`tokenizer.ggml.pre` names) and `llama` (SentencePiece BPE: pieces ranked by score, `▁` for
+spaces, `<0xXX>` byte fallback).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from .reader import GGUFError
 
 # ggml token types
-_CONTROL, _USER_DEFINED = 3, 4
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+SPACE = "\u2581"  # SentencePiece's visible space
+
+# How text is split before byte-level BPE, by `tokenizer.ggml.pre`. Absent or unknown names
+# use GPT-2's own split (the `ByteLevel` default).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZER_SPLITS = {
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "llama-bpe": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
+}
 
 
-def _byte_alphabet() -> set[str]:
-    """The 256 printable characters GPT-2's byte-level BPE spells bytes with."""
-    return set(pre_tokenizers.ByteLevel.alphabet())
+def _types(meta: dict[str, Any]) -> list[int]:
+    return list(
+        meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(meta["tokenizer.ggml.tokens"])
+    )
 
 
 def _byte_level_bpe(meta: dict[str, Any]) -> Tokenizer:
-    alphabet = _byte_alphabet()
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
     tokens = meta["tokenizer.ggml.tokens"]
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {token: index for index, token in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    split = PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre", "default"))
+    if split is None:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tokenizer.decoder = decoders.ByteLevel()
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     # Control tokens (<|im_start|>, ...) and user-defined ones must match whole in the text. A
     # control token spelled outside the byte alphabet is a mislabelled ordinary token.
-    special = [
-        AddedToken(t, special=True, normalized=False)
-        for t, kind in zip(tokens, types, strict=False)
-        if kind == _CONTROL and set(t) <= alphabet
-    ]
-    user = [
-        AddedToken(t, special=False, normalized=False)
-        for t, kind in zip(tokens, types, strict=False)
-        if kind == _USER_DEFINED
-    ]
-    tokenizer.add_special_tokens(special)
-    tokenizer.add_tokens(user)
+    types = _types(meta)
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, kind in zip(tokens, types, strict=False)
+            if kind == _CONTROL and set(t) <= alphabet
+        ]
+    )
+    tokenizer.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, kind in zip(tokens, types, strict=False)
+            if kind == _USER_DEFINED
+        ]
+    )
     return tokenizer
 
 
-_BUILDERS = {"gpt2": _byte_level_bpe}
+def merges_from_scores(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple]:
+    """SentencePiece BPE merges: every split of a piece into two pieces of the vocabulary, ranked
+    by the score of the piece they make (best first), as SentencePiece picks its next merge."""
+    index = {t: i for i, t in enumerate(tokens) if types[i] in (_NORMAL, _USER_DEFINED)}
+    ranked = []
+    for piece, i in index.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in index and right in index:
+                ranked.append((-scores[i], i, index[left], index[right], left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def _sentencepiece_bpe(meta: dict[str, Any]) -> Tokenizer:
+    tokens = list(meta["tokenizer.ggml.tokens"])
+    types = _types(meta)
+    scores = list(meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
+    if "tokenizer.ggml.scores" not in meta and "tokenizer.ggml.merges" not in meta:
+        raise GGUFError("a `llama` tokenizer needs tokenizer.ggml.scores or .merges")
+    if "tokenizer.ggml.merges" in meta:
+        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    else:
+        merges = merges_from_scores(tokens, scores, types)
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+    if unk_id is None and _UNKNOWN in types:
+        unk_id = types.index(_UNKNOWN)
+    vocab = {token: i for i, token in enumerate(tokens)}
+    tokenizer = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            unk_token=tokens[unk_id] if unk_id is not None else None,
+            fuse_unk=True,
+            byte_fallback=_BYTE in types,
+        )
+    )
+    add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement=SPACE, prepend_scheme="first" if add_prefix else "never", split=False
+    )
+    steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix:
+        steps.append(decoders.Strip(content=" ", left=1))
+    tokenizer.decoder = decoders.Sequence(steps)
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, kind in zip(tokens, types, strict=False)
+            if kind == _CONTROL
+        ]
+    )
+    tokenizer.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, kind in zip(tokens, types, strict=False)
+            if kind == _USER_DEFINED
+        ]
+    )
+    return tokenizer
+
+
+_BUILDERS = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
 
 
 def tokenizer_from_gguf(meta: dict[str, Any], path: Path) -> Tokenizer:
@@ -55,3 +154,12 @@ def tokenizer_from_gguf(meta: dict[str, Any], path: Path) -> Tokenizer:
             f"(supported: {', '.join(_BUILDERS)})"
         )
     return _BUILDERS[kind](meta)
+
+
+def adds_bos(meta: dict[str, Any]) -> bool:
+    """Whether prompts start with BOS: the file's flag, else llama.cpp's default per kind
+    (SentencePiece vocabularies add it)."""
+    flag = meta.get("tokenizer.ggml.add_bos_token")
+    if flag is None:
+        return meta.get("tokenizer.ggml.model") == "llama"
+    return bool(flag)
