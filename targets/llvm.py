@@ -10,6 +10,7 @@ from tvm.target import Target, codegen
 
 from .base import TargetPreset
 from .cpu_schedules import MatmulNT
+from .x86_kernels import has_avx2, use_x86_kernels
 
 
 def host_cpu() -> str:
@@ -34,4 +35,5 @@ class LLVMTarget(TargetPreset):
         )
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
-        return [ApplyDefaultSchedule(MatmulNT())]
+        kernels = [use_x86_kernels] if has_avx2(target) else []
+        return [*kernels, ApplyDefaultSchedule(MatmulNT())]

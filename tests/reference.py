@@ -34,3 +34,50 @@ def hf_greedy(model, token_ids: list[int], num_tokens: int) -> list[int]:
         pad_token_id=0,
     )
     return out[0, len(token_ids) :].tolist()
+
+
+def dequantized_reference(model_dir: Path, code: str):
+    """transformers with every Linear/Embedding weight replaced by its dequantized value w'.
+
+    Quantization groups run along each weight's input axis, so GPT-2's `Conv1D` weights
+    (`[in, out]`) are quantized transposed, as the build stores them.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    from mlc.quantization import get_quantization
+    from mlc.quantization.group_quant import GroupQuantization
+
+    model = load_hf(model_dir)
+    scheme = get_quantization(code)
+    if not isinstance(scheme, GroupQuantization):
+        return model
+    transposed = {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim != 2:
+                continue
+            w = param.numpy().T if id(param) in transposed else param.numpy()
+            w_deq = scheme.dequantize_weight(*scheme.quantize_weight(w), w.shape[1])
+            param.copy_(torch.from_numpy(w_deq.T if id(param) in transposed else w_deq))
+    return model
+
+
+def quantize_activations_int8(model, group: int = 32):
+    """Make every Linear (and GPT-2 `Conv1D`) of `model` see its input as `q4a8_1` kernels do:
+    per token and per group of `group` values along K, `xs = max|x| / 127`, `x' = round(x/xs)·xs`.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    def fake_quantize(_module, inputs):
+        (x, *rest) = inputs
+        k = x.shape[-1]
+        padded = torch.nn.functional.pad(x, (0, (-k) % group))
+        groups = padded.reshape(*padded.shape[:-1], -1, group)
+        scale = groups.abs().amax(dim=-1, keepdim=True) / 127
+        q = torch.where(scale > 0, torch.round(groups / scale), torch.zeros_like(groups))
+        return ((q * scale).reshape(padded.shape)[..., :k], *rest)
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear | Conv1D):
+            module.register_forward_pre_hook(fake_quantize)
+    return model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .base import Quantization, register
 from .group_quant import GroupQuantization
+from .int8_activations import Int8ActivationQuantization
 from .no_quant import NoQuantization
 
 QUANTIZATIONS: dict[str, Quantization] = {}
@@ -18,6 +19,7 @@ for _scheme in (
     GroupQuantization("q4f32_1", "float32", bits=4, group_size=32, scale_dtype="float32"),
     GroupQuantization("q3f16_1", "float16", bits=3, group_size=40, scale_dtype="float16"),
     GroupQuantization("q8f16_1", "float16", bits=8, group_size=32, scale_dtype="float16"),
+    Int8ActivationQuantization("q4a8_1", "float32", bits=4, group_size=32, scale_dtype="float16"),
 ):
     register(QUANTIZATIONS, _scheme)
 

@@ -1,0 +1,203 @@
+"""4-bit group-quantized weights multiplied by int8-quantized activations (`q4a8_1`).
+
+The weights are stored exactly as in `q4f16_1` (4-bit, group 32, float16 scales, NK). Before
+each quantized Linear the activations are quantized too, per token and per group of 32 along K:
+`xs = max|x| / 127`, `xq = round(x / xs)`, so that each group's dot product is an exact integer
+sum, scaled once: `y = Σ_g sw[n, g] · xs[g] · Σ_k (q[n, k] - 7) · xq[k]`. This is how llama.cpp
+multiplies Q4_0 weights (with Q8 activations); on CPUs it turns the inner loop into integer
+multiply-adds (AVX2 `vpmaddubsw`), several times fewer instructions than dequantizing to float.
+
+Layout of `xq` ("pair-interleaved"): groups are taken in pairs, and a pair's 64 values are
+stored as [even values of the first group, even of the second, odd of the first, odd of the
+second] (16 each); a last unpaired group as [its 16 even values, its 16 odd values]. The low and
+high nibbles of a weight byte hold an even and the following odd value, so a kernel multiplies
+unpacked nibbles with contiguous activations. `xc[g] = -7 · xs[g] · Σ xq[g]` carries the
+zero point, so kernels multiply the unsigned nibbles directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+
+from .group_quant import GroupQuantization, GroupQuantizedEmbedding, _SwapLayers
+
+GROUP = 32
+ACT_MAX = 127
+KERNEL_ATTR = "mlc.kernel"
+Q4A8_MATMUL = "q4a8_matmul"
+
+
+def source_index(position: int | tirx.PrimExpr, num_groups: int):
+    """The activation index `k` stored at `position` of the pair-interleaved layout."""
+    pair, offset = position // (2 * GROUP), position % (2 * GROUP)
+    in_pair = 2 * pair + 1 < num_groups if isinstance(position, int) else None
+    segment, lane = offset // 16, offset % 16
+    paired = 2 * GROUP * pair + GROUP * (segment % 2) + 2 * lane + segment // 2
+    single = GROUP * (position // GROUP) + 2 * (position % 16) + (position % GROUP) // 16
+    if in_pair is not None:
+        return paired if in_pair else single
+    return tirx.Select(2 * pair + 1 < num_groups, paired, single)
+
+
+def activation_layout(k_padded: int) -> np.ndarray:
+    """`perm` with `xq[..., p] = x[..., perm[p]]` (numpy reference of `source_index`)."""
+    groups = k_padded // GROUP
+    return np.array([source_index(p, groups) for p in range(k_padded)], dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8ActivationQuantization(GroupQuantization):
+    """`GroupQuantization` weights (4-bit, group 32); int8 activations in every Linear."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bits != 4 or self.group_size != GROUP:
+            raise ValueError(f"{self.name}: int8 activations need 4-bit weights in groups of 32")
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "activations": "int8 per token and group of 32 (pair-interleaved) in every Linear",
+        }
+
+    def quantize_model(self, model: nn.Module) -> nn.Module:
+        return _SwapInt8Layers(self).visit("", model)
+
+
+def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`x[rows, k]` float → (`xq` int8 `[rows, Kp]` pair-interleaved, `xs`, `xc` `[rows, G]`)."""
+    groups = (k + GROUP - 1) // GROUP
+
+    def value(x: te.Tensor, row, index):
+        return tirx.if_then_else(index < k, x[row, index].astype("float32"), tirx.const(0.0))
+
+    def compute(x: te.Tensor):
+        rows = x.shape[0]
+        r = te.reduce_axis((0, GROUP), name="r")
+        absmax = te.compute(
+            (rows, groups),
+            lambda i, g: te.max(tirx.abs(value(x, i, g * GROUP + r)), axis=r),
+            name="absmax",
+        )
+        xs = te.compute(absmax.shape, lambda i, g: absmax[i, g] / ACT_MAX, name="xs")
+
+        def quantized(i, k):
+            g = k // GROUP
+            scaled = tirx.if_then_else(absmax[i, g] > 0, value(x, i, k) / xs[i, g], 0.0)
+            return tirx.round(scaled).astype("int8")
+
+        natural = te.compute((rows, groups * GROUP), quantized, name="xq_natural")
+        xq = te.compute(
+            natural.shape, lambda i, p: natural[i, source_index(p, groups)], name="xq"
+        )
+        s = te.reduce_axis((0, GROUP), name="s")
+        total = te.compute(
+            (rows, groups), lambda i, g: te.sum(natural[i, g * GROUP + s].astype("int32"), axis=s)
+        )
+        xc = te.compute(
+            (rows, groups),
+            lambda i, g: tirx.const(-7.0) * xs[i, g] * total[i, g].astype("float32"),
+            name="xc",
+        )
+        return [xq, xs, xc]
+
+    xq, xs, xc = op.tensor_expr_op(compute, "quantize_activations", [x])
+    return xq, xs, xc
+
+
+def q4a8_matmul(
+    scheme: Int8ActivationQuantization,
+    xq: Tensor,
+    xs: Tensor,
+    xc: Tensor,
+    q_weight: Tensor,
+    q_scale: Tensor,
+    n: int,
+) -> Tensor:
+    """`y[rows, n]` float32; the portable reference every target may replace with its own
+    kernel (the attribute `mlc.kernel` names it)."""
+
+    def compute(xq, xs, xc, q_weight, q_scale):
+        rows, kp = xq.shape
+        groups = kp // GROUP
+        per_word = scheme.elems_per_word
+        p = te.reduce_axis((0, kp), name="p")
+        g = te.reduce_axis((0, groups), name="g")
+
+        def nibble(j, k):
+            word = q_weight[j, k // per_word]
+            shift = ((k % per_word) * scheme.bits).astype("uint32")
+            return ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
+
+        def term(i, j, p):
+            k = source_index(p, groups)
+            scale = q_scale[j, k // GROUP].astype("float32") * xs[i, k // GROUP]
+            return nibble(j, k) * xq[i, p].astype("float32") * scale
+
+        dots = te.compute((rows, n), lambda i, j: te.sum(term(i, j, p), axis=p), name="dots")
+        zero = te.compute(
+            (rows, n),
+            lambda i, j: te.sum(q_scale[j, g].astype("float32") * xc[i, g], axis=g),
+            name="zero_point",
+        )
+        return te.compute((rows, n), lambda i, j: dots[i, j] + zero[i, j], name=Q4A8_MATMUL)
+
+    return op.tensor_expr_op(
+        compute,
+        Q4A8_MATMUL,
+        [xq, xs, xc, q_weight, q_scale],
+        attrs={
+            KERNEL_ATTR: Q4A8_MATMUL,
+            "mlc.n": n,
+            "mlc.k_padded": int(q_scale.shape[1]) * GROUP,
+            "mlc.scale_dtype": scheme.scale_dtype,
+            "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
+        },
+    )
+
+
+def _linear(scheme, x: Tensor, q_weight, q_scale, k: int, n: int) -> Tensor:
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, k) if len(lead) != 1 else x
+    xq, xs, xc = quantize_activations(rows, k)
+    y = q4a8_matmul(scheme, xq, xs, xc, q_weight, q_scale, n)
+    return y.reshape(*lead, n) if len(lead) != 1 else y
+
+
+class Int8ActivationLinear(nn.Module):
+    def __init__(self, scheme: Int8ActivationQuantization, k: int, n: int, bias: bool, dtype: str):
+        self.scheme, self.in_features, self.out_features = scheme, k, n
+        self.q_weight, self.q_scale = scheme.packed_params(n, k)
+        self.bias = nn.Parameter((n,), dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, n = self.in_features, self.out_features
+        y = _linear(self.scheme, x, self.q_weight, self.q_scale, k, n)
+        return y + self.bias if self.bias is not None else y
+
+
+class Int8ActivationEmbedding(GroupQuantizedEmbedding):
+    """Looks rows up like `GroupQuantizedEmbedding`; as the tied LM head it uses int8 too."""
+
+    def lm_head_forward(self, x: Tensor) -> Tensor:
+        return _linear(self.scheme, x, self.q_weight, self.q_scale, self.dim, self.num)
+
+
+class _SwapInt8Layers(_SwapLayers):
+    def visit_module(self, name: str, node: nn.Module):
+        if isinstance(node, nn.Linear):
+            return Int8ActivationLinear(
+                self.scheme,
+                node.in_features,
+                node.out_features,
+                node.bias is not None,
+                self.scheme.model_dtype,
+            )
+        if isinstance(node, nn.Embedding):
+            return Int8ActivationEmbedding(self.scheme, node.num, node.dim, self.scheme.model_dtype)
+        return self.visit(name, node)

@@ -1,0 +1,165 @@
+"""Hand-written x86 (AVX2) kernels for the kernel kinds the quantization schemes name.
+
+`q4a8_matmul`: `y[rows, N] = Σ_g sw[n, g] · xs[g] · Σ q[n, k] · xq[k] + Σ_g sw[n, g] · xc[g]` with
+4-bit unsigned weights packed 8 per uint32 and int8 activations in the pair-interleaved layout
+of `mlc.quantization.int8_activations`. Per pair of groups: one 32-byte load of weights, the low
+and high nibbles masked out (they are the even and odd values), two `vpmaddubsw` against the
+contiguous activations, one `vpmaddwd` to int32. Four pairs (eight groups) are reduced with
+`vphaddd` into one vector of eight group sums, converted and scaled at once. Output rows are
+split into tiles over the cores; a tile's weights stay in cache while every row of `x` passes.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+from mlc.quantization.int8_activations import GROUP, KERNEL_ATTR, Q4A8_MATMUL
+
+TILE_N = 16
+BLOCK = 8  # groups reduced together with vphaddd
+
+_MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
+_MADD_WD = "llvm.x86.avx2.pmadd.wd"
+_HADD_D = "llvm.x86.avx2.phadd.d"
+# vphaddd leaves a block's group sums in the order 0, 2, 4, 6, 1, 3, 5, 7.
+_NATURAL_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def _u8(value: int, lanes: int):
+    return T.Broadcast(T.uint8(value), lanes)
+
+
+def _pair_dot(qw, xq, n, i, pair):
+    """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second."""
+    w = T.reinterpret("uint8x32", qw[n, T.Ramp(pair * 8, 1, 8)])
+    lo = T.bitwise_and(w, _u8(15, 32))
+    hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
+    even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, xq[i, T.Ramp(pair * 64, 1, 32)])
+    odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, xq[i, T.Ramp(pair * 64 + 32, 1, 32)])
+    return T.call_llvm_pure_intrin("int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16))
+
+
+def _single_dot(qw, xq, n, i, group):
+    """int32x8 partial sums of one unpaired group (layout: 16 even values, then 16 odd)."""
+    w = T.reinterpret("uint8x16", qw[n, T.Ramp(group * 4, 1, 4)])
+    lo = T.bitwise_and(w, _u8(15, 16))
+    hi = T.bitwise_and(T.shift_right(w, _u8(4, 16)), _u8(15, 16))
+    q = T.Shuffle([lo, hi], list(range(32)))
+    p = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, q, xq[i, T.Ramp(group * GROUP, 1, 32)])
+    return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
+
+
+def _block_sums(qw, xq, n, i, block):
+    """float32x8: the integer dot products of the eight groups of `block`, in group order."""
+    d = [_pair_dot(qw, xq, n, i, block * 4 + j) for j in range(4)]
+    low = T.call_llvm_pure_intrin("int32x8", _HADD_D, d[0], d[1])
+    high = T.call_llvm_pure_intrin("int32x8", _HADD_D, d[2], d[3])
+    sums = T.call_llvm_pure_intrin("int32x8", _HADD_D, low, high)
+    return T.Cast("float32x8", T.Shuffle([sums], _NATURAL_ORDER))
+
+
+def _lanes_sum(buf, base, lanes):
+    total = buf[base]
+    for lane in range(1, lanes):
+        total = total + buf[base + lane]
+    return total
+
+
+def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str) -> tirx.PrimFunc:
+    groups = k_padded // GROUP
+    words = k_padded // 8
+    blocks = groups // BLOCK
+    tail_pairs = (groups - blocks * BLOCK) // 2
+    single = groups % 2 == 1
+    tiles = (n + TILE_N - 1) // TILE_N
+
+    def scales(qs, xs, row, i, block):
+        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK, 1, BLOCK)])
+        return sw * xs[i, T.Ramp(block * BLOCK, 1, BLOCK)]
+
+    def zero_point(qs, xc, row, i, block):
+        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK, 1, BLOCK)])
+        return sw * xc[i, T.Ramp(block * BLOCK, 1, BLOCK)]
+
+    def tail_scalar(qs, xs, xc, row, i, group, dot):
+        sw = T.Cast("float32", qs[row, group])
+        return sw * (T.Cast("float32", dot) * xs[i, group] + xc[i, group])
+
+    @T.prim_func
+    def q4a8_matmul(
+        var_xq: T.handle,
+        var_xs: T.handle,
+        var_xc: T.handle,
+        qw: T.Buffer((n, words), "uint32"),
+        qs: T.Buffer((n, groups), scale_dtype),
+        var_y: T.handle,
+    ):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        rows = T.int64()
+        xq = T.match_buffer(var_xq, (rows, k_padded), "int8")
+        xs = T.match_buffer(var_xs, (rows, groups), "float32")
+        xc = T.match_buffer(var_xc, (rows, groups), "float32")
+        y = T.match_buffer(var_y, (rows, n), "float32")
+        for tile in T.parallel(tiles):
+            acc = T.decl_buffer((8,), "float32", scope="local")
+            part = T.decl_buffer((8,), "int32", scope="local")
+            tail = T.decl_buffer((1,), "float32", scope="local")
+            for i in range(rows):
+                for t in range(TILE_N):
+                    if tile * TILE_N + t < n:
+                        acc[T.Ramp(0, 1, 8)] = T.Broadcast(T.float32(0), 8)
+                        tail[0] = T.float32(0)
+                        for b in range(blocks):
+                            acc[T.Ramp(0, 1, 8)] = acc[T.Ramp(0, 1, 8)] + (
+                                _block_sums(qw, xq, tile * TILE_N + t, i, b)
+                                * scales(qs, xs, tile * TILE_N + t, i, b)
+                                + zero_point(qs, xc, tile * TILE_N + t, i, b)
+                            )
+                        for p in range(tail_pairs):
+                            part[T.Ramp(0, 1, 8)] = _pair_dot(
+                                qw, xq, tile * TILE_N + t, i, blocks * 4 + p
+                            )
+                            tail[0] = (
+                                tail[0]
+                                + tail_scalar(
+                                    qs, xs, xc, tile * TILE_N + t, i,
+                                    blocks * BLOCK + 2 * p, _lanes_sum(part, 0, 4),
+                                )
+                                + tail_scalar(
+                                    qs, xs, xc, tile * TILE_N + t, i,
+                                    blocks * BLOCK + 2 * p + 1, _lanes_sum(part, 4, 4),
+                                )
+                            )
+                        if single:
+                            part[T.Ramp(0, 1, 8)] = _single_dot(
+                                qw, xq, tile * TILE_N + t, i, groups - 1
+                            )
+                            tail[0] = tail[0] + tail_scalar(
+                                qs, xs, xc, tile * TILE_N + t, i, groups - 1,
+                                _lanes_sum(part, 0, 8),
+                            )
+                        y[i, tile * TILE_N + t] = _lanes_sum(acc, 0, 8) + tail[0]
+
+    return q4a8_matmul
+
+
+def has_avx2(target: tvm.target.Target) -> bool:
+    return target.kind.name == "llvm" and bool(
+        tvm.target.codegen.target_has_features("avx2", target)
+    )
+
+
+@tvm.transform.module_pass(opt_level=0, name="UseX86Kernels")
+def use_x86_kernels(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+    """Swap each portable kernel that has a hand-written AVX2 twin for that twin."""
+    for gvar, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+            continue
+        if func.attrs.get(KERNEL_ATTR) != Q4A8_MATMUL:
+            continue
+        a = func.attrs
+        fast = q4a8_matmul_avx2(int(a["mlc.n"]), int(a["mlc.k_padded"]), str(a["mlc.scale_dtype"]))
+        mod[gvar] = fast.with_attr("global_symbol", gvar.name_hint)
+    return mod
