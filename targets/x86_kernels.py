@@ -18,6 +18,7 @@ from tvm.script import tirx as T
 from mlc.quantization.int8_activations import GROUP, KERNEL_ATTR, Q4A8_MATMUL
 
 TILE_N = 16
+ROWS = 4  # activation rows (tokens) per pass over a weight row in prefill
 BLOCK = 8  # groups reduced together with vphaddd
 
 _MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
@@ -87,6 +88,24 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str) -> tirx.PrimFunc:
         sw = T.Cast("float32", qs[row, group])
         return sw * (T.Cast("float32", dot) * xs[i, group] + xc[i, group])
 
+    @T.macro
+    def finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, row, i, slot):
+        """The groups after the whole blocks, then the output value of (i, row)."""
+        tail[0] = T.float32(0)
+        for p in range(tail_pairs):
+            part[T.Ramp(0, 1, 8)] = _pair_dot(qw, xq, row, i, blocks * 4 + p)
+            tail[0] = (
+                tail[0]
+                + tail_scalar(qs, xs, xc, row, i, blocks * BLOCK + 2 * p, _lanes_sum(part, 0, 4))
+                + tail_scalar(
+                    qs, xs, xc, row, i, blocks * BLOCK + 2 * p + 1, _lanes_sum(part, 4, 4)
+                )
+            )
+        if single:
+            part[T.Ramp(0, 1, 8)] = _single_dot(qw, xq, row, i, groups - 1)
+            tail[0] = tail[0] + tail_scalar(qs, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8))
+        y[i, row] = _lanes_sum(acc, slot * 8, 8) + tail[0]
+
     @T.prim_func
     def q4a8_matmul(
         var_xq: T.handle,
@@ -103,44 +122,52 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str) -> tirx.PrimFunc:
         xc = T.match_buffer(var_xc, (rows, groups), "float32")
         y = T.match_buffer(var_y, (rows, n), "float32")
         for tile in T.parallel(tiles):
-            acc = T.decl_buffer((8,), "float32", scope="local")
+            acc = T.decl_buffer((8 * ROWS,), "float32", scope="local")
             part = T.decl_buffer((8,), "int32", scope="local")
             tail = T.decl_buffer((1,), "float32", scope="local")
-            for i in range(rows):
+            # ROWS activation rows at a time: each weight word is unpacked once for all of them.
+            for i0 in range(rows // ROWS):
+                for t in range(TILE_N):
+                    if tile * TILE_N + t < n:
+                        for r in T.unroll(ROWS):
+                            acc[T.Ramp(r * 8, 1, 8)] = T.Broadcast(T.float32(0), 8)
+                        for b in range(blocks):
+                            # One store for all rows: the weight unpacking is shared (CSE).
+                            acc[T.Ramp(0, 1, 8 * ROWS)] = acc[T.Ramp(0, 1, 8 * ROWS)] + T.Shuffle(
+                                [
+                                    _block_sums(qw, xq, tile * TILE_N + t, i0 * ROWS + r, b)
+                                    * scales(qs, xs, tile * TILE_N + t, i0 * ROWS + r, b)
+                                    + zero_point(qs, xc, tile * TILE_N + t, i0 * ROWS + r, b)
+                                    for r in range(ROWS)
+                                ],
+                                list(range(8 * ROWS)),
+                            )
+                        for r in T.unroll(ROWS):
+                            finish_row(
+                                qw,
+                                qs,
+                                xq,
+                                xs,
+                                xc,
+                                y,
+                                acc,
+                                part,
+                                tail,
+                                tile * TILE_N + t,
+                                i0 * ROWS + r,
+                                r,
+                            )
+            for i in range(rows - rows % ROWS, rows):
                 for t in range(TILE_N):
                     if tile * TILE_N + t < n:
                         acc[T.Ramp(0, 1, 8)] = T.Broadcast(T.float32(0), 8)
-                        tail[0] = T.float32(0)
                         for b in range(blocks):
                             acc[T.Ramp(0, 1, 8)] = acc[T.Ramp(0, 1, 8)] + (
                                 _block_sums(qw, xq, tile * TILE_N + t, i, b)
                                 * scales(qs, xs, tile * TILE_N + t, i, b)
                                 + zero_point(qs, xc, tile * TILE_N + t, i, b)
                             )
-                        for p in range(tail_pairs):
-                            part[T.Ramp(0, 1, 8)] = _pair_dot(
-                                qw, xq, tile * TILE_N + t, i, blocks * 4 + p
-                            )
-                            tail[0] = (
-                                tail[0]
-                                + tail_scalar(
-                                    qs, xs, xc, tile * TILE_N + t, i,
-                                    blocks * BLOCK + 2 * p, _lanes_sum(part, 0, 4),
-                                )
-                                + tail_scalar(
-                                    qs, xs, xc, tile * TILE_N + t, i,
-                                    blocks * BLOCK + 2 * p + 1, _lanes_sum(part, 4, 4),
-                                )
-                            )
-                        if single:
-                            part[T.Ramp(0, 1, 8)] = _single_dot(
-                                qw, xq, tile * TILE_N + t, i, groups - 1
-                            )
-                            tail[0] = tail[0] + tail_scalar(
-                                qs, xs, xc, tile * TILE_N + t, i, groups - 1,
-                                _lanes_sum(part, 0, 8),
-                            )
-                        y[i, tile * TILE_N + t] = _lanes_sum(acc, 0, 8) + tail[0]
+                        finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, tile * TILE_N + t, i, 0)
 
     return q4a8_matmul
 
