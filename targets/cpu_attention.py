@@ -24,7 +24,31 @@ from tvm.script import tirx as T
 
 LOG2E = math.log2(math.e)
 LANES = 8  # one AVX2 register of float32
+PREFILL_KERNEL = "batch_prefill_ragged_kv"
 DECODE_KERNELS = ("batch_decode_paged_kv_cpu", "batch_decode_paged_kv_cpu_sliding_window")
+
+
+def _dot(q, g, head_dim: int, key_chunk):
+    """q[g] · key with LANES-wide partial sums, then one horizontal sum; `key_chunk(c)` loads
+    lanes c·LANES .. (c+1)·LANES of the key row."""
+    chunks = [
+        q[g, T.Ramp(c * LANES, 1, LANES)] * T.Cast(f"float32x{LANES}", key_chunk(c))
+        for c in range(head_dim // LANES)
+    ]
+    while len(chunks) > 1:
+        chunks = [a + b for a, b in zip(chunks[::2], chunks[1::2], strict=False)] + (
+            [chunks[-1]] if len(chunks) % 2 else []
+        )
+    lanes = [T.Shuffle([chunks[0]], [i]) for i in range(LANES)]
+    out = lanes[0]
+    for lane in lanes[1:]:
+        out = out + lane
+    return out
+
+
+def _row_chunks(buf, row, head):
+    """`chunk(c)`: lanes c·LANES .. of buf[row, head, :]."""
+    return lambda c: buf[row, head, T.Ramp(c * LANES, 1, LANES)]
 
 
 def decode_attention(
@@ -42,22 +66,7 @@ def decode_attention(
         raise ValueError(f"head_dim {D} is not a multiple of {LANES}")
 
     def dot(q, pages, g, page, h, row):
-        """q[g] · K[row] with LANES-wide partial sums, then one horizontal sum."""
-        chunks = [
-            q[g, T.Ramp(c * LANES, 1, LANES)]
-            * T.Cast(f"float32x{LANES}", pages[page, 0, h, row, T.Ramp(c * LANES, 1, LANES)])
-            for c in range(D // LANES)
-        ]
-        while len(chunks) > 1:
-            chunks = [a + b for a, b in zip(chunks[::2], chunks[1::2], strict=False)] + (
-                [chunks[-1]] if len(chunks) % 2 else []
-            )
-        total = chunks[0]
-        lanes = [T.Shuffle([total], [i]) for i in range(LANES)]
-        out = lanes[0]
-        for lane in lanes[1:]:
-            out = out + lane
-        return out
+        return _dot(q, g, D, lambda c: pages[page, 0, h, row, T.Ramp(c * LANES, 1, LANES)])
 
     def seq_offset(pos, b, length_info):
         return _get_seq_offset(pos, b, length_info, sliding_window)
@@ -174,9 +183,15 @@ _SIGNATURE = re.compile(
 )
 
 
-@tvm.transform.module_pass(opt_level=0, name="UseCPUDecodeAttention")
-def use_cpu_decode_attention(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-    """Swap the paged KV cache's CPU decode kernels for `decode_attention`."""
+_RAGGED_SIGNATURE = re.compile(
+    r'q: T\.Buffer\(\("qo_len", (\d+), (\d+)\), "(\w+)"\).*?'
+    r'k: T\.Buffer\(\("kv_len", (\d+), \d+\)'
+)
+
+
+@tvm.transform.module_pass(opt_level=0, name="UseCPUAttention")
+def use_cpu_attention(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+    """Swap the paged KV cache's CPU decode and ragged-prefill kernels for ours."""
     for name in DECODE_KERNELS:
         if name not in [g.name_hint for g in mod.get_global_vars()]:
             continue
@@ -191,4 +206,128 @@ def use_cpu_decode_attention(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
             int(kv_heads), int(heads), int(head_dim), dtype, name.endswith("window"), int(page_size)
         )
         mod[gvar] = kernel.with_attr("global_symbol", mod[gvar].attrs["global_symbol"])
+    if PREFILL_KERNEL in [g.name_hint for g in mod.get_global_vars()]:
+        gvar = mod.get_global_var(PREFILL_KERNEL)
+        found = _RAGGED_SIGNATURE.search(mod[gvar].script())
+        if found is None:
+            raise RuntimeError(f"{PREFILL_KERNEL}: unexpected signature")
+        heads, head_dim, dtype, kv_heads = found.groups()
+        if int(head_dim) % LANES == 0:
+            kernel = prefill_ragged_attention(int(kv_heads), int(heads), int(head_dim), dtype)
+            mod[gvar] = kernel.with_attr("global_symbol", PREFILL_KERNEL)
     return mod
+
+
+def prefill_ragged_attention(
+    num_kv_heads: int, num_qo_heads: int, head_dim: int, dtype: str
+) -> tirx.PrimFunc:
+    """Causal attention of a prefill chunk to itself (Q, K, V contiguous per sequence), a
+    drop-in for the cache's `batch_prefill_ragged_kv_cpu`: parallel over (sequence, KV head),
+    query heads of a group together, masked keys never visited, online softmax per 16 keys."""
+    H_kv, D, P = num_kv_heads, head_dim, 16
+    G = num_qo_heads // num_kv_heads
+    if D % LANES:
+        raise ValueError(f"head_dim {D} is not a multiple of {LANES}")
+
+    @T.prim_func(s_tir=True)
+    def prefill_ragged(
+        var_q: T.handle,
+        var_q_indptr: T.handle,
+        var_k: T.handle,
+        var_v: T.handle,
+        var_kv_indptr: T.handle,
+        var_q_rope_position: T.handle,
+        var_k_rope_pos_offset: T.handle,
+        var_output: T.handle,
+        var_lse: T.handle,
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True})
+        batch_size = T.int32()
+        qo_len = T.int32()
+        kv_len = T.int32()
+        q_indptr_offset = T.int32()
+        kv_indptr_offset = T.int32()
+        q_rope_offset = T.int32()
+        k_rope_offset = T.int32()
+        q = T.match_buffer(var_q, (qo_len, num_qo_heads, D), dtype)
+        q_indptr = T.match_buffer(
+            var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_offset
+        )
+        k = T.match_buffer(var_k, (kv_len, H_kv, D), dtype)
+        v = T.match_buffer(var_v, (kv_len, H_kv, D), dtype)
+        kv_indptr = T.match_buffer(
+            var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_indptr_offset
+        )
+        q_rope_position = T.match_buffer(  # noqa: F841 (rotary is applied before this kernel)
+            var_q_rope_position, (qo_len,), "int32", elem_offset=q_rope_offset
+        )
+        k_rope_pos_offset = T.match_buffer(  # noqa: F841
+            var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_offset
+        )
+        output = T.match_buffer(var_output, (qo_len, num_qo_heads, D), dtype)
+        lse = T.match_buffer(var_lse, (qo_len, num_qo_heads), "float32")
+
+        assert rotary_mode == 0, "inline rotary (RopeMode.INLINE) is not supported on CPU"
+        for bh in T.parallel(batch_size * H_kv):
+            with T.sblock("attention"):
+                T.reads()
+                T.writes()
+                qv = T.sblock_alloc_buffer((G, D), "float32")
+                o = T.sblock_alloc_buffer((G, D), "float32")
+                s = T.sblock_alloc_buffer((G, P), "float32")
+                m = T.sblock_alloc_buffer((G,), "float32")
+                denom = T.sblock_alloc_buffer((G,), "float32")
+                top = T.sblock_alloc_buffer((1,), "float32")
+                b: T.let[T.int32] = bh // H_kv
+                h: T.let[T.int32] = bh % H_kv
+                q0: T.let[T.int32] = q_indptr[b]
+                k0: T.let[T.int32] = kv_indptr[b]
+                n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                n_kv: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
+                for i in T.serial(n_q):
+                    # Keys this query sees: all of them, or up to its own position if causal.
+                    visible: T.let[T.int32] = T.if_then_else(
+                        causal > 0, T.min(n_kv, n_kv - n_q + i + 1), n_kv
+                    )
+                    for g in T.serial(G):
+                        m[g] = T.float32(-5e4)
+                        denom[g] = T.float32(1.0)
+                        for d in T.serial(D):
+                            qv[g, d] = T.Cast("float32", q[q0 + i, h * G + g, d]) * sm_scale * LOG2E
+                            o[g, d] = T.float32(0)
+                    for c in T.serial((visible + P - 1) // P):
+                        rows: T.let[T.int32] = T.min(P, visible - c * P)
+                        for r in T.serial(rows):
+                            for g in T.serial(G):
+                                s[g, r] = _dot(qv, g, D, _row_chunks(k, k0 + c * P + r, h))
+                        for g in T.serial(G):
+                            top[0] = m[g]
+                            for r in T.serial(rows):
+                                top[0] = T.max(top[0], s[g, r])
+                            for d in T.serial(D):
+                                o[g, d] = o[g, d] * T.exp2(m[g] - top[0])
+                            denom[g] = denom[g] * T.exp2(m[g] - top[0])
+                            m[g] = top[0]
+                            for r in T.serial(rows):
+                                s[g, r] = T.exp2(s[g, r] - m[g])
+                                denom[g] = denom[g] + s[g, r]
+                        for r in T.serial(rows):
+                            for g in T.serial(G):
+                                for ch in T.serial(D // LANES):
+                                    o[g, T.Ramp(ch * LANES, 1, LANES)] = o[
+                                        g, T.Ramp(ch * LANES, 1, LANES)
+                                    ] + T.Broadcast(s[g, r], LANES) * T.Cast(
+                                        f"float32x{LANES}",
+                                        v[k0 + c * P + r, h, T.Ramp(ch * LANES, 1, LANES)],
+                                    )
+                    for g in T.serial(G):
+                        for d in T.serial(D):
+                            output[q0 + i, h * G + g, d] = T.Cast(dtype, o[g, d] / denom[g])
+                        lse[q0 + i, h * G + g] = m[g] + T.log2(denom[g])
+
+    return prefill_ragged

@@ -9,7 +9,7 @@ from tvm.s_tir.dlight import ApplyDefaultSchedule
 from tvm.target import Target, codegen
 
 from .base import TargetPreset
-from .cpu_attention import use_cpu_decode_attention
+from .cpu_attention import use_cpu_attention
 from .cpu_schedules import MatmulNT
 from .x86_kernels import has_avx2, use_x86_kernels
 
@@ -37,4 +37,4 @@ class LLVMTarget(TargetPreset):
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
         kernels = [use_x86_kernels] if has_avx2(target) else []
-        return [*kernels, use_cpu_decode_attention, ApplyDefaultSchedule(MatmulNT())]
+        return [*kernels, use_cpu_attention, ApplyDefaultSchedule(MatmulNT())]
