@@ -36,5 +36,5 @@ class LLVMTarget(TargetPreset):
         )
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
-        kernels = [use_x86_kernels] if has_avx2(target) else []
+        kernels = [use_x86_kernels(target)] if has_avx2(target) else []
         return [*kernels, use_cpu_attention, ApplyDefaultSchedule(MatmulNT())]

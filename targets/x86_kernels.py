@@ -24,6 +24,7 @@ BLOCK = 8  # groups reduced together with vphaddd
 _MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _MADD_WD = "llvm.x86.avx2.pmadd.wd"
 _HADD_D = "llvm.x86.avx2.phadd.d"
+_DPBUSD = "llvm.x86.avx512.vpdpbusd.256"  # AVX512-VNNI with AVX512VL
 # vphaddd leaves a block's group sums in the order 0, 2, 4, 6, 1, 3, 5, 7.
 _NATURAL_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
 
@@ -32,13 +33,17 @@ def _u8(value: int, lanes: int):
     return T.Broadcast(T.uint8(value), lanes)
 
 
-def _pair_dot(qw, xq, n, i, pair):
+def _pair_dot(qw, xq, n, i, pair, vnni: bool = False):
     """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second."""
     w = T.reinterpret("uint8x32", qw[n, T.Ramp(pair * 8, 1, 8)])
     lo = T.bitwise_and(w, _u8(15, 32))
     hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
-    even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, xq[i, T.Ramp(pair * 64, 1, 32)])
-    odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, xq[i, T.Ramp(pair * 64 + 32, 1, 32)])
+    even_x, odd_x = xq[i, T.Ramp(pair * 64, 1, 32)], xq[i, T.Ramp(pair * 64 + 32, 1, 32)]
+    if vnni:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
+        even = T.call_llvm_pure_intrin("int32x8", _DPBUSD, T.Broadcast(T.int32(0), 8), lo, even_x)
+        return T.call_llvm_pure_intrin("int32x8", _DPBUSD, even, hi, odd_x)
+    even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, even_x)
+    odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, odd_x)
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16))
 
 
@@ -52,9 +57,9 @@ def _single_dot(qw, xq, n, i, group):
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
 
 
-def _block_sums(qw, xq, n, i, block):
+def _block_sums(qw, xq, n, i, block, vnni: bool = False):
     """float32x8: the integer dot products of the eight groups of `block`, in group order."""
-    d = [_pair_dot(qw, xq, n, i, block * 4 + j) for j in range(4)]
+    d = [_pair_dot(qw, xq, n, i, block * 4 + j, vnni) for j in range(4)]
     low = T.call_llvm_pure_intrin("int32x8", _HADD_D, d[0], d[1])
     high = T.call_llvm_pure_intrin("int32x8", _HADD_D, d[2], d[3])
     sums = T.call_llvm_pure_intrin("int32x8", _HADD_D, low, high)
@@ -68,7 +73,9 @@ def _lanes_sum(buf, base, lanes):
     return total
 
 
-def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str) -> tirx.PrimFunc:
+def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False) -> tirx.PrimFunc:
+    """The kernel for `[n, k_padded]` weights; `vnni` uses AVX512-VNNI's `vpdpbusd` (on
+    256-bit registers) for the integer dot products where the CPU has it."""
     groups = k_padded // GROUP
     words = k_padded // 8
     blocks = groups // BLOCK
@@ -93,7 +100,7 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str) -> tirx.PrimFunc:
         """The groups after the whole blocks, then the output value of (i, row)."""
         tail[0] = T.float32(0)
         for p in range(tail_pairs):
-            part[T.Ramp(0, 1, 8)] = _pair_dot(qw, xq, row, i, blocks * 4 + p)
+            part[T.Ramp(0, 1, 8)] = _pair_dot(qw, xq, row, i, blocks * 4 + p, vnni)
             tail[0] = (
                 tail[0]
                 + tail_scalar(qs, xs, xc, row, i, blocks * BLOCK + 2 * p, _lanes_sum(part, 0, 4))
@@ -135,7 +142,7 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str) -> tirx.PrimFunc:
                             # One store for all rows: the weight unpacking is shared (CSE).
                             acc[T.Ramp(0, 1, 8 * ROWS)] = acc[T.Ramp(0, 1, 8 * ROWS)] + T.Shuffle(
                                 [
-                                    _block_sums(qw, xq, tile * TILE_N + t, i0 * ROWS + r, b)
+                                    _block_sums(qw, xq, tile * TILE_N + t, i0 * ROWS + r, b, vnni)
                                     * scales(qs, xs, tile * TILE_N + t, i0 * ROWS + r, b)
                                     + zero_point(qs, xc, tile * TILE_N + t, i0 * ROWS + r, b)
                                     for r in range(ROWS)
@@ -163,7 +170,7 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str) -> tirx.PrimFunc:
                         acc[T.Ramp(0, 1, 8)] = T.Broadcast(T.float32(0), 8)
                         for b in range(blocks):
                             acc[T.Ramp(0, 1, 8)] = acc[T.Ramp(0, 1, 8)] + (
-                                _block_sums(qw, xq, tile * TILE_N + t, i, b)
+                                _block_sums(qw, xq, tile * TILE_N + t, i, b, vnni)
                                 * scales(qs, xs, tile * TILE_N + t, i, b)
                                 + zero_point(qs, xc, tile * TILE_N + t, i, b)
                             )
@@ -178,15 +185,27 @@ def has_avx2(target: tvm.target.Target) -> bool:
     )
 
 
-@tvm.transform.module_pass(opt_level=0, name="UseX86Kernels")
-def use_x86_kernels(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-    """Swap each portable kernel that has a hand-written AVX2 twin for that twin."""
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
-            continue
-        if func.attrs.get(KERNEL_ATTR) != Q4A8_MATMUL:
-            continue
-        a = func.attrs
-        fast = q4a8_matmul_avx2(int(a["mlc.n"]), int(a["mlc.k_padded"]), str(a["mlc.scale_dtype"]))
-        mod[gvar] = fast.with_attr("global_symbol", gvar.name_hint)
-    return mod
+def has_avx512_vnni(target: tvm.target.Target) -> bool:
+    return has_avx2(target) and all(
+        tvm.target.codegen.target_has_features(f, target) for f in ("avx512vnni", "avx512vl")
+    )
+
+
+def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
+    """Swap each portable kernel that has a hand-written x86 twin for that twin."""
+    vnni = has_avx512_vnni(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="UseX86Kernels")
+    def swap(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        for gvar, func in list(mod.functions.items()):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+                continue
+            if func.attrs.get(KERNEL_ATTR) != Q4A8_MATMUL:
+                continue
+            a = func.attrs
+            n, k_padded, scale = int(a["mlc.n"]), int(a["mlc.k_padded"]), str(a["mlc.scale_dtype"])
+            fast = q4a8_matmul_avx2(n, k_padded, scale, vnni=vnni)
+            mod[gvar] = fast.with_attr("global_symbol", gvar.name_hint)
+        return mod
+
+    return swap

@@ -20,7 +20,7 @@ from mlc.quantization.int8_activations import (
 )
 from mlc.runtime import CompiledModel
 from mlc.targets import get_target
-from mlc.targets.x86_kernels import has_avx2, q4a8_matmul_avx2
+from mlc.targets.x86_kernels import has_avx2, has_avx512_vnni, q4a8_matmul_avx2
 
 CODE = "q4a8_1"
 GQA = {"num_key_value_heads": 2}
@@ -69,14 +69,18 @@ def _run(func: tvm.tirx.PrimFunc, target: tvm.target.Target, arrays: list[np.nda
     return args[-1].numpy()
 
 
+@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
 @pytest.mark.parametrize("n,k,rows", SHAPES)
-def test_avx2_kernel_is_exact(n, k, rows):
+def test_x86_kernel_is_exact(n, k, rows, vnni):
     target = get_target("llvm").tvm_target()
     if not has_avx2(target):
         pytest.fail("this machine has no AVX2; run the test where the kernel can run")
+    if vnni and not has_avx512_vnni(target):
+        pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
     _, inputs, exact = _int8_problem(n, k, rows)
     kp = inputs[0].shape[1]
-    out = _run(q4a8_matmul_avx2(n, kp, "float16"), target, [*inputs, np.zeros((rows, n), "f4")])
+    kernel = q4a8_matmul_avx2(n, kp, "float16", vnni=vnni)
+    out = _run(kernel, target, [*inputs, np.zeros((rows, n), "f4")])
     # Integer dot products are exact; only the float scaling and the final sums round.
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
