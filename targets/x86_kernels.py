@@ -123,11 +123,18 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
         var_y: T.handle,
     ):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        rows = T.int64()
-        xq = T.match_buffer(var_xq, (rows, k_padded), "int8")
-        xs = T.match_buffer(var_xs, (rows, groups), "float32")
-        xc = T.match_buffer(var_xc, (rows, groups), "float32")
-        y = T.match_buffer(var_y, (rows, n), "float32")
+        batch = T.int64()
+        seq = T.int64()
+        xq_in = T.match_buffer(var_xq, (batch, seq, k_padded), "int8")
+        xs_in = T.match_buffer(var_xs, (batch, seq, groups), "float32")
+        xc_in = T.match_buffer(var_xc, (batch, seq, groups), "float32")
+        y_out = T.match_buffer(var_y, (batch, seq, n), "float32")
+        # The (batch, seq) tokens as one axis of rows, over the same memory.
+        rows = T.meta_var(batch * seq)
+        xq = T.decl_buffer((rows, k_padded), "int8", data=xq_in.data)
+        xs = T.decl_buffer((rows, groups), "float32", data=xs_in.data)
+        xc = T.decl_buffer((rows, groups), "float32", data=xc_in.data)
+        y = T.decl_buffer((rows, n), "float32", data=y_out.data)
         for tile in T.parallel(tiles):
             acc = T.decl_buffer((8 * ROWS,), "float32", scope="local")
             part = T.decl_buffer((8,), "int32", scope="local")
@@ -200,8 +207,8 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
         for gvar, func in list(mod.functions.items()):
             if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
                 continue
-            if func.attrs.get(KERNEL_ATTR) != Q4A8_MATMUL:
-                continue
+            if func.attrs.get(KERNEL_ATTR) != Q4A8_MATMUL or int(func.attrs["mlc.ndim"]) != 3:
+                continue  # the hand-written kernel takes [batch, seq, k] activations
             a = func.attrs
             n, k_padded, scale = int(a["mlc.n"]), int(a["mlc.k_padded"]), str(a["mlc.scale_dtype"])
             fast = q4a8_matmul_avx2(n, k_padded, scale, vnni=vnni)

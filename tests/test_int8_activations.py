@@ -80,7 +80,10 @@ def test_x86_kernel_is_exact(n, k, rows, vnni):
     _, inputs, exact = _int8_problem(n, k, rows)
     kp = inputs[0].shape[1]
     kernel = q4a8_matmul_avx2(n, kp, "float16", vnni=vnni)
-    out = _run(kernel, target, [*inputs, np.zeros((rows, n), "f4")])
+    # The kernel takes [batch, seq, ...] activations: here one sequence of `rows` tokens.
+    xq, xs, xc, q_weight, q_scale = inputs
+    tokens = [a[None] for a in (xq, xs, xc)]
+    out = _run(kernel, target, [*tokens, q_weight, q_scale, np.zeros((1, rows, n), "f4")])[0]
     # Integer dot products are exact; only the float scaling and the final sums round.
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 

@@ -70,38 +70,44 @@ class Int8ActivationQuantization(GroupQuantization):
 
 
 def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """`x[rows, k]` float → (`xq` int8 `[rows, Kp]` pair-interleaved, `xs`, `xc` `[rows, G]`)."""
+    """`x[..., k]` float → (`xq` int8 `[..., Kp]` pair-interleaved, `xs`, `xc` `[..., G]`)."""
     groups = (k + GROUP - 1) // GROUP
 
-    def value(x: te.Tensor, row, index):
-        return tirx.if_then_else(index < k, x[row, index].astype("float32"), tirx.const(0.0))
-
     def compute(x: te.Tensor):
-        rows = x.shape[0]
+        lead = tuple(x.shape[:-1])
+
+        def value(row, index):
+            inside = x[(*row, tirx.min(index, k - 1))].astype("float32")
+            return tirx.if_then_else(index < k, inside, tirx.const(0.0))
+
         r = te.reduce_axis((0, GROUP), name="r")
         absmax = te.compute(
-            (rows, groups),
-            lambda i, g: te.max(tirx.abs(value(x, i, g * GROUP + r)), axis=r),
+            (*lead, groups),
+            lambda *i: te.max(tirx.abs(value(i[:-1], i[-1] * GROUP + r)), axis=r),
             name="absmax",
         )
-        xs = te.compute(absmax.shape, lambda i, g: absmax[i, g] / ACT_MAX, name="xs")
+        xs = te.compute(absmax.shape, lambda *i: absmax[i] / ACT_MAX, name="xs")
 
-        def quantized(i, k):
-            g = k // GROUP
-            scaled = tirx.if_then_else(absmax[i, g] > 0, value(x, i, k) / xs[i, g], 0.0)
+        def quantized(*i):
+            row, g = i[:-1], i[-1] // GROUP
+            scale = xs[(*row, g)]
+            scaled = tirx.if_then_else(absmax[(*row, g)] > 0, value(row, i[-1]) / scale, 0.0)
             return tirx.round(scaled).astype("int8")
 
-        natural = te.compute((rows, groups * GROUP), quantized, name="xq_natural")
+        natural = te.compute((*lead, groups * GROUP), quantized, name="xq_natural")
         xq = te.compute(
-            natural.shape, lambda i, p: natural[i, source_index(p, groups)], name="xq"
+            natural.shape,
+            lambda *i: natural[(*i[:-1], source_index(i[-1], groups))],
+            name="xq",
         )
         s = te.reduce_axis((0, GROUP), name="s")
         total = te.compute(
-            (rows, groups), lambda i, g: te.sum(natural[i, g * GROUP + s].astype("int32"), axis=s)
+            (*lead, groups),
+            lambda *i: te.sum(natural[(*i[:-1], i[-1] * GROUP + s)].astype("int32"), axis=s),
         )
         xc = te.compute(
-            (rows, groups),
-            lambda i, g: tirx.const(-7.0) * xs[i, g] * total[i, g].astype("float32"),
+            total.shape,
+            lambda *i: tirx.const(-7.0) * xs[i] * total[i].astype("float32"),
             name="xc",
         )
         return [xq, xs, xc]
@@ -119,11 +125,11 @@ def q4a8_matmul(
     q_scale: Tensor,
     n: int,
 ) -> Tensor:
-    """`y[rows, n]` float32; the portable reference every target may replace with its own
+    """`y[..., n]` float32; the portable reference every target may replace with its own
     kernel (the attribute `mlc.kernel` names it)."""
 
     def compute(xq, xs, xc, q_weight, q_scale):
-        rows, kp = xq.shape
+        lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
         per_word = scheme.elems_per_word
         p = te.reduce_axis((0, kp), name="p")
@@ -134,18 +140,20 @@ def q4a8_matmul(
             shift = ((k % per_word) * scheme.bits).astype("uint32")
             return ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
 
-        def term(i, j, p):
+        def term(row, j, p):
             k = source_index(p, groups)
-            scale = q_scale[j, k // GROUP].astype("float32") * xs[i, k // GROUP]
-            return nibble(j, k) * xq[i, p].astype("float32") * scale
+            scale = q_scale[j, k // GROUP].astype("float32") * xs[(*row, k // GROUP)]
+            return nibble(j, k) * xq[(*row, p)].astype("float32") * scale
 
-        dots = te.compute((rows, n), lambda i, j: te.sum(term(i, j, p), axis=p), name="dots")
+        dots = te.compute(
+            (*lead, n), lambda *i: te.sum(term(i[:-1], i[-1], p), axis=p), name="dots"
+        )
         zero = te.compute(
-            (rows, n),
-            lambda i, j: te.sum(q_scale[j, g].astype("float32") * xc[i, g], axis=g),
+            (*lead, n),
+            lambda *i: te.sum(q_scale[i[-1], g].astype("float32") * xc[(*i[:-1], g)], axis=g),
             name="zero_point",
         )
-        return te.compute((rows, n), lambda i, j: dots[i, j] + zero[i, j], name=Q4A8_MATMUL)
+        return te.compute((*lead, n), lambda *i: dots[i] + zero[i], name=Q4A8_MATMUL)
 
     return op.tensor_expr_op(
         compute,
@@ -156,17 +164,15 @@ def q4a8_matmul(
             "mlc.n": n,
             "mlc.k_padded": int(q_scale.shape[1]) * GROUP,
             "mlc.scale_dtype": scheme.scale_dtype,
+            "mlc.ndim": len(xq.shape),
             "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
         },
     )
 
 
 def _linear(scheme, x: Tensor, q_weight, q_scale, k: int, n: int) -> Tensor:
-    lead = x.shape[:-1]
-    rows = x.reshape(-1, k) if len(lead) != 1 else x
-    xq, xs, xc = quantize_activations(rows, k)
-    y = q4a8_matmul(scheme, xq, xs, xc, q_weight, q_scale, n)
-    return y.reshape(*lead, n) if len(lead) != 1 else y
+    xq, xs, xc = quantize_activations(x, k)
+    return q4a8_matmul(scheme, xq, xs, xc, q_weight, q_scale, n)
 
 
 class Int8ActivationLinear(nn.Module):
