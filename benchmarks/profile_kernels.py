@@ -55,8 +55,10 @@ def main() -> None:
 
     step = "prefill" if args.prefill else "decode"
     total_min = sum(min(v) * len(v) / args.steps for v in times.values())
-    print(f"{step} step: median {np.median(wall) * 1e3:.1f} ms wall, fastest calls sum to "
-          f"{total_min * 1e3:.1f} ms")
+    print(
+        f"{step} step: median {np.median(wall) * 1e3:.1f} ms wall, fastest calls sum to "
+        f"{total_min * 1e3:.1f} ms"
+    )
     print(f"{'kernel':44s} {'calls':>5s} {'median':>9s} {'fastest':>9s} {'share':>6s}")
     rows = sorted(times.items(), key=lambda kv: -min(kv[1]) * len(kv[1]))
     for name, values in rows[: args.top]:
