@@ -23,7 +23,7 @@ from mlc.build import BuildOptions, build
 from mlc.quantization import QUANTIZATIONS
 from mlc.runtime import CompiledModel
 
-CODES = ["q0f32", "q0f16", "q8f16_1", "q4f32_1", "q4f16_1", "q3f16_1"]
+CODES = ["q0f32", "q0f16", "q8f16_1", "q4f32_1", "q4f16_1", "q4a8_1", "q3f16_1"]
 
 
 def next_token_log_probs(model_dir: Path, tokens: list[int]) -> np.ndarray:
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--kl-tokens", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--gen-len", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     codes = args.codes.split(",")
     unknown = [c for c in codes if c not in QUANTIZATIONS]
@@ -71,6 +72,8 @@ def main() -> None:
                     str(args.prompt_len),
                     "--gen-len",
                     str(args.gen_len),
+                    "--runs",
+                    str(args.runs),
                     "--json",
                 ],
                 capture_output=True,

@@ -8,6 +8,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -27,20 +28,32 @@ class BenchResult:
     time_to_first_token_s: float
     peak_rss_mb: float
     machine: str
+    threads: int
+    quantization: str = ""
+    references: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def table(self) -> str:
-        return "\n".join(
-            [
-                f"model            {self.model}",
-                f"machine          {self.machine}",
-                f"load             {self.load_seconds:.2f} s",
-                f"prefill          {self.prefill_tokens_per_s:.1f} tok/s ({self.prompt_len} tok)",
-                f"decode           {self.decode_tokens_per_s:.2f} tok/s ({self.gen_len} tok)",
-                f"first token      {self.time_to_first_token_s * 1000:.0f} ms",
-                f"peak memory      {self.peak_rss_mb:.0f} MB (resident)",
-                f"runs             median of {self.runs} after a warm-up",
+        lines = [
+            f"model            {self.model}",
+            f"machine          {self.machine}",
+            f"load             {self.load_seconds:.2f} s",
+            f"prefill          {self.prefill_tokens_per_s:.1f} tok/s ({self.prompt_len} tok)",
+            f"decode           {self.decode_tokens_per_s:.2f} tok/s ({self.gen_len} tok)",
+            f"first token      {self.time_to_first_token_s * 1000:.0f} ms",
+            f"peak memory      {self.peak_rss_mb:.0f} MB (resident)",
+            f"runs             median of {self.runs} after a warm-up, {self.threads} threads",
+        ]
+        for ref in self.references:
+            lines += [
+                f"vs {ref['engine']}",
+                f"  prefill        {ref['prefill_tokens_per_s']:.1f} tok/s   "
+                f"mlc/reference {ref['prefill_ratio']:.2f}x",
+                f"  decode         {ref['decode_tokens_per_s']:.2f} tok/s   "
+                f"mlc/reference {ref['decode_ratio']:.2f}x",
+                f"  load           {ref['load_seconds']:.2f} s",
+                f"  peak memory    {ref['peak_rss_mb']:.0f} MB (resident)",
             ]
-        )
+        return "\n".join(lines)
 
 
 def machine_description() -> str:
@@ -56,8 +69,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def thread_count() -> int:
+    import os
+
+    return int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+
+
 def run_bench(
-    model_dir: Path, prompt_len: int, gen_len: int, runs: int, device: str = "cpu"
+    model_dir: Path,
+    prompt_len: int,
+    gen_len: int,
+    runs: int,
+    device: str = "cpu",
+    compare: tuple[str, ...] = (),
 ) -> BenchResult:
     start = time.perf_counter()
     engine = CompiledModel(model_dir, device=device)
@@ -81,7 +105,7 @@ def run_bench(
             prefill_times.append(t1 - t0)
             decode_times.append(t2 - t1)
     prefill_s, decode_s = statistics.median(prefill_times), statistics.median(decode_times)
-    return BenchResult(
+    result = BenchResult(
         model=str(model_dir),
         prompt_len=prompt_len,
         gen_len=gen_len,
@@ -92,7 +116,33 @@ def run_bench(
         time_to_first_token_s=prefill_s,
         peak_rss_mb=_peak_rss_mb(),
         machine=machine_description(),
+        threads=thread_count(),
+        quantization=engine.chat_config.get("quantization", ""),
     )
+    for kind in compare:
+        result.references.append(_compare(result, engine.chat_config, kind))
+    return result
+
+
+def _compare(result: BenchResult, chat_config: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Run a reference engine on the artifact's source weights, same shape and threads."""
+    from mlc.bench_reference import run_reference
+
+    source = Path(chat_config.get("source_model", ""))
+    if not chat_config.get("source_model") or not source.exists():
+        raise ValueError(
+            f"--compare {kind} needs the weights the model was built from, but "
+            f"{source or 'no source_model'} is not there; rebuild from a local model"
+        )
+    ref = run_reference(
+        kind, source, result.quantization, result.prompt_len, result.gen_len, result.runs,
+        result.threads,
+    )  # fmt: skip
+    ref["prefill_ratio"] = result.prefill_tokens_per_s / ref["prefill_tokens_per_s"]
+    ref["decode_ratio"] = (
+        result.decode_tokens_per_s / ref["decode_tokens_per_s"] if result.gen_len else 0.0
+    )
+    return ref
 
 
 def print_result(result: BenchResult, as_json: bool) -> None:

@@ -6,15 +6,20 @@ place only when the build has succeeded, so a failed or interrupted build leaves
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tvm
 from tqdm import tqdm
 
@@ -29,7 +34,9 @@ from mlc.runtime.conversation import get_template
 from mlc.targets import get_target
 from mlc.tensor_cache import TensorCacheWriter
 
-MAX_BATCH_SIZE = 1
+# Sequences one batched decode step can serve (`mlc serve`); single-sequence chat costs nothing
+# extra: it only raises the planned upper bound of the decode activations.
+DEFAULT_MAX_BATCH_SIZE = 16
 
 
 @dataclasses.dataclass
@@ -41,6 +48,7 @@ class BuildOptions:
     conv_template: str | None = None
     context_window_size: int | None = None
     prefill_chunk_size: int | None = None
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     quiet: bool = False
 
 
@@ -59,6 +67,8 @@ def build(opts: BuildOptions) -> Path:
     preset = get_target(opts.target)
     # None: the model's own chat template if it has one, else the raw-text `LM` template.
     conv_template = get_template(opts.conv_template).name if opts.conv_template else None
+    if opts.max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {opts.max_batch_size}")
     config = arch.CONFIG.from_hf(checkpoint.config)
     if opts.context_window_size:
         config.context_window_size = opts.context_window_size
@@ -98,10 +108,12 @@ def build(opts: BuildOptions) -> Path:
             "quantization": quant.name,
             "target": str(target),
             "model_config": config.to_dict(),
-            "max_batch_size": MAX_BATCH_SIZE,
+            "max_batch_size": opts.max_batch_size,
             "params": param_meta,
         }
-        mod = attach_metadata(attach_shape_bounds(mod, config.prefill_chunk_size, 1), metadata)
+        mod = attach_metadata(
+            attach_shape_bounds(mod, config.prefill_chunk_size, opts.max_batch_size), metadata
+        )
         _log(opts, f"Compiling for {preset.name} ({target.attrs.get('mcpu', '')}) ...")
         t0 = time.perf_counter()
         executable = compile_module(mod, preset, target)
@@ -117,6 +129,7 @@ def build(opts: BuildOptions) -> Path:
             preset.name,
             lib_name,
             conv_template,
+            opts.max_batch_size,
             tokenizer_files,
             staging,
         )
@@ -140,11 +153,21 @@ def _convert_weights(
     """Stream every parameter from the checkpoint into the tensor cache, in calling order."""
     writer = TensorCacheWriter(out_dir)
     expected = iter(param_meta)
-    for our_name, source in tqdm(
-        weight_map.items(), desc="Converting weights", unit="tensor", disable=opts.quiet
-    ):
+
+    def convert(item: tuple[str, Any]) -> tuple[int, list[tuple[str, np.ndarray]]]:
+        our_name, source = item
         array = source.build([checkpoint.get(n) for n in source.hf_names])
-        for i, (name, stored) in enumerate(quant.convert(our_name, array)):
+        return array.size, list(quant.convert(our_name, array))
+
+    converted = _ordered_map(convert, weight_map.items(), workers=os.cpu_count() or 1)
+    for size, tensors in tqdm(
+        converted,
+        total=len(weight_map),
+        desc="Converting weights",
+        unit="tensor",
+        disable=opts.quiet,
+    ):
+        for i, (name, stored) in enumerate(tensors):
             want = next(expected, None)
             if want is None or want["name"] != name or list(stored.shape) != want["shape"]:
                 raise ValueError(
@@ -153,11 +176,24 @@ def _convert_weights(
                     "model as the weights?"
                 )
             # The model parameters count once, with the first tensor they are stored as.
-            writer.add(name, stored, logical_size=array.size if i == 0 else 0)
+            writer.add(name, stored, logical_size=size if i == 0 else 0)
     leftover = [p["name"] for p in expected]
     if leftover:
         raise ValueError(f"no weights were converted for: {leftover}")
     writer.finish()
+
+
+def _ordered_map(func, items, workers: int) -> Iterator:
+    """`map(func, items)` on a thread pool (numpy releases the GIL while quantizing), in
+    order, with at most `2 * workers` results held at once to bound memory."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _generation_defaults(gen: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +241,7 @@ def _chat_config(
     target: str,
     lib_name: str,
     conv_template: str | None,
+    max_batch_size: int,
     tokenizer_files: list[str],
     out_dir: Path,
 ) -> dict[str, Any]:
@@ -220,6 +257,7 @@ def _chat_config(
         "vocab_size": model_config["vocab_size"],
         "context_window_size": model_config["context_window_size"],
         "prefill_chunk_size": model_config["prefill_chunk_size"],
+        "max_batch_size": max_batch_size,
         **_generation_defaults(gen),
         "conv_template": conv_template,
         "chat_template": _chat_template(out_dir),

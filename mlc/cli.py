@@ -41,6 +41,13 @@ def main() -> None:
     default=None,
     help="Largest number of tokens one prefill call takes.",
 )
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Most sequences one batched decode step serves (`mlc serve`).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(
     model: Path,
@@ -50,6 +57,7 @@ def build(
     output: Path,
     context_window_size: int | None,
     prefill_chunk_size: int | None,
+    max_batch_size: int,
     quiet: bool,
 ) -> None:
     """Convert and compile the Hugging Face model directory MODEL."""
@@ -64,6 +72,7 @@ def build(
         conv_template=conv_template,
         context_window_size=context_window_size,
         prefill_chunk_size=prefill_chunk_size,
+        max_batch_size=max_batch_size,
         quiet=quiet,
     )
     _run(lambda: run_build(opts))
@@ -111,14 +120,137 @@ def chat(
     help="Measured runs (after one warm-up); the median is reported.",
 )
 @click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for mlc and the references (default: every core this process may use).",
+)
+@click.option(
+    "--compare",
+    type=click.Choice(["llama.cpp", "torch"]),
+    multiple=True,
+    help="Also run this engine on the source weights, same run and threads (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(
-    model: Path, prompt_len: int, gen_len: int, runs: int, device: str, as_json: bool
+    model: Path,
+    prompt_len: int,
+    gen_len: int,
+    runs: int,
+    device: str,
+    threads: int | None,
+    compare: tuple[str, ...],
+    as_json: bool,
 ) -> None:
-    """Measure prefill and decode speed of the built model in directory MODEL."""
+    """Measure prefill and decode speed of the built model in directory MODEL.
+
+    --compare llama.cpp exports the source model to the nearest GGUF format (Q4_0 for 4-bit
+    codes, Q8_0, F16, F32) with our own exporter and runs it through llama-cpp-python.
+    """
+    import os
+
+    if threads is not None:  # read by TVM's thread pool when the first kernel runs
+        os.environ["TVM_NUM_THREADS"] = str(threads)
     from mlc.bench import print_result, run_bench
 
-    _run(lambda: print_result(run_bench(model, prompt_len, gen_len, runs, device), as_json))
+    _run(
+        lambda: print_result(run_bench(model, prompt_len, gen_len, runs, device, compare), as_json)
+    )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="MLC_API_KEY",
+    help="Require Authorization: Bearer KEY on every path but /health (or set MLC_API_KEY).",
+)
+@click.option("--model-lib", default=None, help="Library to load (default: the one in MODEL).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sequences decoded together (default: what the model was built for).",
+)
+@click.option(
+    "--kv-cache-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="KV cache size in tokens (default: every batch slot at full context, up to 8192).",
+)
+@click.option(
+    "--prefill-chunk-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Prompt tokens per engine step (at most the build's), so long prompts do not stall "
+    "streaming requests.",
+)
+@click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request may wait for room before a 503.",
+)
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGINT/SIGTERM, seconds in-flight requests may take before they end with an error.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    model: Path | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_lib: str | None,
+    device: str,
+    max_batch_size: int | None,
+    kv_cache_tokens: int | None,
+    prefill_chunk_size: int,
+    max_queue: int,
+    queue_timeout: float,
+    max_body_bytes: int,
+    shutdown_timeout: float,
+    log_level: str,
+) -> None:
+    """Serve the built model in directory MODEL over an OpenAI-compatible HTTP API.
+
+    Without MODEL: the embedded default (SmolLM2-135M-Instruct), built into dist/ on first use.
+    """
+    from mlc.runtime.serve.server import EngineOptions, ServerOptions
+    from mlc.runtime.serve.server import serve as run_server
+
+    if model is None:
+        from mlc.default_model import default_model_dir
+
+        model = _run(default_model_dir)
+    server = ServerOptions(host, port, api_key, max_body_bytes, shutdown_timeout, log_level)
+    engine = EngineOptions(
+        max_batch_size,
+        kv_cache_tokens,
+        max_queue,
+        queue_timeout,
+        device,
+        model_lib,
+        prefill_chunk_size,
+    )
+    _run(lambda: run_server(model, server, engine))
 
 
 def _run(action):

@@ -36,31 +36,49 @@ def make_tokenizer(vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def save_llama(
+# Shapes for a tiny model, in the field names most configs use; configs that name a field
+# differently (GPT-2's `n_embd`) map it through their `attribute_map`, and fields a config lacks
+# are left out.
+TINY_SETTINGS: dict[str, Any] = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    rms_norm_eps=1e-5,
+)
+
+
+def save_model(
     path: Path,
     seed: int = 0,
     safetensors: bool = True,
     model_type: str = "llama",
     max_shard_size: str | None = None,
     init_std: float | None = 0.2,
+    vector_std: float | None = None,
     **overrides: Any,
 ) -> Path:
-    """A random Llama-family causal LM with a matching tokenizer saved as a model directory."""
+    """A random causal LM of any `model_type` with a matching tokenizer, saved as a model
+    directory. `overrides` are `config.json` fields, passed as they are. `vector_std` adds noise
+    to the 1-D parameters (biases start at zero, norm weights at one), so that a misplaced one
+    shows."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    settings: dict[str, Any] = dict(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        rms_norm_eps=1e-5,
-    )
+    blank = AutoConfig.for_model(model_type)
+    settings = {k: v for k, v in TINY_SETTINGS.items() if hasattr(blank, k)}
+    if blank.to_dict().get("head_dim") is not None and "head_dim" not in overrides:
+        hidden = overrides.get("hidden_size", settings["hidden_size"])
+        settings["head_dim"] = hidden // overrides.get(
+            "num_attention_heads", settings["num_attention_heads"]
+        )
+    if (getattr(blank, "pad_token_id", None) or 0) >= settings["vocab_size"]:
+        settings["pad_token_id"] = 0  # Phi-3's default (32000) is outside a tiny vocabulary
     settings.update(overrides)
     torch.manual_seed(seed)
     config = AutoConfig.for_model(model_type, **settings)
@@ -71,6 +89,8 @@ def save_llama(
             for p in model.parameters():
                 if p.ndim > 1:
                     p.normal_(0, init_std)
+                elif vector_std:
+                    p.add_(torch.randn_like(p), alpha=vector_std)
     path.mkdir(parents=True, exist_ok=True)
     extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **extra)
@@ -78,12 +98,16 @@ def save_llama(
         torch.save(model.state_dict(), path / "pytorch_model.bin")
         for file in path.glob("model*.safetensors*"):
             file.unlink()
-    tokenizer = make_tokenizer(settings["vocab_size"])
+    tokenizer = make_tokenizer(config.vocab_size)
     tokenizer.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
     )
     return path
+
+
+# The Llama family was the first; its callers keep the old name.
+save_llama = save_model
 
 
 # Shapes for tests, the quick start and benchmarks.

@@ -1,7 +1,9 @@
 """One module per architecture, chosen by the `model_type` in `config.json`.
 
 Each module exposes `MODEL_TYPES`, `CONFIG` (a `ModelConfig` with `from_hf`), `MODEL`
-(the `nn.Module` causal LM) and `hf_weight_map(config)`.
+(the `nn.Module` causal LM) and `hf_weight_map(config)`. Shared pieces: `base` (config base,
+weight sources, export spec), `layers` (norms, attention, MLP, decoder layer, causal LM) and
+`rotary` (RoPE variants the KV cache lacks).
 """
 
 from __future__ import annotations
@@ -9,9 +11,37 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from . import llama
+from . import (
+    falcon,
+    gemma,
+    gemma2,
+    gpt2,
+    gpt_bigcode,
+    gpt_neox,
+    gptj,
+    llama,
+    phi,
+    phi3,
+    qwen2,
+    qwen3,
+    stablelm,
+)
 
-_ARCHITECTURES: tuple[ModuleType, ...] = (llama,)
+_ARCHITECTURES: tuple[ModuleType, ...] = (
+    llama,
+    qwen2,
+    qwen3,
+    gemma,
+    phi3,
+    stablelm,
+    gpt_neox,
+    gpt2,
+    phi,
+    gpt_bigcode,
+    gptj,
+    falcon,
+    gemma2,
+)
 MODEL_TYPES: dict[str, ModuleType] = {t: m for m in _ARCHITECTURES for t in m.MODEL_TYPES}
 
 

@@ -38,6 +38,38 @@ class GenerationStats:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
 
 
+def choose_template(
+    model_dir: Path, config: dict, override: str | dict | None = None
+) -> ConversationTemplate | JinjaChatTemplate:
+    """An explicit template, else the one named at build time, else the model's own chat
+    template, else raw text (`LM`)."""
+    if override is not None or config.get("conv_template"):
+        return get_template(override if override is not None else config["conv_template"])
+    if config.get("chat_template"):
+        path = model_dir / "tokenizer_config.json"
+        tokens = read_json(path, "tokenizer config") if path.is_file() else {}
+        special = {
+            k: v if isinstance(v, str) else (v or {}).get("content")
+            for k, v in tokens.items()
+            if k.endswith("_token")
+        }
+        return JinjaChatTemplate(config["chat_template"], special)
+    return get_template("LM")
+
+
+def stop_token_ids(
+    config: dict, tokenizer: Tokenizer, template: ConversationTemplate | JinjaChatTemplate
+) -> set[int]:
+    """EOS and the template's stop tokens."""
+    eos = config.get("eos_token_id")
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    for token in template.stop_tokens:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            ids.add(token_id)
+    return ids
+
+
 class ChatModule:
     """Chat with a model built by `mlc build`.
 
@@ -59,9 +91,9 @@ class ChatModule:
         if not tokenizer_path.is_file():
             raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.template = self._choose_template(conv_template)
+        self.template = choose_template(self.engine.model_dir, config, conv_template)
         self.bos_token_id = config.get("bos_token_id")
-        self.stop_token_ids = self._stop_token_ids()
+        self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)
         self.messages: list[dict[str, str]] = []  # the conversation so far
         self.history_ids: list[int] = []  # every token in the KV cache, in order
         self._kv_text = ""  # the text of those tokens (and of the pending one)
@@ -69,34 +101,6 @@ class ChatModule:
         self._interrupted = False
         self.last_stats = GenerationStats()
         self.last_output_ids: list[int] = []  # the tokens of the last answer
-
-    def _choose_template(
-        self, override: str | dict | None
-    ) -> ConversationTemplate | JinjaChatTemplate:
-        """An explicit template, else the one named at build time, else the model's own chat
-        template, else raw text (`LM`)."""
-        config = self.chat_config
-        if override is not None or config.get("conv_template"):
-            return get_template(override if override is not None else config["conv_template"])
-        if config.get("chat_template"):
-            path = self.engine.model_dir / "tokenizer_config.json"
-            tokens = read_json(path, "tokenizer config") if path.is_file() else {}
-            special = {
-                k: v if isinstance(v, str) else (v or {}).get("content")
-                for k, v in tokens.items()
-                if k.endswith("_token")
-            }
-            return JinjaChatTemplate(config["chat_template"], special)
-        return get_template("LM")
-
-    def _stop_token_ids(self) -> set[int]:
-        eos = self.chat_config.get("eos_token_id")
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        for token in self.template.stop_tokens:
-            token_id = self.tokenizer.token_to_id(token)
-            if token_id is not None:
-                ids.add(token_id)
-        return ids
 
     # --- public API -------------------------------------------------------------------------
 

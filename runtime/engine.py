@@ -37,6 +37,7 @@ _kv_remove_sequence = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
 _kv_begin_forward = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
 _kv_end_forward = tvm.get_global_func("vm.builtin.kv_state_end_forward")
 _kv_popn = tvm.get_global_func("vm.builtin.kv_state_popn")
+_kv_available_pages = tvm.get_global_func("vm.builtin.attention_kv_cache_get_num_available_pages")
 
 
 class ContextWindowExceeded(ValueError):
@@ -69,7 +70,11 @@ def find_library(model_dir: Path, chat_config: dict[str, Any], model_lib: str | 
 
 
 class CompiledModel:
-    """Prefill and decode for a single sequence whose history lives in the paged KV cache."""
+    """Prefill and decode for a single sequence whose history lives in the paged KV cache.
+
+    With `max_batch_size` > 1 the cache also holds other sequences, driven by `forward_prefill`
+    and `forward_decode` (the batching engine); sequence 0 stays the single-sequence API's.
+    """
 
     def __init__(
         self,
@@ -77,6 +82,8 @@ class CompiledModel:
         model_lib: str | None = None,
         device: str = "cpu",
         verify_weights: bool = True,
+        max_batch_size: int = 1,
+        kv_cache_tokens: int | None = None,
     ):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -109,9 +116,17 @@ class CompiledModel:
         self.context_window_size = int(self.chat_config["context_window_size"])
         self.prefill_chunk_size = int(self.chat_config["prefill_chunk_size"])
         self.vocab_size = int(self.chat_config["vocab_size"])
+        built_batch = int(self.chat_config.get("max_batch_size", 1))
+        if not 1 <= max_batch_size <= built_batch:
+            raise ValueError(
+                f"max_batch_size {max_batch_size} is outside 1..{built_batch}, the batch size "
+                f"{library_path.name} was built for (mlc build --max-batch-size)"
+            )
+        self.max_batch_size = max_batch_size
+        self.kv_cache_tokens = max(kv_cache_tokens or 0, self.context_window_size)
         self.kv_cache = self.vm["create_paged_kv_cache"](
-            tvm.runtime.ShapeTuple([1]),
-            tvm.runtime.ShapeTuple([self.context_window_size]),
+            tvm.runtime.ShapeTuple([max_batch_size]),
+            tvm.runtime.ShapeTuple([self.kv_cache_tokens]),
             tvm.runtime.ShapeTuple([self.prefill_chunk_size]),
             tvm.runtime.ShapeTuple([PAGE_SIZE]),
             tvm.runtime.ShapeTuple([0]),
@@ -189,3 +204,43 @@ class CompiledModel:
         _kv_end_forward(self.kv_cache)
         self.num_cached_tokens += 1
         return logits.numpy().reshape(-1)
+
+    # --- several sequences (the batching engine) ------------------------------------------------
+
+    def add_sequence(self, seq_id: int) -> None:
+        _kv_add_sequence(self.kv_cache, seq_id)
+
+    def remove_sequence(self, seq_id: int) -> None:
+        """Forget a sequence; its KV pages are free at once."""
+        _kv_remove_sequence(self.kv_cache, seq_id)
+
+    def num_available_pages(self) -> int:
+        return int(_kv_available_pages(self.kv_cache))
+
+    def forward_prefill(self, seq_ids: list[int], chunks: list[np.ndarray]) -> np.ndarray:
+        """One prefill call over the flattened tokens of several sequences; returns the logits
+        of each sequence's last token `[len(seq_ids), vocab]`."""
+        lengths = [int(c.size) for c in chunks]
+        tokens = np.concatenate(chunks).astype(np.int32)
+        embed = self._embed(tokens)
+        embed = embed._create_view((1, tokens.size, embed.shape[-1]))
+        positions = tvm.runtime.tensor(np.cumsum(lengths).astype(np.int32) - 1, self.device)
+        _kv_begin_forward(
+            self.kv_cache, tvm.runtime.ShapeTuple(seq_ids), tvm.runtime.ShapeTuple(lengths)
+        )
+        logits, self.kv_cache = self.vm["prefill"](embed, positions, self.kv_cache, self.params)
+        _kv_end_forward(self.kv_cache)
+        return logits.numpy().reshape(len(seq_ids), -1)
+
+    def forward_decode(self, seq_ids: list[int], tokens: list[int]) -> np.ndarray:
+        """One decode call feeding one token to each sequence; returns `[len(seq_ids), vocab]`."""
+        embed = self._embed(np.asarray(tokens, dtype=np.int32))
+        embed = embed._create_view((len(tokens), 1, embed.shape[-1]))
+        _kv_begin_forward(
+            self.kv_cache,
+            tvm.runtime.ShapeTuple(seq_ids),
+            tvm.runtime.ShapeTuple([1] * len(tokens)),
+        )
+        logits, self.kv_cache = self.vm["decode"](embed, self.kv_cache, self.params)
+        _kv_end_forward(self.kv_cache)
+        return logits.numpy().reshape(len(seq_ids), -1)

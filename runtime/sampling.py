@@ -44,7 +44,9 @@ def sample(
     )
     if config.temperature == 0:
         return int(np.argmax(logits))
-    logits = logits / config.temperature
+    # Shift first: any temperature > 0, however small, then gives finite logits <= 0.
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        logits = (logits - logits.max()).astype(np.float64) / config.temperature
     if config.top_k and config.top_k < logits.size:
         kth = np.partition(logits, -config.top_k)[-config.top_k]
         logits = np.where(logits < kth, -np.inf, logits)

@@ -46,6 +46,23 @@ def _dot(q, g, head_dim: int, key_chunk):
     return out
 
 
+@T.macro
+def online_softmax(s, o, m, denom, top, rows, num_heads, head_dim):
+    """Fold a page of base-2 scores `s[g, :rows]` into each head's running maximum `m`,
+    denominator `denom` and output `o`; `s` becomes the page's probabilities (unnormalised)."""
+    for g in T.serial(num_heads):
+        top[0] = m[g]
+        for r in T.serial(rows):
+            top[0] = T.max(top[0], s[g, r])
+        for d in T.serial(head_dim):
+            o[g, d] = o[g, d] * T.exp2(m[g] - top[0])
+        denom[g] = denom[g] * T.exp2(m[g] - top[0])
+        m[g] = top[0]
+        for r in T.serial(rows):
+            s[g, r] = T.exp2(s[g, r] - m[g])
+            denom[g] = denom[g] + s[g, r]
+
+
 def _row_chunks(buf, row, head):
     """`chunk(c)`: lanes c·LANES .. of buf[row, head, :]."""
     return lambda c: buf[row, head, T.Ramp(c * LANES, 1, LANES)]
@@ -147,27 +164,17 @@ def decode_attention(
                         page: T.let[T.int32] = page_table_values[begin + offset // P]
                         for g in T.serial(G):
                             s[g, r] = dot(q, pages, g, page, h, offset % P)
-                    for g in T.serial(G):
-                        acc[0] = m[g]
-                        for r in T.serial(rows):
-                            acc[0] = T.max(acc[0], s[g, r])
-                        for d in T.serial(D):
-                            o[g, d] = o[g, d] * T.exp2(m[g] - acc[0])
-                        denom[g] = denom[g] * T.exp2(m[g] - acc[0])
-                        m[g] = acc[0]
-                        for r in T.serial(rows):
-                            s[g, r] = T.exp2(s[g, r] - m[g])
-                            denom[g] = denom[g] + s[g, r]
+                    online_softmax(s, o, m, denom, acc, rows, G, D)
                     for r in T.serial(rows):
                         offset: T.let[T.int32] = seq_offset(c * P + r, b, length_info)
                         page: T.let[T.int32] = page_table_values[begin + offset // P]
                         for g in T.serial(G):
-                            for c in T.serial(D // LANES):
-                                o[g, T.Ramp(c * LANES, 1, LANES)] = o[
-                                    g, T.Ramp(c * LANES, 1, LANES)
+                            for ch in T.serial(D // LANES):
+                                o[g, T.Ramp(ch * LANES, 1, LANES)] = o[
+                                    g, T.Ramp(ch * LANES, 1, LANES)
                                 ] + T.Broadcast(s[g, r], LANES) * T.Cast(
                                     f"float32x{LANES}",
-                                    pages[page, 1, h, offset % P, T.Ramp(c * LANES, 1, LANES)],
+                                    pages[page, 1, h, offset % P, T.Ramp(ch * LANES, 1, LANES)],
                                 )
                 for g in T.serial(G):
                     for d in T.serial(D):
@@ -305,17 +312,7 @@ def prefill_ragged_attention(
                         for r in T.serial(rows):
                             for g in T.serial(G):
                                 s[g, r] = _dot(qv, g, D, _row_chunks(k, k0 + c * P + r, h))
-                        for g in T.serial(G):
-                            top[0] = m[g]
-                            for r in T.serial(rows):
-                                top[0] = T.max(top[0], s[g, r])
-                            for d in T.serial(D):
-                                o[g, d] = o[g, d] * T.exp2(m[g] - top[0])
-                            denom[g] = denom[g] * T.exp2(m[g] - top[0])
-                            m[g] = top[0]
-                            for r in T.serial(rows):
-                                s[g, r] = T.exp2(s[g, r] - m[g])
-                                denom[g] = denom[g] + s[g, r]
+                        online_softmax(s, o, m, denom, top, rows, G, D)
                         for r in T.serial(rows):
                             for g in T.serial(G):
                                 for ch in T.serial(D // LANES):

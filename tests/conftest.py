@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mlc.build import BuildOptions, build
-from mlc.random_model import save_llama
+from mlc.random_model import save_model
 
 
 class TinyBuilds:
@@ -32,7 +32,7 @@ class TinyBuilds:
         if key not in self._cache:
             hf_dir = self.root / "hf" / name
             if not hf_dir.exists():
-                save_llama(hf_dir, **model_settings)
+                save_model(hf_dir, **model_settings)
             out = build(
                 BuildOptions(
                     model=hf_dir,

@@ -189,3 +189,25 @@ def test_sentencepiece_tokenizer_matches_references(sentencepiece_gguf, tmp_path
     assert config["add_bos_token"] is True and config["bos_token"] == "<s>"
     cm = ChatModule(str(built), conv_template="LM")
     assert cm.generate("Once upon a time", GenerationConfig(max_tokens=4, temperature=0))
+
+
+def test_qwen2_gguf_matches_transformers_gguf_loader(tmp_path):
+    """Qwen2 (q/k/v biases, rotary on the Hugging Face layout: no Q/K permutation) read from a
+    GGUF file as `transformers` reads it."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = save_llama(tmp_path / "qwen2", model_type="qwen2", vector_std=0.1, **TINY)
+    path = export_gguf(model_dir, tmp_path / "qwen2.gguf", "Q8_0", architecture="qwen2")
+    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    assert json.loads((built / "mlc-chat-config.json").read_text())["model_type"] == "qwen2"
+    reference_model = AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    prompt = list(range(7, 30))
+    reference = hf_logits(reference_model, prompt)
+    engine = CompiledModel(built)
+    np.testing.assert_allclose(engine.prefill(prompt[:18]), reference[17], atol=1e-4, rtol=0)
+    for i in range(18, 22):
+        np.testing.assert_allclose(engine.decode(prompt[i]), reference[i], atol=1e-4, rtol=0)
+    # The biases are there and matter: the GGUF-loaded model is not bias-free.
+    assert reference_model.model.layers[0].self_attn.q_proj.bias.abs().max() > 0

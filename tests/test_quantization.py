@@ -8,9 +8,8 @@ import re
 
 import numpy as np
 import pytest
-import torch
 import tvm
-from reference import hf_greedy, hf_logits, load_hf
+from reference import dequantized_reference, hf_greedy, hf_logits, load_hf
 
 from mlc import ChatModule, GenerationConfig
 from mlc.quantization import QUANTIZATIONS, get_quantization
@@ -32,19 +31,6 @@ F32_ATOL = 1e-4
 # through about a dozen rounded ops per layer (norm, projections, attention, residuals), so
 # errors of a few 1e-3 of the logit range are expected; measured 0.2-0.5 %. We allow 1 %.
 F16_TOL_OF_RANGE = 1e-2
-
-
-def dequantized_reference(hf_dir, code: str):
-    """transformers with every Linear/Embedding weight replaced by its dequantized value w'."""
-    model = load_hf(hf_dir)
-    scheme = get_quantization(code)
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.ndim == 2 and isinstance(scheme, GroupQuantization):
-                w = param.numpy()
-                w_deq = scheme.dequantize_weight(*scheme.quantize_weight(w), w.shape[1])
-                param.copy_(torch.from_numpy(w_deq))
-    return model
 
 
 def tolerance(code: str, reference: np.ndarray) -> float:

@@ -13,7 +13,10 @@ import numpy as np
 from .reader import GGUFError, GGUFFile
 from .tokenizer import adds_bos, tokenizer_from_gguf
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+# llama.cpp interleaves the rotary pairs of Q/K rows only for the Llama architecture; Qwen2 runs
+# its NeoX-style rotary on the Hugging Face layout.
+_PERMUTED_ROTARY = ("llama",)
 
 
 def _unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
@@ -41,6 +44,7 @@ class GGUFCheckpoint:
                 f"{self.path}: GGUF architecture {arch!r} is not supported yet "
                 f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
             )
+        self.architecture = arch
         self.config = self._llama_config(meta)
         self._sources = self._llama_tensor_map()
 
@@ -53,34 +57,40 @@ class GGUFCheckpoint:
         return {}
 
     def _llama_config(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The config of a Llama-layout architecture (`llama`, `qwen2`), keys under its name."""
+        arch = self.architecture
+
         def need(key: str) -> Any:
-            if f"llama.{key}" not in meta:
-                raise GGUFError(f"{self.path}: metadata lacks llama.{key}")
-            return meta[f"llama.{key}"]
+            if f"{arch}.{key}" not in meta:
+                raise GGUFError(f"{self.path}: metadata lacks {arch}.{key}")
+            return meta[f"{arch}.{key}"]
+
+        def get(key: str, default: Any) -> Any:
+            return meta.get(f"{arch}.{key}", default)
 
         heads = int(need("attention.head_count"))
         hidden = int(need("embedding_length"))
-        vocab = meta.get("llama.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
+        vocab = get("vocab_size", None) or len(meta.get("tokenizer.ggml.tokens", []))
         config: dict[str, Any] = {
-            "model_type": "llama",
+            "model_type": arch,
             "vocab_size": int(vocab),
             "hidden_size": hidden,
             "intermediate_size": int(need("feed_forward_length")),
             "num_hidden_layers": int(need("block_count")),
             "num_attention_heads": heads,
-            "num_key_value_heads": int(meta.get("llama.attention.head_count_kv", heads)),
-            "head_dim": int(meta.get("llama.attention.key_length", hidden // heads)),
-            "rms_norm_eps": float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            "rope_theta": float(meta.get("llama.rope.freq_base", 10000.0)),
-            "max_position_embeddings": int(meta.get("llama.context_length", 2048)),
+            "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+            "head_dim": int(get("attention.key_length", hidden // heads)),
+            "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            "rope_theta": float(get("rope.freq_base", 10000.0)),
+            "max_position_embeddings": int(get("context_length", 2048)),
             "tie_word_embeddings": "output.weight" not in self.file.tensors,
             "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
             "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         }
-        if meta.get("llama.rope.scaling.type") == "linear":
+        if get("rope.scaling.type", None) == "linear":
             config["rope_scaling"] = {
                 "rope_type": "linear",
-                "factor": float(meta["llama.rope.scaling.factor"]),
+                "factor": float(need("rope.scaling.factor")),
             }
         return config
 
@@ -91,6 +101,8 @@ class GGUFCheckpoint:
             return w
 
         def unpermute(heads: int) -> Callable[[np.ndarray], np.ndarray]:
+            if self.architecture not in _PERMUTED_ROTARY:
+                return keep
             return lambda w: _unpermute_rotary(w, heads)
 
         mapping = {

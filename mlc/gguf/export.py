@@ -1,9 +1,10 @@
-"""Export a Hugging Face Llama checkpoint to GGUF with the `gguf` package (an optional extra).
+"""Export a Hugging Face Llama (or Qwen2) checkpoint to GGUF with the `gguf` package (an optional
+extra).
 
 Used to feed llama.cpp the same weights in benchmarks, and by the tests to make GGUF files of
-every tensor type. Q and K rows are permuted into llama.cpp's rotary layout, as its converter
-does; the tokenizer is a SentencePiece `tokenizer.model` (GGUF kind `llama`) or else a byte-level
-BPE `tokenizer.json` (kind `gpt2`).
+every tensor type. Q and K rows of Llama are permuted into llama.cpp's rotary layout, as its
+converter does; the tokenizer is a SentencePiece `tokenizer.model` (GGUF kind `llama`) or else a
+byte-level BPE `tokenizer.json` (kind `gpt2`).
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ def export_gguf(
     _add_tokenizer(writer, model_dir, c)
     for name in ckpt.names():
         array = ckpt.get(name).astype(np.float32)
-        if name.endswith("q_proj.weight"):
+        if architecture == "llama" and name.endswith("q_proj.weight"):
             array = permute_rotary(array, heads)
-        elif name.endswith("k_proj.weight"):
+        elif architecture == "llama" and name.endswith("k_proj.weight"):
             array = permute_rotary(array, kv_heads)
         target = gguf_name(name)
         kind = (overrides or {}).get(target, tensor_type if array.ndim == 2 else "F32")
@@ -147,15 +148,21 @@ def _add_byte_level_bpe(writer, model_dir: Path, config: dict) -> None:
     vocab = dict(model["vocab"])
     for added in data.get("added_tokens", []):
         vocab.setdefault(added["content"], added["id"])
-    tokens = [""] * (max(vocab.values()) + 1)
+    # llama.cpp sizes the embedding by the token list: pad it to the model's vocabulary with
+    # unused placeholders, as its own converter does.
+    size = max(max(vocab.values()) + 1, int(config.get("vocab_size", 0)))
+    tokens = [f"[PAD{i}]" for i in range(size)]
     for token, index in vocab.items():
         tokens[index] = token
+    used = set(vocab.values())
     special = {a["content"] for a in data.get("added_tokens", []) if a.get("special")}
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in special else 1 for t in tokens])
+    writer.add_token_types(
+        [3 if t in special else 1 if i in used else 5 for i, t in enumerate(tokens)]
+    )
     writer.add_token_merges(merges)
     for key, add in (
         ("bos_token_id", writer.add_bos_token_id),

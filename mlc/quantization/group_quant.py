@@ -223,20 +223,22 @@ def dequantize_matmul(
 
 
 class _SwapLayers(nn.Mutator):
-    """Replaces every `nn.Linear` and `nn.Embedding` with its group-quantized twin."""
+    """Replaces every `nn.Linear` and `nn.Embedding` with its quantized twin (by default the
+    group-quantized ones; other schemes pass their own layer classes)."""
 
-    def __init__(self, scheme: GroupQuantization):
-        self.scheme = scheme
+    def __init__(
+        self,
+        scheme: GroupQuantization,
+        linear: type[nn.Module] = GroupQuantizedLinear,
+        embedding: type[nn.Module] = GroupQuantizedEmbedding,
+    ):
+        self.scheme, self.linear, self.embedding = scheme, linear, embedding
 
     def visit_module(self, name: str, node: nn.Module):
+        dtype = self.scheme.model_dtype
         if isinstance(node, nn.Linear):
-            return GroupQuantizedLinear(
-                self.scheme,
-                node.in_features,
-                node.out_features,
-                node.bias is not None,
-                self.scheme.model_dtype,
-            )
+            bias = node.bias is not None
+            return self.linear(self.scheme, node.in_features, node.out_features, bias, dtype)
         if isinstance(node, nn.Embedding):
-            return GroupQuantizedEmbedding(self.scheme, node.num, node.dim, self.scheme.model_dtype)
+            return self.embedding(self.scheme, node.num, node.dim, dtype)
         return self.visit(name, node)

@@ -66,7 +66,7 @@ class Int8ActivationQuantization(GroupQuantization):
         }
 
     def quantize_model(self, model: nn.Module) -> nn.Module:
-        return _SwapInt8Layers(self).visit("", model)
+        return _SwapLayers(self, Int8ActivationLinear, Int8ActivationEmbedding).visit("", model)
 
 
 def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -192,18 +192,3 @@ class Int8ActivationEmbedding(GroupQuantizedEmbedding):
 
     def lm_head_forward(self, x: Tensor) -> Tensor:
         return _linear(self.scheme, x, self.q_weight, self.q_scale, self.dim, self.num)
-
-
-class _SwapInt8Layers(_SwapLayers):
-    def visit_module(self, name: str, node: nn.Module):
-        if isinstance(node, nn.Linear):
-            return Int8ActivationLinear(
-                self.scheme,
-                node.in_features,
-                node.out_features,
-                node.bias is not None,
-                self.scheme.model_dtype,
-            )
-        if isinstance(node, nn.Embedding):
-            return Int8ActivationEmbedding(self.scheme, node.num, node.dim, self.scheme.model_dtype)
-        return self.visit(name, node)

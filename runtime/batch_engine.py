@@ -1,0 +1,280 @@
+"""Continuous batching: many sequences share one model and its paged KV cache.
+
+One engine thread loops: admit waiting sequences (first come, first served) while the batch and
+the KV cache have room, run one prefill chunk (at most `prefill_chunk_size` tokens, taken from
+the prompts in arrival order, so a long prompt never stalls the others for more than a chunk),
+then one batched decode step over every sequence that is generating. A finished or cancelled
+sequence leaves the batch and frees its KV pages before the next step.
+
+Admission reserves the pages a sequence can ever need (prompt + `max_tokens`, capped at the
+context window), so a running sequence never runs out of KV cache and nothing is preempted.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import threading
+import time
+
+import numpy as np
+
+from .engine import PAGE_SIZE, CompiledModel
+from .sequence import Sequence, SequenceOutput
+
+
+class EngineOverloaded(RuntimeError):
+    """The waiting queue is full: retry later."""
+
+
+class EngineShuttingDown(EngineOverloaded):
+    """The engine takes no new sequences."""
+
+
+@dataclasses.dataclass
+class EngineStats:
+    """A snapshot for `/metrics`."""
+
+    num_waiting: int
+    num_running: int
+    kv_pages_total: int
+    kv_pages_used: int
+    kv_pages_reserved: int
+    prefill_tokens: int
+    decode_tokens: int
+    prefill_steps: int
+    decode_steps: int
+    decode_seconds: float
+    prefill_seconds: float
+
+
+class BatchEngine:
+    """Schedules sequences on a `CompiledModel` built with `max_batch_size` > 1."""
+
+    def __init__(
+        self,
+        model: CompiledModel,
+        max_queue: int = 256,
+        queue_timeout: float = 60.0,
+        prefill_chunk_size: int | None = None,
+    ):
+        self.model = model
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.prefill_chunk_size = min(
+            prefill_chunk_size or model.prefill_chunk_size, model.prefill_chunk_size
+        )
+        self.max_batch_size = model.max_batch_size
+        # One page stays spare: TVM's cache keeps one for itself.
+        self.kv_pages_total = model.num_available_pages() - 1
+        self._kv_pages_used = 0  # written by the engine thread, which alone touches the cache
+        self._waiting: collections.deque[tuple[float, Sequence]] = collections.deque()
+        self._running: list[Sequence] = []
+        self._reserved = 0
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stop = False
+        self._counters = collections.Counter()
+        self._seconds = collections.Counter()
+        self._thread = threading.Thread(target=self._loop, name="mlc-batch-engine", daemon=True)
+        self._thread.start()
+
+    # --- called from other threads -------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue a sequence; raises `EngineOverloaded` when the queue is full or closing."""
+        with self._cond:
+            if not self._accepting:
+                raise EngineShuttingDown("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise EngineOverloaded(f"the queue is full ({self.max_queue} requests waiting)")
+            self._waiting.append((time.monotonic(), seq))
+            self._cond.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a sequence; its KV pages are freed before the next step."""
+        with self._cond:
+            seq.cancelled = True
+            waiting = [entry for entry in self._waiting if entry[1] is seq]
+            for entry in waiting:
+                self._waiting.remove(entry)
+            self._cond.notify()
+        if waiting:
+            seq.fail("abort", "cancelled", "cancelled")
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return EngineStats(
+                num_waiting=len(self._waiting),
+                num_running=len(self._running),
+                kv_pages_total=self.kv_pages_total,
+                kv_pages_used=self._kv_pages_used,
+                kv_pages_reserved=self._reserved,
+                prefill_tokens=self._counters["prefill_tokens"],
+                decode_tokens=self._counters["decode_tokens"],
+                prefill_steps=self._counters["prefill_steps"],
+                decode_steps=self._counters["decode_steps"],
+                prefill_seconds=self._seconds["prefill"],
+                decode_seconds=self._seconds["decode"],
+            )
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Refuse new sequences, let running and queued ones finish for up to `timeout`
+        seconds, then end the rest with an error. Calling it again is harmless."""
+        with self._cond:
+            self._accepting = False
+            self._cond.notify()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._waiting and not self._running:
+                    break
+            time.sleep(0.05)
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    # --- the engine thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stop or self._waiting or self._running):
+                    self._cond.wait()
+                if self._stop:
+                    break
+            try:
+                busy = self._step()
+            except Exception as err:  # a failed forward pass ends its batch, not the server
+                self._end_running(f"generation failed: {err}", "internal")
+                busy = True
+            if not busy:  # the queue head cannot be admitted yet: wait for a change or timeout
+                with self._cond:
+                    self._cond.wait(0.05)
+        with self._cond:
+            waiting = [seq for _, seq in self._waiting]
+            self._waiting.clear()
+        message = "the server shut down before the request finished"
+        self._end_running(message, "overloaded")
+        for seq in waiting:
+            seq.fail("error", message, "overloaded")
+
+    def _end_running(self, message: str, kind: str) -> None:
+        for seq in list(self._running):
+            try:
+                self._release(seq)
+            except Exception:  # the sequence is gone from the cache already
+                with self._cond:
+                    if seq in self._running:
+                        self._running.remove(seq)
+                        self._reserved -= _pages(seq.max_kv_tokens)
+            seq.fail("error", message, kind)
+
+    def _step(self) -> bool:
+        """One scheduling step; False when there was nothing to run."""
+        self._admit()
+        for seq in [s for s in self._running if s.cancelled]:
+            self._release(seq)
+            seq.fail("abort", "cancelled", "cancelled")
+        prefilling = [s for s in self._running if not s.prefill_done]
+        if prefilling:
+            self._prefill(prefilling)
+        decoding = [s for s in self._running if s.pending_token is not None]
+        if decoding:
+            self._decode(decoding)
+        for seq in [s for s in self._running if s.finish_reason is not None]:
+            self._release(seq)
+        self._record_kv_use()
+        return bool(self._running or prefilling or decoding)
+
+    def _record_kv_use(self) -> None:
+        self._kv_pages_used = self.kv_pages_total + 1 - self.model.num_available_pages()
+
+    def _admit(self) -> None:
+        """Move waiting sequences into the batch in arrival order while they fit."""
+        admitted: list[Sequence] = []
+        expired: list[Sequence] = []
+        with self._cond:
+            now = time.monotonic()
+            while self._waiting:
+                since, seq = self._waiting[0]
+                if seq.cancelled:
+                    self._waiting.popleft()
+                    expired.append(seq)
+                    continue
+                pages = _pages(seq.max_kv_tokens)
+                fits = self._reserved + pages <= self.kv_pages_total
+                if len(self._running) < self.max_batch_size and fits:
+                    self._waiting.popleft()
+                    self._reserved += pages
+                    self._running.append(seq)
+                    admitted.append(seq)
+                elif now - since > self.queue_timeout:
+                    self._waiting.popleft()
+                    expired.append(seq)
+                else:
+                    break  # the head waits for room; those behind it keep their order
+        for seq in admitted:
+            self.model.add_sequence(seq.seq_id)
+            seq.on_output(SequenceOutput())
+        for seq in expired:
+            if seq.cancelled:
+                seq.fail("abort", "cancelled", "cancelled")
+            else:
+                seq.fail(
+                    "error",
+                    f"no room in the batch or the KV cache for {self.queue_timeout:g} s",
+                    "overloaded",
+                )
+
+    def _prefill(self, prefilling: list[Sequence]) -> None:
+        budget = self.prefill_chunk_size
+        batch: list[tuple[Sequence, np.ndarray]] = []
+        for seq in prefilling:
+            if budget == 0:
+                break
+            start = seq.num_prefilled
+            chunk = np.asarray(seq.prompt_ids[start : start + budget], dtype=np.int32)
+            batch.append((seq, chunk))
+            budget -= chunk.size
+        start = time.perf_counter()
+        logits = self.model.forward_prefill([s.seq_id for s, _ in batch], [c for _, c in batch])
+        self._seconds["prefill"] += time.perf_counter() - start
+        self._counters["prefill_steps"] += 1
+        for (seq, chunk), row in zip(batch, logits, strict=True):
+            seq.num_prefilled += chunk.size
+            self._counters["prefill_tokens"] += chunk.size
+            if seq.prefill_done:
+                _append_logits(seq, row)
+
+    def _decode(self, decoding: list[Sequence]) -> None:
+        start = time.perf_counter()
+        tokens = [s.pending_token for s in decoding]
+        logits = self.model.forward_decode([s.seq_id for s in decoding], tokens)
+        self._seconds["decode"] += time.perf_counter() - start
+        self._counters["decode_steps"] += 1
+        self._counters["decode_tokens"] += len(decoding)
+        for seq, row in zip(decoding, logits, strict=True):
+            _append_logits(seq, row)
+
+    def _release(self, seq: Sequence) -> None:
+        """Take a sequence out of the batch and free its KV pages now."""
+        self.model.remove_sequence(seq.seq_id)
+        with self._cond:
+            self._running.remove(seq)
+            self._reserved -= _pages(seq.max_kv_tokens)
+        self._record_kv_use()
+
+
+def _append_logits(seq: Sequence, logits: np.ndarray) -> None:
+    """Sample for one sequence; a failure ends that sequence only, not its batch-mates."""
+    try:
+        seq.append_logits(logits)
+    except Exception as err:
+        seq.fail("error", f"sampling failed: {err}", "internal")
+
+
+def _pages(num_tokens: int) -> int:
+    return max(1, math.ceil(num_tokens / PAGE_SIZE))

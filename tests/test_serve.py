@@ -1,0 +1,435 @@
+"""`mlc serve` as a real process on a loopback port, driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlc import ChatModule, GenerationConfig
+
+GQA = {"num_key_value_heads": 2}
+KEY = "sk-test-key"
+
+
+class Server:
+    """`mlc serve` in a subprocess; stopped with SIGTERM (a graceful shutdown)."""
+
+    def __init__(self, model: Path, *args: str):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stopping = False
+        command = [sys.executable, "-m", "mlc.cli", "serve", str(model), "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            [*command, "--log-level", "warning", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise TimeoutError("mlc serve did not become healthy")
+
+    def interrupt(self) -> None:
+        """Ask for a graceful shutdown (uvicorn forces one on a second signal)."""
+        self.stopping = True
+        self.proc.send_signal(signal.SIGINT)
+
+    def metrics(self, headers: dict | None = None) -> dict[str, float]:
+        text = httpx.get(f"{self.url}/metrics", headers=headers).text
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def stop(self) -> tuple[int, str]:
+        if not self.stopping:
+            self.interrupt()
+        try:
+            code = self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        return code, self.proc.stdout.read()
+
+
+@pytest.fixture(scope="module")
+def built(tiny_builds) -> Path:
+    return tiny_builds.get("gqa", **GQA)[1]
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    srv = Server(built, "--kv-cache-tokens", "4096")
+    yield srv
+    code, output = srv.stop()
+    assert code == 0, output
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def wait_until_idle(server: Server) -> dict[str, float]:
+    deadline = time.monotonic() + 60
+    while True:
+        metrics = server.metrics()
+        idle = metrics["mlc_running_sequences"] == metrics["mlc_queue_length"] == 0
+        if (idle and metrics["mlc_kv_cache_pages_used"] == 0) or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.05)
+
+
+PROMPTS = [f"Tell me about robot number {i}." for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def sequential_answers(built) -> dict[str, str]:
+    """Greedy answers of `ChatModule`, one fresh conversation per prompt."""
+    cm = ChatModule(str(built))
+    answers = {}
+    for prompt in PROMPTS:
+        cm.reset_chat()
+        answers[prompt] = cm.generate(prompt, GenerationConfig(temperature=0, max_tokens=20))
+    return answers
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["gqa-q0f32"]
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    assert "openapi" in httpx.get(f"{server.url}/openapi.json").json()
+
+
+def test_greedy_chat_equals_chat_module(client, sequential_answers):
+    prompt = PROMPTS[0]
+    messages = [{"role": "user", "content": prompt}]
+    reply = client.chat.completions.create(
+        model="gqa-q0f32", messages=messages, temperature=0, max_tokens=20
+    )
+    assert reply.choices[0].message.content == sequential_answers[prompt]
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    stream = client.chat.completions.create(
+        model="gqa-q0f32",
+        messages=messages,
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == sequential_answers[prompt]
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+
+def test_concurrent_streaming_clients_each_get_their_own_completion(
+    server, client, sequential_answers
+):
+    def ask(prompt: str) -> str:
+        stream = client.chat.completions.create(
+            model="gqa-q0f32",
+            messages=[{"role": "user", "content": prompt}],
+            temperature=0,
+            max_tokens=20,
+            stream=True,
+        )
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        answers = dict(zip(PROMPTS, pool.map(ask, PROMPTS), strict=True))
+    assert answers == sequential_answers
+    metrics = wait_until_idle(server)
+    assert metrics["mlc_kv_cache_pages_used"] == 0
+
+
+def test_completions_sampling_options_n_and_logprobs(client):
+    common = dict(model="gqa-q0f32", prompt="Once upon a time", max_tokens=8)
+    sampled = dict(temperature=0.9, top_p=0.9, seed=5, n=3, **common)
+    extra = {"top_k": 20, "min_p": 0.01, "repetition_penalty": 1.1}
+    first = client.completions.create(**sampled, extra_body=extra)
+    again = client.completions.create(**sampled, extra_body=extra)
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]  # seeded
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert first.usage.completion_tokens <= 24
+
+    scored = client.completions.create(
+        **common, temperature=0, logprobs=3, presence_penalty=0.5, frequency_penalty=0.5
+    )
+    logprobs = scored.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == scored.usage.completion_tokens
+    assert all(len(top) <= 3 for top in logprobs.top_logprobs)
+
+    chat = client.chat.completions.create(
+        model="gqa-q0f32",
+        messages=[{"role": "user", "content": "Hi"}],
+        temperature=0,
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = chat.choices[0].logprobs.content
+    assert content and all(len(entry.top_logprobs) == 2 for entry in content)
+    assert all(entry.logprob <= 0 for entry in content)
+    assert all(entry.bytes and all(0 <= b < 256 for b in entry.bytes) for entry in content)
+
+    greedy = client.completions.create(**common, temperature=0).choices[0].text
+    streamed = ["", ""]
+    for chunk in client.completions.create(**common, temperature=0, n=2, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == [greedy, greedy]
+
+
+def test_stop_string_cuts_the_answer(client):
+    full = client.completions.create(
+        model="gqa-q0f32", prompt="The quick", max_tokens=16, temperature=0
+    ).choices[0]
+    if len(full.text) < 4:
+        pytest.skip("the random model answered too briefly to pick a stop string")
+    stop = full.text[2:4]
+    cut = client.completions.create(
+        model="gqa-q0f32", prompt="The quick", max_tokens=16, temperature=0, stop=[stop]
+    ).choices[0]
+    assert cut.text == full.text[: full.text.index(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_client_disconnect_cancels_and_frees_pages(server):
+    body = {"prompt": "Once", "max_tokens": 250, "stream": True, "ignore_eos": True}
+    cancelled = server.metrics()["mlc_cancelled_requests_total"]
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert server.metrics()["mlc_kv_cache_pages_used"] > 0
+    metrics = wait_until_idle(server)
+    assert metrics["mlc_kv_cache_pages_used"] == 0
+    assert metrics["mlc_cancelled_requests_total"] == cancelled + 1
+
+
+CHAT = "/v1/chat/completions"
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        (CHAT, b"{not json", 400, None),
+        (CHAT, b"[1, 2]", 400, None),
+        (CHAT, {"messages": "hi"}, 400, "messages"),
+        (CHAT, {"messages": HI, "temperature": "hot"}, 400, "temperature"),
+        (CHAT, {"messages": HI, "max_tokens": -1}, 400, "max_tokens"),
+        (CHAT, {"messages": HI, "n": 0}, 400, "n"),
+        (CHAT, {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
+        (CHAT, {"model": "gpt-9", "messages": HI}, 404, "model"),
+        (CHAT, {"messages": [{"role": "user", "content": "word " * 400}]}, 400, "messages"),
+        ("/v1/completions", {"prompt": "word " * 400}, 400, "prompt"),
+        ("/v1/completions", {"prompt": [1, 99999]}, 400, "prompt"),
+        ("/v1/completions", {"prompt": "x", "stop": 5}, 400, "stop"),
+        ("/v1/completions", {"prompt": "x" * (2 << 20)}, 413, None),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(server, path, body, status, param):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(
+        f"{server.url}{path}", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    assert error["param"] == param
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@st.composite
+def request_bodies(draw, schema: dict, components: dict):
+    """Objects with the schema's fields (often valid, sometimes of the wrong type) and extras."""
+    text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | text,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+        max_leaves=6,
+    )
+    messages = st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "system", "assistant", "bad"]), "content": text}
+        ),
+        max_size=3,
+    )
+    plausible = {
+        "messages": messages,
+        "prompt": text | st.lists(st.integers(-5, 400), max_size=5),
+        "max_tokens": st.integers(-3, 12),
+        "n": st.integers(-1, 3),
+        "model": st.sampled_from(["gqa-q0f32", "other", ""]),
+        "stop": text | st.lists(text, max_size=20),
+        "stream": st.booleans(),
+        "logprobs": st.booleans() | st.integers(-1, 25),
+        "top_logprobs": st.integers(-1, 25),
+        "temperature": st.floats(-1, 3) | st.sampled_from([1e-300, 5e-324, 2.0]),
+        "seed": st.integers(-10, 2**64),
+    }
+    body = {}
+    for name in schema.get("properties", {}):
+        if draw(st.booleans()) or name in schema.get("required", ()):
+            strategy = plausible.get(name, json_values)
+            body[name] = draw(strategy if draw(st.integers(0, 4)) else json_values)
+    if draw(st.booleans()):
+        body[draw(text)] = draw(json_values)
+    return body
+
+
+def fuzz_endpoint(url: str, schema: dict, components: dict) -> None:
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,  # no example database left in the working tree
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(body=request_bodies(schema, components))
+    def check(body):
+        # Python's JSON writes inf and nan as Infinity and NaN, which Python's reader accepts.
+        content = json.dumps(body).encode()
+        headers = {"content-type": "application/json"}
+        response = httpx.post(url, content=content, headers=headers, timeout=60)
+        assert response.status_code < 500, (body, response.text)
+        if response.status_code >= 400:
+            assert "error" in response.json()
+
+    check()
+
+
+def test_fuzzed_requests_from_the_openapi_document_never_get_a_5xx(server):
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    components = document["components"]["schemas"]
+    posts = [(path, ops["post"]) for path, ops in document["paths"].items() if "post" in ops]
+    assert {path for path, _ in posts} == {"/v1/chat/completions", "/v1/completions"}
+    for path, operation in posts:
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        fuzz_endpoint(f"{server.url}{path}", components[ref.rsplit("/", 1)[-1]], components)
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert wait_until_idle(server)["mlc_kv_cache_pages_used"] == 0
+
+
+def long_request(max_tokens: int) -> dict:
+    return {"prompt": "Once", "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+
+
+SHORT = {"prompt": "Hi", "max_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def long_context(tiny_builds) -> Path:
+    """A tiny model with a 4096-token window: a long answer keeps the batch busy for seconds."""
+    return tiny_builds.get("gqa-4k", max_position_embeddings=4096, **GQA)[1]
+
+
+def test_api_key_full_queue_order_and_graceful_shutdown(long_context):
+    """A batch of one and a queue of one: while a long request runs, a second one waits and a
+    third gets a 429; cancelling the first admits the second; SIGINT lets a running request
+    finish."""
+    srv = Server(long_context, "--max-batch-size", "1", "--max-queue", "1", "--api-key", KEY)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    url = f"{srv.url}/v1/completions"
+    try:
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = httpx.get(f"{srv.url}/v1/models", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.post(url, json=SHORT).status_code == 401
+        assert httpx.get(f"{srv.url}/metrics").status_code == 401
+        assert httpx.get(f"{srv.url}/v1/models", headers=auth).status_code == 200
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            with httpx.stream(
+                "POST", url, json=long_request(4000), headers=auth, timeout=60
+            ) as running:
+                lines = running.iter_lines()  # (kept: a dropped iterator closes the stream)
+                assert next(lines).startswith("data: ")  # it fills the batch
+                queued = pool.submit(httpx.post, url, json=SHORT, headers=auth, timeout=60)
+                while srv.metrics(auth)["mlc_queue_length"] < 1:
+                    assert not queued.done(), queued.result().text
+                    time.sleep(0.01)
+                full = httpx.post(url, json=SHORT, headers=auth, timeout=60)
+                assert full.status_code == 429 and full.headers["retry-after"]
+                assert full.json()["error"]["code"] == "overloaded"
+            # The long request's client went away: the queued one takes its place.
+            assert queued.result().status_code == 200
+
+        with httpx.stream("POST", url, json=long_request(400), headers=auth, timeout=60) as last:
+            lines = last.iter_lines()
+            assert next(lines).startswith("data: ")
+            srv.interrupt()  # graceful: the running stream still completes
+            events = [line for line in lines if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "length"
+    finally:
+        code, output = srv.stop()
+    assert code == 0, output
+
+
+def test_kv_cache_exhausted_is_a_503_and_shutdown_timeout_ends_streams_with_an_error(
+    long_context,
+):
+    """Room in the KV cache for one full-context request and no patience in the queue: a second
+    request gets a 503; a shutdown with no grace ends the running stream with an error event."""
+    srv = Server(
+        long_context,
+        *("--max-batch-size", "2", "--kv-cache-tokens", "4096"),
+        *("--queue-timeout", "0", "--shutdown-timeout", "0"),
+    )
+    url = f"{srv.url}/v1/completions"
+    try:
+        with httpx.stream("POST", url, json=long_request(5000), timeout=60) as running:
+            lines = running.iter_lines()
+            assert next(lines).startswith("data: ")  # admitted: it reserves every KV page
+            refused = httpx.post(url, json=SHORT, timeout=60)
+            assert refused.status_code == 503 and refused.headers["retry-after"]
+            assert "KV cache" in refused.json()["error"]["message"]
+            srv.interrupt()
+            events = [line for line in lines if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        last = json.loads(events[-2][6:])
+        assert "shut down" in last["error"]["message"], last
+    finally:
+        code, output = srv.stop()
+    assert code == 0, output
+
+
+def test_binding_beyond_localhost_without_a_key_warns(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mlc.cli", "serve", str(tmp_path / "missing"), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 1
+    assert "without --api-key" in result.stderr
+    assert "model directory not found" in result.stderr
