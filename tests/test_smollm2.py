@@ -145,3 +145,15 @@ def test_perplexity_of_quantized_builds_stays_near_fp32(builds, reference):
     assert 1 < table["q0f32"] < 100  # a real model reading real English
     for code, bound in PERPLEXITY_BOUND.items():
         assert table[code] < bound * table["q0f32"], (code, table)
+
+
+def test_default_build_prefill_equals_token_by_token_decode(builds):
+    """Prefill and decode quantize every token alike (and attend alike), so a prompt's logits
+    agree whichever way it is fed. Caught a multi-token `q4a8_1` kernel variant that was exact
+    in isolation but off by ~1 on this model."""
+    tokens = list(np.random.default_rng(5).integers(3, 49152, 9))
+    engine = CompiledModel(builds(QUANTIZATION))
+    prefill = engine.prefill(tokens, all_logits=True)
+    engine.reset()
+    stepwise = [engine.prefill(tokens[:1])] + [engine.decode(int(t)) for t in tokens[1:]]
+    np.testing.assert_allclose(np.stack(stepwise), prefill, atol=1e-3, rtol=0)
