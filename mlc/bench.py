@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from mlc.bench_reference import peak_rss_mb
 from mlc.runtime import CompiledModel
 
 
@@ -63,12 +64,6 @@ def machine_description() -> str:
     )
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def thread_count() -> int:
     import os
 
@@ -114,7 +109,7 @@ def run_bench(
         prefill_tokens_per_s=prompt_len / prefill_s,
         decode_tokens_per_s=gen_len / decode_s if gen_len else 0.0,
         time_to_first_token_s=prefill_s,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
         machine=machine_description(),
         threads=thread_count(),
         quantization=engine.chat_config.get("quantization", ""),

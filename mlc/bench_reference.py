@@ -33,7 +33,7 @@ GGUF_TYPE = {
 CACHE = Path.home() / ".cache" / "mlc" / "bench"
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's own peak (VmHWM): `ru_maxrss` would include the parent's peak, which
     Linux carries across exec."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -127,7 +127,7 @@ def llama_cpp(source: Path, args: argparse.Namespace) -> dict[str, Any]:
         "load_seconds": load,
         "prefill_tokens_per_s": args.prompt_len / prefill_s,
         "decode_tokens_per_s": args.gen_len / decode_s if args.gen_len else 0.0,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -166,7 +166,7 @@ def torch_reference(source: Path, args: argparse.Namespace) -> dict[str, Any]:
         "load_seconds": load,
         "prefill_tokens_per_s": args.prompt_len / prefill_s,
         "decode_tokens_per_s": args.gen_len / decode_s if args.gen_len else 0.0,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
