@@ -1,12 +1,11 @@
 """Gemma 2: Gemma with RMSNorm after attention and after the MLP as well as before, attention
-scaled by `query_pre_attn_scalar`, tanh soft-capping of the final logits, and sliding-window
-attention on every other layer.
+scaled by `query_pre_attn_scalar`, tanh soft-capping of attention scores and of the final
+logits, and sliding-window attention on every other layer.
 
-Not exact: the paged KV cache's attention kernels cannot soft-cap attention scores
-(`attn_logit_softcapping`), so they are left uncapped. Scores far below the cap barely change
-(`c * tanh(x / c)` differs from `x` by about `x^3 / (3 c^2)`: 0.002 at x = 5 with c = 50); the
-tests measure the effect on logits. The context stays within `sliding_window`, where the
-windowed layers attend exactly as global ones.
+Our CPU kernels compute the window and the attention soft-capping (`attn_logit_softcapping`).
+Other targets' kernels can do neither: the context then stays within `sliding_window` and
+scores are left uncapped (`c * tanh(x / c)` differs from `x` by about `x^3 / (3 c^2)`: 0.002 at
+x = 5 with c = 50), with a warning.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ from .layers import (
     CausalLM,
     DecoderConfig,
     LMOptions,
-    cap_context,
     decoder_fields,
+    kernels_apply_variant,
     llama_style_weights,
-    sliding_window,
+    set_sliding_window,
 )
 
 MODEL_TYPES = ("gemma2",)
@@ -51,14 +50,8 @@ class Gemma2Config(DecoderConfig):
         )
         hf.setdefault("tie_word_embeddings", True)
         fields = decoder_fields(hf, "gemma2", scaling=("linear",))
-        cap_context(fields, sliding_window(hf))
+        set_sliding_window(fields, hf, lambda i: i % 2 == 0)
         attn_cap = hf.get("attn_logit_softcapping")
-        if attn_cap:
-            warnings.warn(
-                f"gemma2: attention soft-capping ({attn_cap}) is not applied: the paged KV "
-                "cache cannot do it; logits differ slightly from the reference",
-                stacklevel=2,
-            )
         return cls(
             **fields,
             attention_bias=bool(hf.get("attention_bias", False)),
@@ -91,6 +84,16 @@ class Gemma2ForCausalLM(CausalLM):
         final_norm = RMSNorm(config.hidden_size, config.norm_eps, dtype)
         options = LMOptions(embed_scale=config.hidden_size**0.5)
         super().__init__(config, dtype, layers, final_norm, options)
+
+    def attention_softcap(self) -> float | None:
+        cap = self.config.attn_logit_softcapping
+        if cap and not kernels_apply_variant(self.config):
+            warnings.warn(
+                f"gemma2: attention soft-capping ({cap}) is not applied: this target's "
+                "attention kernels cannot do it; logits differ slightly from the reference",
+                stacklevel=2,
+            )
+        return cap
 
     def _logits(self, hidden: Tensor) -> Tensor:
         logits = super()._logits(hidden)

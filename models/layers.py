@@ -48,6 +48,8 @@ class DecoderConfig(ModelConfig):
     rope_theta: float
     rotary_dim: int  # 0: no rotary embedding (learned positions instead)
     rope_scaling: dict[str, Any] | None
+    sliding_window: int  # a sliding layer's query at p sees keys at > p - window; 0: none
+    sliding_layers: list[int]  # the layers that slide
 
 
 def decoder_fields(
@@ -82,15 +84,86 @@ def decoder_fields(
         rope_theta=theta,
         rotary_dim=int(head_dim * rotary_fraction),
         rope_scaling=rope_scaling,
+        sliding_window=0,
+        sliding_layers=[],
     )
 
 
-def cap_context(fields: dict[str, Any], window: int | None) -> None:
-    """Without sliding-window attention in the KV cache, stay inside the window, where full and
-    windowed attention agree exactly."""
+def set_sliding_window(
+    fields: dict[str, Any], hf: dict[str, Any], slides: Callable[[int], bool]
+) -> None:
+    """Fill `sliding_window` and `sliding_layers` of `decoder_fields`: `slides(i)` says whether
+    layer i slides when `config.json` has no `layer_types` (transformers' default per model)."""
+    fields["sliding_window"], fields["sliding_layers"] = sliding_layers(
+        hf, fields["num_hidden_layers"], slides
+    )
+
+
+def sliding_layers(
+    hf: dict[str, Any], num_layers: int, slides: Callable[[int], bool]
+) -> tuple[int, list[int]]:
+    """(window, ids of the layers that slide), or (0, []) when no layer does."""
+    window = hf.get("sliding_window")
+    if not window or hf.get("use_sliding_window") is False:
+        return 0, []
+    types = hf.get("layer_types")
+    if types is not None:
+        layers = [i for i, kind in enumerate(types) if kind == "sliding_attention"]
+    else:
+        layers = [i for i in range(num_layers) if slides(i)]
+    return (int(window), layers) if layers else (0, [])
+
+
+def kernels_apply_variant(config: ModelConfig) -> bool:
+    """Whether the attention kernels compute the attention variant (sliding window,
+    soft-capping; see `annotate_attention_kernels`): our CPU kernels do; other targets' kernels
+    attend to every key without capping (the context then stays inside the window, where both
+    agree)."""
+    target = Target.current(allow_none=True)
+    return target is not None and target.kind.name == "llvm" and config.head_dim % 8 == 0
+
+
+def fit_context_to_window(config: ModelConfig) -> None:
+    """Where the kernels cannot slide, stop the context (and each prefill chunk) at the window.
+    Called while exporting (the target is known then; the metadata is written after)."""
+    window = getattr(config, "sliding_window", 0)
+    if window and not kernels_apply_variant(config):
+        config.context_window_size = min(config.context_window_size, window)
+        config.prefill_chunk_size = min(config.prefill_chunk_size, window)
+
+
+def kernel_sm_scale(config: ModelConfig, layer_id: int, sm_scale: float) -> float:
+    """`sm_scale` as the cache's kernels get it: negated in a sliding layer, the only per-layer
+    signal they receive (targets/cpu_attention_common.py)."""
+    sliding = layer_id in getattr(config, "sliding_layers", ())
+    return -sm_scale if sliding and kernels_apply_variant(config) else sm_scale
+
+
+def annotate_attention_kernels(
+    kernels_before: set[str], window: int, softcap: float | None = None
+) -> None:
+    """Stamp the attention variant on every kernel the paged KV cache just added (those not in
+    `kernels_before`) as function attributes, for the target's kernels to compute:
+    `mlc.attention_window` (in layers passing a negative `sm_scale`) and
+    `mlc.attention_softcap` (`softcap * tanh(score / softcap)` before the softmax)."""
+    attrs = {}
     if window:
-        fields["context_window_size"] = min(fields["context_window_size"], int(window))
-        fields["prefill_chunk_size"] = min(fields["prefill_chunk_size"], int(window))
+        attrs["mlc.attention_window"] = int(window)
+    if softcap:
+        attrs["mlc.attention_softcap"] = float(softcap)
+    if not attrs:
+        return
+    bb = rx.BlockBuilder.current()
+    for gvar, func in list(bb.get().functions.items()):
+        if isinstance(func, tirx.PrimFunc) and gvar.name_hint not in kernels_before:
+            for key, value in attrs.items():
+                func = func.with_attr(key, value)
+            bb.update_func(gvar, func)
+
+
+def kernel_names() -> set[str]:
+    """The functions the module being exported has so far."""
+    return {gvar.name_hint for gvar in rx.BlockBuilder.current().get().functions}
 
 
 def check_rope_scaling(
@@ -168,6 +241,7 @@ class Attention(nn.Module):
         rotary: nn.Module | None = None,
     ):
         self.rotary = rotary
+        self.config = config
         self.sm_scale = sm_scale if sm_scale is not None else config.head_dim**-0.5
         self.num_q_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -195,9 +269,8 @@ class Attention(nn.Module):
         if self.rotary is not None:
             positions = kv_cache.get_query_positions(b * s)
             qkv = self.rotary(qkv, positions, self.num_q_heads + self.num_kv_heads)
-        out = kv_cache.attention_with_fused_qkv(
-            layer_id, qkv, self.num_q_heads, sm_scale=self.sm_scale
-        )
+        sm_scale = kernel_sm_scale(self.config, layer_id, self.sm_scale)
+        out = kv_cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale)
         return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * self.head_dim)))
 
 
@@ -349,7 +422,9 @@ class CausalLM(nn.Module):
         rope_mode = self.options.rope_mode if c.rotary_dim else RopeMode.NONE
         if rope_mode == RopeMode.NONE:  # no rotary, or the model applies its own
             scaling, rope_type = {}, None
-        return TIRPagedKVCache(
+        fit_context_to_window(c)
+        before = kernel_names()
+        cache = TIRPagedKVCache(
             attn_kind="mha",
             max_batch_size=max_batch_size,
             max_total_seq_len=max_total_seq_len,
@@ -374,6 +449,13 @@ class CausalLM(nn.Module):
             dtype=self.dtype,
             target=Target.current(),
         )
+        window = c.sliding_window if kernels_apply_variant(c) else 0
+        annotate_attention_kernels(before, window, self.attention_softcap())
+        return cache
+
+    def attention_softcap(self) -> float | None:
+        """The cap of attention scores, if the architecture has one (Gemma 2)."""
+        return None
 
     def get_default_spec(self) -> dict[str, Any]:
         return export_spec(self, self.config.hidden_size, self.dtype)
@@ -435,17 +517,6 @@ def llama_style_weights(
         )
         mapping[f"{ours}.mlp.down_proj.weight"] = same(f"{hf}.mlp.down_proj.weight")
     return mapping
-
-
-def sliding_window(hf: dict[str, Any]) -> int | None:
-    """The attention window if any layer uses one (`layer_types` of transformers 5)."""
-    window = hf.get("sliding_window")
-    if not window or hf.get("use_sliding_window") is False:
-        return None
-    types = hf.get("layer_types")
-    if types is not None and "sliding_attention" not in types:
-        return None
-    return int(window)
 
 
 def partial_rotary_factor(hf: dict[str, Any], default: float = 1.0) -> float:

@@ -1,4 +1,5 @@
-"""Llama and Mistral (no sliding window yet): RMSNorm, RoPE, grouped-query attention, SwiGLU."""
+"""Llama and Mistral: RMSNorm, RoPE, grouped-query attention, SwiGLU; Mistral's sliding window
+on every layer."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ from .base import (
     require,
     rope_parameters,
 )
+from .layers import (
+    annotate_attention_kernels,
+    fit_context_to_window,
+    kernel_names,
+    kernel_sm_scale,
+    kernels_apply_variant,
+)
 
 MODEL_TYPES = ("llama", "mistral")
 
@@ -37,6 +45,8 @@ class LlamaConfig(ModelConfig):
     rope_scaling: dict[str, Any] | None
     attention_bias: bool
     mlp_bias: bool
+    sliding_window: int = 0  # every layer's query at p sees keys at > p - window; 0: none
+    sliding_layers: list[int] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> LlamaConfig:
@@ -52,14 +62,13 @@ class LlamaConfig(ModelConfig):
                 "(supported: linear, llama3)"
             )
         context = int(hf.get("max_position_embeddings", 2048))
-        # Without sliding-window attention in the KV cache yet, stay inside the window, where
-        # full attention and windowed attention agree exactly.
-        if hf.get("sliding_window"):
-            context = min(context, int(hf["sliding_window"]))
+        layers = require(hf, "num_hidden_layers", model_type)
+        # transformers' Mistral slides on every layer, whatever `layer_types` says.
+        window = int(hf.get("sliding_window") or 0)
         return cls(
             vocab_size=require(hf, "vocab_size", model_type),
             hidden_size=hidden,
-            num_hidden_layers=require(hf, "num_hidden_layers", model_type),
+            num_hidden_layers=layers,
             context_window_size=context,
             prefill_chunk_size=min(context, 512),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -72,11 +81,14 @@ class LlamaConfig(ModelConfig):
             rope_scaling=scaling,
             attention_bias=bool(hf.get("attention_bias", False)),
             mlp_bias=bool(hf.get("mlp_bias", False)),
+            sliding_window=window,
+            sliding_layers=list(range(layers)) if window else [],
         )
 
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: LlamaConfig, dtype: str):
+        self.config = config
         self.num_q_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -94,9 +106,8 @@ class LlamaAttention(nn.Module):
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
         qkv = op.reshape(self.qkv_proj(x), (b, s, -1, self.head_dim))
-        out = kv_cache.attention_with_fused_qkv(
-            layer_id, qkv, self.num_q_heads, sm_scale=self.head_dim**-0.5
-        )
+        sm_scale = kernel_sm_scale(self.config, layer_id, self.head_dim**-0.5)
+        out = kv_cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale)
         return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * self.head_dim)))
 
 
@@ -189,7 +200,9 @@ class LlamaForCausalLM(nn.Module):
         scaling = c.rope_scaling or {}
         # Linear scaling divides positions by the factor; the cache multiplies by `rope_scale`.
         rope_scale = 1.0 / scaling["factor"] if scaling.get("rope_type") == "linear" else 1.0
-        return TIRPagedKVCache(
+        fit_context_to_window(c)
+        before = kernel_names()
+        cache = TIRPagedKVCache(
             attn_kind="mha",
             max_batch_size=max_batch_size,
             max_total_seq_len=max_total_seq_len,
@@ -214,6 +227,8 @@ class LlamaForCausalLM(nn.Module):
             dtype=self.dtype,
             target=Target.current(),
         )
+        annotate_attention_kernels(before, c.sliding_window if kernels_apply_variant(c) else 0)
+        return cache
 
     def get_default_spec(self) -> dict[str, Any]:
         return export_spec(self, self.config.hidden_size, self.dtype)

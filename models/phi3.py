@@ -16,11 +16,10 @@ from .layers import (
     DecoderConfig,
     DecoderLayer,
     LMOptions,
-    cap_context,
     decoder_fields,
     partial_rotary_factor,
     same,
-    sliding_window,
+    set_sliding_window,
 )
 from .rotary import LongRoPE
 
@@ -40,7 +39,7 @@ class Phi3Config(DecoderConfig):
         fields = decoder_fields(
             hf, "phi3", rotary_fraction=partial_rotary_factor(hf), scaling=("longrope",)
         )
-        cap_context(fields, sliding_window(hf))
+        set_sliding_window(fields, hf, lambda i: True)
         scaling = fields["rope_scaling"]
         if scaling is not None:
             scaling.setdefault(

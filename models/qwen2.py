@@ -12,10 +12,9 @@ from .layers import (
     CausalLM,
     DecoderConfig,
     DecoderLayer,
-    cap_context,
     decoder_fields,
     llama_style_weights,
-    sliding_window,
+    set_sliding_window,
 )
 
 MODEL_TYPES = ("qwen2",)
@@ -26,7 +25,7 @@ class Qwen2Config(DecoderConfig):
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> Qwen2Config:
         fields = decoder_fields(hf, "qwen2", scaling=("linear", "llama3"))
-        cap_context(fields, sliding_window(hf))
+        set_sliding_window(fields, hf, lambda i: i >= hf.get("max_window_layers", 28))
         return cls(**fields)
 
 

@@ -12,10 +12,9 @@ from .layers import (
     CausalLM,
     DecoderConfig,
     DecoderLayer,
-    cap_context,
     decoder_fields,
     llama_style_weights,
-    sliding_window,
+    set_sliding_window,
 )
 
 MODEL_TYPES = ("qwen3",)
@@ -28,7 +27,7 @@ class Qwen3Config(DecoderConfig):
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> Qwen3Config:
         fields = decoder_fields(hf, "qwen3", scaling=("linear", "llama3"))
-        cap_context(fields, sliding_window(hf))
+        set_sliding_window(fields, hf, lambda i: i >= hf.get("max_window_layers", 28))
         return cls(**fields, attention_bias=bool(hf.get("attention_bias", False)))
 
 

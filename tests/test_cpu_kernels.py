@@ -1,5 +1,5 @@
-"""Our CPU kernels on long inputs: decode attention over many KV pages, and the AVX2 matmul on
-a prefill-sized batch of tokens, against transformers."""
+"""Our CPU kernels on long inputs against transformers: decode attention over many KV pages,
+and prefill chunks attending to cached pages."""
 
 from __future__ import annotations
 
@@ -21,4 +21,15 @@ def test_decode_attention_over_many_pages_matches_transformers(tiny_builds):
     engine.prefill(tokens[:170])
     ours = [engine.decode(t) for t in tokens[170:175]]
     np.testing.assert_allclose(np.stack(ours), reference[170:175], atol=1e-4, rtol=0)
+    assert reference.std() > 0.1
+
+
+def test_chunked_prefill_over_cached_pages_matches_transformers(tiny_builds):
+    """A 150-token prompt in chunks of 32: each later chunk attends to up to 128 cached tokens
+    (8 pages) through the paged-prefix prefill kernel, merged with its own causal attention."""
+    hf_dir, built = tiny_builds.get("gqa", build_options={"prefill_chunk_size": 32}, **GQA)
+    tokens = np.random.default_rng(8).integers(3, 320, 150).tolist()
+    reference = hf_logits(load_hf(hf_dir), tokens)
+    ours = CompiledModel(built).prefill(tokens, all_logits=True)
+    np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
     assert reference.std() > 0.1
