@@ -18,6 +18,8 @@ from tvm.target import Target
 TILE_N = 16
 # Partial sums per output: one AVX2 register of float32 (and one 4-bit word of 8 values).
 VECTOR_LANES = 8
+# Vectors per quantization group of 32 (4-bit and 8-bit codes).
+GROUP_VECTORS = 4
 
 
 class MatmulNT(ScheduleRule):
@@ -47,15 +49,21 @@ class MatmulNT(ScheduleRule):
         if not vectorize:
             sch.reorder(n_outer, *rows, n_inner, k)
         else:
-            k_outer, k_lane = sch.split(k, factors=[None, VECTOR_LANES])
-            sch.reorder(n_outer, *rows, n_inner, k_outer, k_lane)
+            # k = (k_outer, k_group, lane): with a group of GROUP_WORDS vectors spelled out, the
+            # simplifier sees that a vector never straddles a quantization group, so the
+            # group's scale becomes one broadcast load instead of a per-lane gather.
+            grouped = int(k_extent) % (VECTOR_LANES * GROUP_VECTORS) == 0
+            factors = [None, GROUP_VECTORS, VECTOR_LANES] if grouped else [None, VECTOR_LANES]
+            *k_outer, k_lane = sch.split(k, factors=factors)
+            sch.reorder(n_outer, *rows, n_inner, *k_outer, k_lane)
             # The lane becomes the last, contiguous axis of the partial-sum buffer.
             out_ndim = len(sch.get(block).writes[0].region)
             partial = sch.rfactor(k_lane, factor_axis=out_ndim)
             # Per output (row, n): partial[lane] accumulates over k_outer, `lane` innermost.
             sch.compute_at(partial, n_inner)
-            *_, lane, k_outer = sch.get_loops(partial)
-            sch.reorder(k_outer, lane)
+            loops = sch.get_loops(partial)
+            lane, k_loops = loops[-1 - len(k_outer)], loops[-len(k_outer) :]
+            sch.reorder(*k_loops, lane)
             sch.vectorize(lane)
         sch.parallel(n_outer)
         if epilogue is not None:

@@ -18,10 +18,11 @@ from tvm.script import tirx as T
 from mlc.quantization.int8_activations import GROUP, KERNEL_ATTR, Q4A8_MATMUL
 
 TILE_N = 16
-# Activation rows (tokens) per pass over a weight row. 4 shares the nibble unpacking across
-# tokens, but in whole models it gave prefill logits off by ~1 (not reproduced on the kernel
-# alone: a codegen issue to find); 1 is exact, and the multi-row code stays for that work.
-ROWS = 1
+# One activation row (token) per pass over a tile's weights. Unpacking each weight word once for
+# 4 rows was measured: no faster with VNNI (111 vs 113 ms for 128 rows of an 11264x2048 layer,
+# one thread), and its float sums round differently from the one-row (decode) path, which flips
+# int8 activation roundings downstream, so prefill and token-by-token logits drift apart (~1 on
+# SmolLM2) although every call is exact against its own inputs.
 BLOCK = 8  # groups reduced together with vphaddd
 
 _MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
@@ -99,7 +100,7 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
         return sw * (T.Cast("float32", dot) * xs[i, group] + xc[i, group])
 
     @T.macro
-    def finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, row, i, slot):
+    def finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, row, i):
         """The groups after the whole blocks, then the output value of (i, row)."""
         tail[0] = T.float32(0)
         for p in range(tail_pairs):
@@ -114,7 +115,7 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
         if single:
             part[T.Ramp(0, 1, 8)] = _single_dot(qw, xq, row, i, groups - 1)
             tail[0] = tail[0] + tail_scalar(qs, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8))
-        y[i, row] = _lanes_sum(acc, slot * 8, 8) + tail[0]
+        y[i, row] = _lanes_sum(acc, 0, 8) + tail[0]
 
     @T.prim_func
     def q4a8_matmul(
@@ -139,42 +140,10 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
         xc = T.decl_buffer((rows, groups), "float32", data=xc_in.data)
         y = T.decl_buffer((rows, n), "float32", data=y_out.data)
         for tile in T.parallel(tiles):
-            acc = T.decl_buffer((8 * ROWS,), "float32", scope="local")
+            acc = T.decl_buffer((8,), "float32", scope="local")
             part = T.decl_buffer((8,), "int32", scope="local")
             tail = T.decl_buffer((1,), "float32", scope="local")
-            # ROWS activation rows at a time: each weight word is unpacked once for all of them.
-            for i0 in range(rows // ROWS):
-                for t in range(TILE_N):
-                    if tile * TILE_N + t < n:
-                        for r in T.unroll(ROWS):
-                            acc[T.Ramp(r * 8, 1, 8)] = T.Broadcast(T.float32(0), 8)
-                        for b in range(blocks):
-                            # One store for all rows: the weight unpacking is shared (CSE).
-                            acc[T.Ramp(0, 1, 8 * ROWS)] = acc[T.Ramp(0, 1, 8 * ROWS)] + T.Shuffle(
-                                [
-                                    _block_sums(qw, xq, tile * TILE_N + t, i0 * ROWS + r, b, vnni)
-                                    * scales(qs, xs, tile * TILE_N + t, i0 * ROWS + r, b)
-                                    + zero_point(qs, xc, tile * TILE_N + t, i0 * ROWS + r, b)
-                                    for r in range(ROWS)
-                                ],
-                                list(range(8 * ROWS)),
-                            )
-                        for r in T.unroll(ROWS):
-                            finish_row(
-                                qw,
-                                qs,
-                                xq,
-                                xs,
-                                xc,
-                                y,
-                                acc,
-                                part,
-                                tail,
-                                tile * TILE_N + t,
-                                i0 * ROWS + r,
-                                r,
-                            )
-            for i in range(rows - rows % ROWS, rows):
+            for i in range(rows):
                 for t in range(TILE_N):
                     if tile * TILE_N + t < n:
                         acc[T.Ramp(0, 1, 8)] = T.Broadcast(T.float32(0), 8)
@@ -184,7 +153,7 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
                                 * scales(qs, xs, tile * TILE_N + t, i, b)
                                 + zero_point(qs, xc, tile * TILE_N + t, i, b)
                             )
-                        finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, tile * TILE_N + t, i, 0)
+                        finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, tile * TILE_N + t, i)
 
     return q4a8_matmul
 
