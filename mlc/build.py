@@ -31,7 +31,7 @@ from mlc.models import get_architecture
 from mlc.quantization import Quantization, get_quantization
 from mlc.runtime.artifact import ARTIFACT_FORMAT_VERSION, CHAT_CONFIG_NAME, library_name
 from mlc.runtime.conversation import get_template
-from mlc.targets import get_target
+from mlc.targets import get_target, target_summary
 from mlc.tensor_cache import TensorCacheWriter
 
 # Sequences one batched decode step can serve (`mlc serve`); single-sequence chat costs nothing
@@ -44,6 +44,7 @@ class BuildOptions:
     model: Path
     quantization: str = "q0f32"
     target: str = "llvm"
+    arch: str | None = None
     output: Path = Path("dist")
     conv_template: str | None = None
     context_window_size: int | None = None
@@ -64,7 +65,7 @@ def build(opts: BuildOptions) -> Path:
     checkpoint = open_checkpoint(model_path)
     arch = get_architecture(checkpoint.config)
     quant = get_quantization(opts.quantization)
-    preset = get_target(opts.target)
+    preset = get_target(opts.target).with_options(arch=opts.arch)
     # None: the model's own chat template if it has one, else the raw-text `LM` template.
     conv_template = get_template(opts.conv_template).name if opts.conv_template else None
     if opts.max_batch_size < 1:
@@ -77,7 +78,11 @@ def build(opts: BuildOptions) -> Path:
         config.prefill_chunk_size = min(chunk, config.context_window_size)
 
     model_name = checkpoint.model_name
+    # The CPU build is `<model>-<quant>`; every other target gets its own folder, so building
+    # a model for several devices keeps each artifact whole.
     artifact_name = f"{model_name}-{quant.name}"
+    if preset.name != "llvm":
+        artifact_name += f"-{preset.name}"
     output = Path(opts.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     final_dir = output / artifact_name
@@ -114,7 +119,8 @@ def build(opts: BuildOptions) -> Path:
         mod = attach_metadata(
             attach_shape_bounds(mod, config.prefill_chunk_size, opts.max_batch_size), metadata
         )
-        _log(opts, f"Compiling for {preset.name} ({target.attrs.get('mcpu', '')}) ...")
+        mod = preset.prepare_module(mod, Path(lib_name).stem)
+        _log(opts, f"Compiling for {preset.name} ({target_summary(target)}) ...")
         t0 = time.perf_counter()
         executable = compile_module(mod, preset, target)
         preset.export(executable, staging / lib_name)

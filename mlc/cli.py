@@ -17,8 +17,18 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--target", default="llvm", show_default=True, help="Target preset to compile for.")
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--target",
+    default="llvm",
+    show_default=True,
+    help="Target preset to compile for; `auto` picks this machine's device, `help` lists them.",
+)
+@click.option(
+    "--arch",
+    default=None,
+    help="cuda only: GPU architectures to compile for, comma-separated (default sm_80).",
+)
 @click.option("--quantization", default="q0f32", show_default=True, help="Weight quantization.")
 @click.option("--conv-template", default=None, help="Conversation template name (default LM).")
 @click.option(
@@ -50,8 +60,9 @@ def main() -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(
-    model: Path,
+    model: Path | None,
     target: str,
+    arch: str | None,
     quantization: str,
     conv_template: str | None,
     output: Path,
@@ -60,14 +71,23 @@ def build(
     max_batch_size: int,
     quiet: bool,
 ) -> None:
-    """Convert and compile the Hugging Face model directory MODEL."""
+    """Convert and compile the Hugging Face model directory (or GGUF file) MODEL."""
     from mlc.build import BuildOptions
     from mlc.build import build as run_build
+
+    if target == "help":
+        from mlc.targets import describe_targets
+
+        click.echo("Targets:\n" + describe_targets())
+        return
+    if model is None:
+        raise click.UsageError("Missing argument 'MODEL'.")
 
     opts = BuildOptions(
         model=model,
         quantization=quantization,
         target=target,
+        arch=arch,
         output=output,
         conv_template=conv_template,
         context_window_size=context_window_size,
@@ -99,6 +119,9 @@ def chat(
 
     Without MODEL: the embedded default (SmolLM2-135M-Instruct), built into dist/ on first use.
     """
+    from mlc.lean_runtime import skip_torch
+
+    skip_torch()
     from mlc.chat_repl import run_chat
 
     if model is None:
@@ -152,6 +175,9 @@ def bench(
 
     if threads is not None:  # read by TVM's thread pool when the first kernel runs
         os.environ["TVM_NUM_THREADS"] = str(threads)
+    from mlc.lean_runtime import skip_torch
+
+    skip_torch()
     from mlc.bench import print_result, run_bench
 
     _run(
@@ -233,6 +259,9 @@ def serve(
 
     Without MODEL: the embedded default (SmolLM2-135M-Instruct), built into dist/ on first use.
     """
+    from mlc.lean_runtime import skip_torch
+
+    skip_torch()
     from mlc.runtime.serve.server import EngineOptions, ServerOptions
     from mlc.runtime.serve.server import serve as run_server
 
@@ -257,10 +286,17 @@ def _run(action):
     """Report expected failures (bad input, damaged artifacts) as one clear line."""
     from mlc.hf_checkpoint import CheckpointError
     from mlc.runtime import ArtifactError
+    from mlc.targets import ToolMissingError
 
     try:
         return action()
-    except (CheckpointError, ArtifactError, ValueError, FileNotFoundError) as err:
+    except (
+        CheckpointError,
+        ArtifactError,
+        ValueError,
+        FileNotFoundError,
+        ToolMissingError,
+    ) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
 

@@ -50,4 +50,10 @@ def attach_metadata(mod: tvm.ir.IRModule, metadata: dict[str, Any]) -> tvm.ir.IR
 def compile_module(
     mod: tvm.ir.IRModule, preset: TargetPreset, target: tvm.target.Target
 ) -> tvm.runtime.Executable:
-    return tvm.compile(mod, target, relax_pipeline=relax_pipeline(preset, target))
+    with preset.compiling(target):
+        return relax.build(
+            mod,
+            target,
+            relax_pipeline=relax_pipeline(preset, target),
+            system_lib=preset.system_lib or None,
+        )

@@ -137,3 +137,33 @@ def test_ctrl_c_stops_the_answer_but_keeps_the_chat(tiny_builds, tmp_path):
     assert proc.returncode == 0, err
     assert "[stopped]" in out
     assert "decode:" in out  # the chat went on after the interruption
+
+
+def test_runtime_commands_run_without_torch(tiny_builds):
+    """`mlc chat/bench/serve` keep PyTorch out of the process (`tvm_ffi` would import it, about
+    200 MB resident): the runtime must then work, and torch must really be absent."""
+    _, built = tiny_builds.get("gqa", **GQA)
+    code = (
+        "import sys\n"
+        "from mlc.lean_runtime import skip_torch\n"
+        "skip_torch()\n"
+        "from mlc.runtime import CompiledModel\n"
+        f"engine = CompiledModel({str(built)!r})\n"
+        "logits = engine.prefill([1, 2, 3])\n"
+        "assert logits.shape[-1] > 0\n"
+        "print(sys.modules.get('torch') is None)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_build_target_help_lists_every_preset():
+    from mlc.targets import TARGETS
+
+    result = CliRunner().invoke(main, ["build", "--target", "help"])
+    assert result.exit_code == 0, result.output
+    for name in ["auto", *TARGETS]:
+        assert f"  {name} " in result.output

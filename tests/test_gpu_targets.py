@@ -1,0 +1,266 @@
+"""`cuda`, `metal` and `iphone` builds of a tiny Llama, checked by reading the artifacts.
+
+No GPU here: nothing runs. CUDA: the fatbin nvcc embedded is found in the `.so` by its magic
+and listed by NVIDIA's `cuobjdump` (cubins for the requested arches, PTX for the oldest, every
+kernel the host code launches defined). Metal/iPhone: the `.tar` objects are read as Mach-O
+(arm64, platform macOS or iOS) and the Metal source must define every kernel the host code
+names. Bad input (unknown target or arch, no nvcc, nvcc failing) must fail clearly and leave
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import struct
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlc.build import BuildOptions, build
+from mlc.cli import main
+from mlc.random_model import save_model
+from mlc.targets import describe_targets, get_target, local_target
+
+FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
+# Kernel launches name their device function `<PrimFunc>_kernel` (a C string in host code).
+HOST_KERNEL_NAME = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*_kernel)\x00")
+METAL_KERNEL_DEF = re.compile(r"kernel void ([A-Za-z_][A-Za-z0-9_]*)\(")
+# Attention kernels of the paged KV cache's GPU variant: the CPU variant has none of them.
+PAGED_KV_KERNELS = {"batch_prefill_paged_kv_kernel", "batch_decode_paged_kv_kernel"}
+
+MH_MAGIC_64, CPU_TYPE_ARM64, MH_OBJECT = 0xFEEDFACF, 0x0100000C, 1
+LC_SYMTAB, LC_BUILD_VERSION = 0x2, 0x32
+PLATFORM_MACOS, PLATFORM_IOS = 1, 2
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tiny_builds) -> Path:
+    """The tiny Llama `tiny_builds` builds (same place, same settings), without a build."""
+    path = tiny_builds.root / "hf" / "llama"
+    if not path.exists():
+        save_model(path)
+    return path
+
+
+def _build(tiny_builds, target: str, quantization: str, arch: str | None = None) -> Path:
+    options = {"target": target, **({"arch": arch} if arch else {})}
+    _, out = tiny_builds.get("llama", quantization, build_options=options)
+    (lib,) = out.glob(f"*-{target}.*")
+    return lib
+
+
+# --- CUDA -------------------------------------------------------------------------------
+
+
+def _cuobjdump() -> str:
+    found = shutil.which("cuobjdump")
+    spec = importlib.util.find_spec("nvidia")  # PyPI's nvidia-cuda-cuobjdump
+    for root in spec.submodule_search_locations if spec else []:
+        found = found or next((str(p) for p in Path(root).glob("*/bin/cuobjdump")), None)
+    assert found, "cuobjdump not found: `pip install nvidia-cuda-cuobjdump`"
+    return found
+
+
+def _fatbin(library: bytes) -> tuple[bytes, int, int]:
+    """The one fatbin in `library` (header: magic, version u16, header size u16, size u64)."""
+    start = library.find(FATBIN_MAGIC)
+    assert start >= 0, "no fatbin in the library: device code would be compiled at load"
+    _, _, header, size = struct.unpack_from("<IHHQ", library, start)
+    end = start + header + size
+    assert library.find(FATBIN_MAGIC, end) < 0, "more than one fatbin"
+    return library[start:end], start, end
+
+
+def _cubin_kernels(cuobjdump: str, fatbin: Path) -> dict[str, set[str]]:
+    """Global functions defined in each cubin, by arch."""
+    out = subprocess.run(
+        [cuobjdump, "--dump-elf-symbols", str(fatbin)], capture_output=True, text=True, check=True
+    ).stdout
+    kernels: dict[str, set[str]] = {}
+    for section in out.split("Fatbin ")[1:]:
+        if section.startswith("elf code:"):
+            arch = re.search(r"arch = (\S+)", section).group(1)
+            kernels[arch] = set(re.findall(r"STT_FUNC\s+STB_GLOBAL\s+\S+\s+(\S+)", section))
+    return kernels
+
+
+@pytest.mark.parametrize(
+    ("quantization", "arch", "cubins", "ptx"),
+    [
+        ("q4f16_1", "sm_90,sm_80", ["sm_80", "sm_90"], ["sm_80"]),
+        ("q4f32_1", None, ["sm_80"], ["sm_80"]),
+    ],
+)
+def test_cuda_embeds_fatbin_for_requested_arches(
+    tiny_builds, tmp_path, quantization, arch, cubins, ptx
+):
+    lib = _build(tiny_builds, "cuda", quantization, arch)
+    data = lib.read_bytes()
+    fatbin, start, end = _fatbin(data)
+    assert b"__global__" not in data, "CUDA source left in the library"
+    path = tmp_path / "kernels.fatbin"
+    path.write_bytes(fatbin)
+    cuobjdump = _cuobjdump()
+
+    def listing(flag: str) -> list[str]:
+        out = subprocess.run([cuobjdump, flag, str(path)], capture_output=True, text=True)
+        return sorted(re.findall(r"\.(sm_\d+)\.(?:cubin|ptx)", out.stdout))
+
+    assert listing("--list-elf") == cubins
+    assert listing("--list-ptx") == ptx
+
+    host = set(HOST_KERNEL_NAME.findall(data[:start] + b"\x00" + data[end:]))
+    launched = {name.decode() for name in host}
+    assert PAGED_KV_KERNELS <= launched
+    defined_by_arch = _cubin_kernels(cuobjdump, path)
+    assert sorted(defined_by_arch) == cubins
+    for cubin_arch, defined in defined_by_arch.items():
+        assert launched <= defined, f"{cubin_arch} lacks {sorted(launched - defined)}"
+
+
+def test_unknown_arch_names_what_nvcc_knows(hf_dir, tmp_path):
+    result = CliRunner().invoke(
+        main, ["build", str(hf_dir), "--target", "cuda", "--arch", "sm_12", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "nvcc cannot compile for sm_12" in result.output
+    assert "sm_80" in result.output and "sm_90" in result.output
+
+
+def test_arch_on_a_non_cuda_target_is_an_error(hf_dir, tmp_path):
+    result = CliRunner().invoke(
+        main, ["build", str(hf_dir), "--target", "metal", "--arch", "sm_80", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "--arch does not apply to the metal target" in result.output
+
+
+def test_missing_nvcc_says_install_the_cuda_toolkit(hf_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shutil.which("nvcc") is None
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", str(hf_dir), "--target", "cuda", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "error: the cuda target needs NVIDIA's nvcc" in result.output
+    assert "install the CUDA toolkit" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_failed_nvcc_leaves_no_artifact(hf_dir, tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "nvcc"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--list-gpu-code" ]; then echo sm_80; exit 0; fi\n'
+        "echo 'fake nvcc: out of registers' >&2; exit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    out = tmp_path / "out"
+    opts = BuildOptions(hf_dir, "q4f32_1", target="cuda", output=out, quiet=True)
+    with pytest.raises(RuntimeError, match="fake nvcc: out of registers"):
+        build(opts)
+    assert list(out.iterdir()) == []
+
+
+# --- Metal / iPhone ---------------------------------------------------------------------
+
+
+def _macho(data: bytes) -> tuple[int, int, tuple[int, int] | None, dict[str, bool]]:
+    """(cpu type, file type, (platform, minimum OS) or None, external symbols -> defined)."""
+    magic, cputype, _, filetype, ncmds = struct.unpack_from("<IiiII", data)
+    assert magic == MH_MAGIC_64, "not a 64-bit Mach-O object"
+    build_version, symbols, offset = None, {}, 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", data, offset)
+        if cmd == LC_BUILD_VERSION:
+            build_version = struct.unpack_from("<II", data, offset + 8)
+        elif cmd == LC_SYMTAB:
+            symoff, nsyms, stroff, _ = struct.unpack_from("<IIII", data, offset + 8)
+            for i in range(nsyms):
+                strx, ntype = struct.unpack_from("<IB", data, symoff + 16 * i)
+                if ntype & 0x01:  # N_EXT
+                    name = data[stroff + strx : data.index(b"\0", stroff + strx)].decode()
+                    symbols[name] = ntype & 0x0E != 0  # N_UNDF is 0
+        offset += size
+    return cputype, filetype, build_version, symbols
+
+
+# `metal` and `iphone` compile the same Metal kernels and differ only in the host triple and
+# the system-lib prefix: one build each covers both quantizations' kernels and both hosts.
+@pytest.mark.parametrize(
+    ("target", "quantization", "platform", "min_os"),
+    [("metal", "q4f32_1", PLATFORM_MACOS, 11), ("iphone", "q4f16_1", PLATFORM_IOS, 14)],
+)
+def test_metal_tar_holds_arm64_objects_and_every_kernel(
+    tiny_builds, target, platform, min_os, quantization
+):
+    lib = _build(tiny_builds, target, quantization)
+    assert lib.suffix == ".tar"
+    with tarfile.open(lib) as tar:
+        objects = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert objects and all(name.endswith(".o") for name in objects)
+    symbols: dict[str, bool] = {}
+    for name, data in objects.items():
+        cputype, filetype, build_version, object_symbols = _macho(data)
+        assert (cputype, filetype) == (CPU_TYPE_ARM64, MH_OBJECT), name
+        assert build_version is not None, f"{name} has no LC_BUILD_VERSION"
+        assert build_version == (platform, min_os << 16), name  # minos is X.Y.Z as 16.8.8 bits
+        symbols.update({s: d or symbols.get(s, False) for s, d in object_symbols.items()})
+
+    launched = {n.decode() for data in objects.values() for n in HOST_KERNEL_NAME.findall(data)}
+    metal = "".join(data.decode("latin-1") for data in objects.values())
+    assert "#include <metal_stdlib>" in metal
+    defined = set(METAL_KERNEL_DEF.findall(metal))
+    assert launched, "no kernel launches found in the host code"
+    assert launched <= defined, f"kernels missing from the Metal source: {launched - defined}"
+
+    prefix = f"{lib.stem.replace('-', '_')}_" if target == "iphone" else ""
+    assert {prefix + k for k in PAGED_KV_KERNELS} <= launched
+    # The quantized linears are GEMVs reducing K across a SIMD group, not one thread per
+    # output looping over K (DLight's Fallback, which they fell to without our rule).
+    starts = [(m.start(), m.group(1)) for m in METAL_KERNEL_DEF.finditer(metal)]
+    bodies = {
+        name: metal[start : next((s for s, _ in starts if s > start), len(metal))]
+        for start, name in starts
+    }
+    linears = [name for name in bodies if "dequantize_matmul" in name]
+    assert len(linears) >= 8, linears  # q/k/v, o, gate/up, down, LM head; prefill and decode
+    assert all("simd_shuffle_down" in bodies[name] for name in linears)
+    ours = {s for s, d in symbols.items() if d and "tvm_ffi" in s}
+    assert ours, "no TVM symbols defined"
+    if target == "iphone":
+        # A static library: every symbol carries the prefix, and registers itself by name.
+        assert all(prefix in s for s in ours), sorted(s for s in ours if prefix not in s)
+        assert f"_{prefix}__tvm_ffi__library_bin" in ours
+        assert "_TVMFFIEnvModRegisterSystemLibSymbol" in symbols
+    else:
+        assert "___tvm_ffi__library_bin" in ours
+        assert "_TVMFFIEnvModRegisterSystemLibSymbol" not in symbols
+
+
+# --- choosing a target ------------------------------------------------------------------
+
+
+def test_unknown_target_lists_the_presets(hf_dir, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", str(hf_dir), "--target", "tpu", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "unknown target 'tpu'; choose one of: auto, llvm, cuda, metal, iphone" in result.output
+    assert not out.exists()
+
+
+def test_auto_picks_the_local_device(monkeypatch):
+    gpu = Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
+    expected = "cuda" if gpu else "llvm"
+    assert local_target() == expected
+    assert get_target("auto").name == expected
+    assert f"(now: {expected})" in describe_targets()
+    monkeypatch.setattr("sys.platform", "darwin")
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    assert get_target("auto").name == "metal"
