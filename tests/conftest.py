@@ -13,6 +13,11 @@ from mlc.build import BuildOptions, build
 from mlc.random_model import save_model
 
 
+def _settings_dir(options: tuple[tuple[str, object], ...]) -> str:
+    """`(("target", "webgpu"),)` -> `target=webgpu`; no options -> `default`."""
+    return ",".join(f"{name}={value}" for name, value in options) or "default"
+
+
 class TinyBuilds:
     """Builds each (name, settings) once; tests share the artifacts read-only."""
 
@@ -37,7 +42,7 @@ class TinyBuilds:
                 BuildOptions(
                     model=hf_dir,
                     quantization=quantization,
-                    output=self.root / "dist" / "-".join(map(str, key[2])),
+                    output=self.root / "dist" / _settings_dir(key[2]),
                     quiet=True,
                     **(build_options or {}),
                 )

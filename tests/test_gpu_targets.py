@@ -27,6 +27,9 @@ from mlc.random_model import save_model
 from mlc.targets import describe_targets, get_target, local_target
 
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
+# A global function in `cuobjdump --dump-elf-symbols`: "STT_FUNC STB_GLOBAL STO_ENTRY name"
+# (CUDA 12 and older) or "FUNC GLOBAL DEFAULT ENTRY name" (13.5).
+GLOBAL_FUNCTION = re.compile(r"\s*(?:STT_)?FUNC\s+(?:STB_)?GLOBAL\s")
 # Kernel launches name their device function `<PrimFunc>_kernel` (a C string in host code).
 HOST_KERNEL_NAME = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*_kernel)\x00")
 METAL_KERNEL_DEF = re.compile(r"kernel void ([A-Za-z_][A-Za-z0-9_]*)\(")
@@ -85,7 +88,11 @@ def _cubin_kernels(cuobjdump: str, fatbin: Path) -> dict[str, set[str]]:
     for section in out.split("Fatbin ")[1:]:
         if section.startswith("elf code:"):
             arch = re.search(r"arch = (\S+)", section).group(1)
-            kernels[arch] = set(re.findall(r"STT_FUNC\s+STB_GLOBAL\s+\S+\s+(\S+)", section))
+            kernels[arch] = {
+                row.split()[-1]
+                for row in section.splitlines()
+                if GLOBAL_FUNCTION.match(row)
+            }
     return kernels
 
 

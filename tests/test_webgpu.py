@@ -1,5 +1,6 @@
 """The `webgpu` target end to end: `.wasm` + weights run in Deno's WebGPU (Mesa's software
-Vulkan device here) and generate exactly the greedy tokens of the CPU build.
+Vulkan device here) and generate the greedy tokens of the CPU build (for q4f16_1, up to near
+ties that fp16 rounding can flip).
 
 Needs emcc (`apt-get install emscripten`), Deno from npm and `mesa-vulkan-drivers`; a missing
 tool fails the test with the command that installs it (CI installs them, see `.ci/run`).
@@ -20,14 +21,12 @@ PROMPT = [1, 17, 42, 99, 123, 7, 250]
 NUM_TOKENS = 12
 
 
-def cpu_greedy(model_dir, prompt: list[int], num_tokens: int) -> tuple[list[int], np.ndarray]:
+def cpu_logits_along(model_dir, prompt: list[int], tokens: list[int]) -> list[np.ndarray]:
+    """The CPU build's next-token logits after `prompt` and after each of `tokens[:-1]`."""
     model = CompiledModel(model_dir)
-    logits = model.prefill(prompt)
-    first_logits = logits.copy()
-    tokens = [int(np.argmax(logits))]
-    while len(tokens) < num_tokens:
-        tokens.append(int(np.argmax(model.decode(tokens[-1]))))
-    return tokens, first_logits
+    steps = [model.prefill(prompt).copy()]
+    steps += [model.decode(token).copy() for token in tokens[:-1]]
+    return steps
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +35,31 @@ def deno():
 
 
 # The CPU build computes q4f16_1 in fp32 (fp16 weights only); WGSL computes it in fp16, so
-# logits agree to fp16 precision and the greedy tokens (margins far above that) still match.
+# logits agree to fp16 precision: half an fp16 ulp at the logits' magnitude (~4 for this
+# model) is 2e-3, and 2e-2 leaves room for the rounding of the fp16 accumulations before.
 @pytest.mark.parametrize(("quantization", "tolerance"), [("q4f32_1", 1e-4), ("q4f16_1", 2e-2)])
 def test_webgpu_greedy_matches_cpu(tiny_builds, deno, quantization, tolerance):
     _, cpu_dir = tiny_builds.get("llama", quantization)
     _, web_dir = tiny_builds.get("llama", quantization, build_options={"target": "webgpu"})
-    assert (web_dir / f"{web_dir.name}-webgpu.wasm").is_file()
-    expected_tokens, expected_logits = cpu_greedy(cpu_dir, PROMPT, NUM_TOKENS)
+    assert (web_dir / f"llama-{quantization}-webgpu.wasm").is_file()  # <model>-<quant>-<target>
 
     result = run_greedy(web_dir, PROMPT, NUM_TOKENS)
 
     if quantization.startswith("q4f16"):
         assert "shader-f16" in result["device"]["features"], result["device"]
-    assert result["tokens"] == expected_tokens, result["device"]
-    np.testing.assert_allclose(result["first_logits"], expected_logits, atol=tolerance, rtol=0)
+    tokens = result["tokens"]
+    assert len(tokens) == NUM_TOKENS, result
+    expected = cpu_logits_along(cpu_dir, PROMPT, tokens)
+    np.testing.assert_allclose(result["first_logits"], expected[0], atol=tolerance, rtol=0)
+    # Greedy along the WebGPU build's own tokens: each is the CPU build's argmax, or ties with
+    # it within the tolerance (fp16 rounding can flip a near tie; a wrong kernel cannot hide
+    # there, as the first logits above and the margins below show).
+    for step, (token, logits) in enumerate(zip(tokens, expected, strict=True)):
+        best = int(np.argmax(logits))
+        margin = float(logits[best] - logits[token])
+        assert token == best or margin <= tolerance, (step, token, best, margin, result["device"])
+    exact = sum(token == int(np.argmax(lg)) for token, lg in zip(tokens, expected, strict=True))
+    assert exact >= NUM_TOKENS - 2, f"only {exact} of {NUM_TOKENS} tokens are exact argmaxes"
 
 
 def test_missing_emcc_says_how_to_install_and_leaves_nothing(tmp_path, monkeypatch):
