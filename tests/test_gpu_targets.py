@@ -89,9 +89,7 @@ def _cubin_kernels(cuobjdump: str, fatbin: Path) -> dict[str, set[str]]:
         if section.startswith("elf code:"):
             arch = re.search(r"arch = (\S+)", section).group(1)
             kernels[arch] = {
-                row.split()[-1]
-                for row in section.splitlines()
-                if GLOBAL_FUNCTION.match(row)
+                row.split()[-1] for row in section.splitlines() if GLOBAL_FUNCTION.match(row)
             }
     return kernels
 
