@@ -92,27 +92,95 @@ class RaggedRows:
         return (self.k if kind == 0 else self.v)[self.first + row, self.head, lanes(c)]
 
 
-def dot(q, g, head_dim: int, rows, row):
-    """q[g] · the key in `row` of `rows`, with LANES-wide partial sums and then one horizontal
-    sum."""
-    chunks = [
+def tree(op, values: list):
+    """`op` over `values`, as a balanced tree (shorter dependency chains than a left fold)."""
+    while len(values) > 1:
+        pairs = [op(a, b) for a, b in zip(values[::2], values[1::2], strict=False)]
+        values = pairs + ([values[-1]] if len(values) % 2 else [])
+    return values[0]
+
+
+def lanes(c):
+    """Index of lanes c·LANES .. (c+1)·LANES."""
+    return T.Ramp(c * LANES, 1, LANES)
+
+
+def broadcast(value, dtype: str = "float32"):
+    """`value` (a number or a scalar expression) in every lane."""
+    return T.Broadcast(T.Cast(dtype, value), LANES)
+
+
+def horizontal(op, vector):
+    """`op` over the lanes of `vector`: halves folded onto each other, then the one lane."""
+    width = LANES
+    while width > 1:
+        width //= 2
+        low = T.Shuffle([vector], list(range(width)))
+        high = T.Shuffle([vector], list(range(width, 2 * width)))
+        vector = op(low, high)
+    return vector
+
+
+def transpose_sums(vectors: list):
+    """One vector whose lane r is the sum of the lanes of `vectors[r]` (LANES of them).
+
+    Three levels of two shuffles and an add, each level halving the lanes per row (AVX2's
+    unpcklps/unpckhps, unpcklpd/unpckhpd, then vperm2f128): 21 instructions for 8 sums,
+    where one horizontal sum per row takes about 15 each.
+    """
+    assert LANES == 8 and len(vectors) == LANES
+    levels = (
+        ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]),  # 32-bit interleave
+        ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]),  # 64-bit interleave
+        ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]),  # 128-bit halves
+    )
+    for low, high in levels:
+        vectors = [
+            T.Shuffle([a, b], low) + T.Shuffle([a, b], high)
+            for a, b in zip(vectors[::2], vectors[1::2], strict=True)
+        ]
+    return vectors[0]
+
+
+def products(q, g, head_dim: int, rows, row) -> list:
+    """The LANES-wide products of q[g] and the key in `row`, one per chunk of the head."""
+    return [
         q[g, lanes(c)] * T.Cast(f"float32x{LANES}", rows.load(0, row, c))
         for c in range(head_dim // LANES)
     ]
-    while len(chunks) > 1:
-        chunks = [a + b for a, b in zip(chunks[::2], chunks[1::2], strict=False)] + (
-            [chunks[-1]] if len(chunks) % 2 else []
-        )
-    parts = [T.Shuffle([chunks[0]], [i]) for i in range(LANES)]
-    out = parts[0]
-    for part in parts[1:]:
-        out = out + part
-    return out
 
 
-def lanes(c: int):
-    """Index of lanes c·LANES .. (c+1)·LANES."""
-    return T.Ramp(c * LANES, 1, LANES)
+def dot(q, g, head_dim: int, rows, row):
+    """q[g] · the key in `row` of `rows`."""
+    return horizontal(
+        lambda a, b: a + b, tree(lambda a, b: a + b, products(q, g, head_dim, rows, row))
+    )
+
+
+def dot_rows(q, g, head_dim: int, rows, first):
+    """q[g] · the keys in rows first .. first + LANES - 1, as one vector of LANES scores."""
+    per_row = [
+        tree(lambda a, b: a + b, products(q, g, head_dim, rows, first + r)) for r in range(LANES)
+    ]
+    return transpose_sums(per_row)
+
+
+# 2^f on [0, 1): least-squares fit of the relative error, at most 2e-7 in float32.
+EXP2_POLY = (1.0000000000, 0.6931529682, 0.2401545299, 0.0558236045, 0.0089925840, 0.0018762329)
+
+
+def exp2_lanes(x):
+    """2^x for a float32 vector x <= 0 (softmax exponents): 2^floor(x) from the exponent bits,
+    times a polynomial for the fraction. LLVM would call the scalar exp2f once per lane."""
+    x = T.max(x, broadcast(-126.0))  # below that 2^x is under float32's smallest normal
+    whole = T.floor(x)
+    fraction = x - whole
+    poly = broadcast(EXP2_POLY[-1])
+    for coefficient in EXP2_POLY[-2::-1]:
+        poly = poly * fraction + broadcast(coefficient)
+    exponent = T.Cast(f"int32x{LANES}", whole) + broadcast(127, "int32")
+    scale = T.reinterpret(f"float32x{LANES}", T.shift_left(exponent, broadcast(23, "int32")))
+    return poly * scale
 
 
 @T.macro
@@ -133,18 +201,53 @@ def online_softmax(s, o, m, denom, top, rows, num_heads, head_dim):
 
 
 @T.macro
+def attend_block(q, o, s, m, denom, top, first, rows, variant, g, head_dim):
+    """Fold BLOCK whole keys, rows `first ..`, into query head g's online softmax: scores
+    LANES rows at a time, the softmax and the weighted values all vectorised."""
+    for half in T.unroll(BLOCK // LANES):
+        s[g, lanes(half)] = variant.score(dot_rows(q, g, head_dim, rows, first + half * LANES))
+    top[0] = T.max(
+        m[g], horizontal(T.max, tree(T.max, [s[g, lanes(i)] for i in range(BLOCK // LANES)]))
+    )
+    for d in T.vectorized(head_dim):
+        o[g, d] = o[g, d] * T.exp2(m[g] - top[0])
+    denom[g] = denom[g] * T.exp2(m[g] - top[0])
+    m[g] = top[0]
+    for half in T.unroll(BLOCK // LANES):
+        s[g, lanes(half)] = exp2_lanes(s[g, lanes(half)] - broadcast(top[0]))
+    denom[g] = denom[g] + horizontal(
+        lambda a, b: a + b,
+        tree(lambda a, b: a + b, [s[g, lanes(i)] for i in range(BLOCK // LANES)]),
+    )
+    for ch in T.serial(head_dim // LANES):
+        o[g, lanes(ch)] = o[g, lanes(ch)] + tree(
+            lambda a, b: a + b,
+            [
+                T.Broadcast(s[g, r], LANES)
+                * T.Cast(f"float32x{LANES}", rows.load(1, first + r, ch))
+                for r in range(BLOCK)
+            ],
+        )
+
+
+@T.macro
 def attend(q, o, s, m, denom, top, lo, hi, rows, variant, group, head_dim):
     """Fold the keys in rows `lo .. hi` of `rows` into the online softmax of `group` query
-    heads: per block of BLOCK keys, the scores, then the weighted values."""
-    for c in T.serial(T.max(hi - lo + BLOCK - 1, 0) // BLOCK):
-        n: T.let[T.int32] = T.min(BLOCK, hi - lo - c * BLOCK)
+    heads: whole blocks of BLOCK keys vectorised (`attend_block`), a last partial block one
+    score at a time."""
+    for c in T.serial(T.max(hi - lo, 0) // BLOCK):
+        for g in T.serial(group):
+            attend_block(q, o, s, m, denom, top, lo + c * BLOCK, rows, variant, g, head_dim)
+    tail: T.let[T.int32] = lo + T.max(hi - lo, 0) // BLOCK * BLOCK
+    n: T.let[T.int32] = hi - tail
+    if n > 0:
         for r in T.serial(n):
             for g in T.serial(group):
-                s[g, r] = variant.score(dot(q, g, head_dim, rows, lo + c * BLOCK + r))
+                s[g, r] = variant.score(dot(q, g, head_dim, rows, tail + r))
         online_softmax(s, o, m, denom, top, n, group, head_dim)
         for r in T.serial(n):
             for g in T.serial(group):
                 for ch in T.serial(head_dim // LANES):
                     o[g, lanes(ch)] = o[g, lanes(ch)] + T.Broadcast(s[g, r], LANES) * T.Cast(
-                        f"float32x{LANES}", rows.load(1, lo + c * BLOCK + r, ch)
+                        f"float32x{LANES}", rows.load(1, tail + r, ch)
                     )

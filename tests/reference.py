@@ -8,11 +8,14 @@ import numpy as np
 import torch
 
 
-def load_hf(model_dir: Path):
+def load_hf(model_dir: Path, dtype: torch.dtype = torch.float64):
+    """The model in `transformers`, eager attention, in float64 by default: our fp32 builds
+    are then compared with the exact result, not with a second fp32 rounding of it (PyTorch's
+    fp32 logits of a tiny model are themselves up to ~1e-4 off on a range of 15)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager"
+        model_dir, dtype=dtype, attn_implementation="eager"
     )
     return model.eval()
 
@@ -20,7 +23,7 @@ def load_hf(model_dir: Path):
 @torch.no_grad()
 def hf_logits(model, token_ids: list[int]) -> np.ndarray:
     """Logits at every position, [len(token_ids), vocab]."""
-    return model(torch.tensor([token_ids])).logits[0].float().numpy()
+    return model(torch.tensor([token_ids])).logits[0].float().numpy()  # fp64 -> fp32 at the end
 
 
 @torch.no_grad()
