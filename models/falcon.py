@@ -1,5 +1,5 @@
-"""Falcon (7B, 40B, 180B and the RW models without ALiBi): LayerNorm, fused QKV, multi-query
-or grouped-query attention, parallel attention and MLP.
+"""Falcon (7B, 40B, 180B, and the RW models with ALiBi): LayerNorm, fused QKV, multi-query or
+grouped-query attention, parallel attention and MLP; rotary positions, or ALiBi biases.
 
 Three QKV layouts: the new decoder architecture groups rows per key/value head (`[group][q...q,
 k, v][dim]`), the old one is `q | k | v` with multi-query and `[head][q|k|v][dim]` without.
@@ -8,6 +8,7 @@ k, v][dim]`), the old one is `q | k | v` with multi-query and `[head][q|k|v][dim
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,12 +45,11 @@ class FalconConfig(DecoderConfig):
     parallel_attn: bool
     num_ln_in_parallel_attn: int
     bias: bool
+    alibi: bool = False
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> FalconConfig:
         hf = {FALCON_FIELDS.get(k, k): v for k, v in hf.items()}
-        if hf.get("alibi"):
-            raise ValueError("falcon: ALiBi is not supported (the paged KV cache has no ALiBi)")
         new_arch = bool(hf.get("new_decoder_architecture", False))
         multi_query = bool(hf.get("multi_query", True))
         hf.setdefault("hidden_act", "gelu")
@@ -60,6 +60,9 @@ class FalconConfig(DecoderConfig):
             kv_heads = 1 if multi_query else hf["num_attention_heads"]
         hf["num_key_value_heads"] = kv_heads
         fields = decoder_fields(hf, "falcon", norm_eps_key="layer_norm_eps", scaling=("linear",))
+        alibi = bool(hf.get("alibi", False))
+        if alibi:
+            fields["rotary_dim"] = 0  # positions enter as ALiBi biases instead
         parallel = bool(hf.get("parallel_attn", True))
         num_ln = hf.get("num_ln_in_parallel_attn") or (2 if new_arch else 1)
         if new_arch and not parallel and num_ln == 1:
@@ -71,6 +74,7 @@ class FalconConfig(DecoderConfig):
             parallel_attn=parallel,
             num_ln_in_parallel_attn=int(num_ln),
             bias=bool(hf.get("bias", False)),
+            alibi=alibi,
         )
 
     @property
@@ -96,6 +100,24 @@ class FalconForCausalLM(CausalLM):
             for _ in range(config.num_hidden_layers)
         ]
         super().__init__(config, dtype, layers, LayerNorm(config.hidden_size, eps, dtype))
+
+    def attention_alibi(self) -> list[float] | None:
+        return alibi_slopes(self.config.num_attention_heads) if self.config.alibi else None
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """Falcon's (BLOOM's) ALiBi slopes as `transformers` makes them: float32 powers of
+    2^(-8/n) for the largest power of two n <= num_heads, the remaining heads taking every
+    other power of 2^(-4/n); then rounded to bfloat16, as its bias is built in bfloat16."""
+    n = 2 ** math.floor(math.log2(num_heads))
+    base = np.float32(2 ** (-(2 ** -(math.log2(n) - 3))))
+    slopes = [base ** np.float32(k) for k in range(1, n + 1)]
+    if n != num_heads:
+        extra = np.float32(2 ** (-(2 ** -(math.log2(2 * n) - 3))))
+        slopes += [extra ** np.float32(k) for k in range(1, 1 + 2 * (num_heads - n), 2)]
+    bits = np.array(slopes, np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round to nearest, ties even
+    return [float(x) for x in rounded.astype(np.uint32).view(np.float32)]
 
 
 def grouped_to_fused(config: FalconConfig):

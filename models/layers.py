@@ -140,17 +140,23 @@ def kernel_sm_scale(config: ModelConfig, layer_id: int, sm_scale: float) -> floa
 
 
 def annotate_attention_kernels(
-    kernels_before: set[str], window: int, softcap: float | None = None
+    kernels_before: set[str],
+    window: int,
+    softcap: float | None = None,
+    alibi: Sequence[float] | None = None,
 ) -> None:
     """Stamp the attention variant on every kernel the paged KV cache just added (those not in
     `kernels_before`) as function attributes, for the target's kernels to compute:
-    `mlc.attention_window` (in layers passing a negative `sm_scale`) and
-    `mlc.attention_softcap` (`softcap * tanh(score / softcap)` before the softmax)."""
-    attrs = {}
+    `mlc.attention_window` (in layers passing a negative `sm_scale`),
+    `mlc.attention_softcap` (`softcap * tanh(score / softcap)` before the softmax) and
+    `mlc.attention_alibi` (one ALiBi slope per query head)."""
+    attrs: dict[str, Any] = {}
     if window:
         attrs["mlc.attention_window"] = int(window)
     if softcap:
         attrs["mlc.attention_softcap"] = float(softcap)
+    if alibi:
+        attrs["mlc.attention_alibi"] = [float(x) for x in alibi]
     if not attrs:
         return
     bb = rx.BlockBuilder.current()
@@ -450,11 +456,21 @@ class CausalLM(nn.Module):
             target=Target.current(),
         )
         window = c.sliding_window if kernels_apply_variant(c) else 0
-        annotate_attention_kernels(before, window, self.attention_softcap())
+        alibi = self.attention_alibi()
+        if alibi and not kernels_apply_variant(c):
+            raise ValueError(
+                "ALiBi attention is computed by our CPU attention kernels only (head_dim a "
+                f"multiple of 8, here {c.head_dim}): build this model for --target llvm"
+            )
+        annotate_attention_kernels(before, window, self.attention_softcap(), alibi)
         return cache
 
     def attention_softcap(self) -> float | None:
         """The cap of attention scores, if the architecture has one (Gemma 2)."""
+        return None
+
+    def attention_alibi(self) -> list[float] | None:
+        """ALiBi slopes, one per query head, if the architecture adds them (Falcon-RW)."""
         return None
 
     def get_default_spec(self) -> dict[str, Any]:

@@ -6,8 +6,8 @@ the query heads that share it (grouped-query attention), visits only the keys a 
 keeps an online softmax per block of `BLOCK` rows, so that each exponential is computed once per
 score. Output and log-sum-exp (base 2) per query head, as the paged KV cache expects.
 
-The variant (sliding window, score soft-capping) is a model constant the model stamps on the
-cache's kernels as function attributes (see `models/layers.py: annotate_attention_kernels`).
+The variant (sliding window, score soft-capping, ALiBi) is a model constant the model stamps on
+the cache's kernels as function attributes (see `models/layers.py: annotate_attention_kernels`).
 Which layers slide is per layer, and the only per-layer value the cache passes to a kernel is
 `sm_scale`: a sliding layer passes `-sm_scale`.
 """
@@ -26,21 +26,32 @@ BLOCK = 16  # keys per online-softmax step
 # Attribute names on the cache's kernels (set by models/layers.py).
 WINDOW_ATTR = "mlc.attention_window"
 SOFTCAP_ATTR = "mlc.attention_softcap"
+ALIBI_ATTR = "mlc.attention_alibi"
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionVariant:
     """`window`: a query at position p of a sliding layer sees keys at positions > p - window
     (0: no sliding layers). `softcap`: scores become `softcap * tanh(score / softcap)` (0: none).
+    `alibi`: per query head, the ALiBi slope (empty: none); see `AlibiBias`.
     """
 
     window: int = 0
     softcap: float = 0.0
+    alibi: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.softcap and self.alibi:
+            raise ValueError("attention soft-capping with ALiBi is not supported")
 
     @classmethod
     def of(cls, func: tirx.PrimFunc) -> AttentionVariant:
         attrs = func.attrs or {}
-        return cls(int(attrs.get(WINDOW_ATTR, 0)), float(attrs.get(SOFTCAP_ATTR, 0.0)))
+        return cls(
+            int(attrs.get(WINDOW_ATTR, 0)),
+            float(attrs.get(SOFTCAP_ATTR, 0.0)),
+            tuple(float(x) for x in attrs.get(ALIBI_ATTR, ())),
+        )
 
     def query_scale(self, sm_scale):
         """What queries are multiplied by: |sm_scale|, and log2(e) unless the score is capped
@@ -54,6 +65,13 @@ class AttentionVariant:
             return dot
         return T.tanh(dot * (1.0 / self.softcap)) * (self.softcap * LOG2E)
 
+    def bias(self, first_head, first_position, sm_scale):
+        """What the scores of query heads `first_head + g` get added, keys counted from
+        `first_position`: an `AlibiBias`, or `NO_BIAS`."""
+        if not self.alibi:
+            return NO_BIAS
+        return AlibiBias(self.alibi, first_head, first_position, self.query_scale(sm_scale))
+
     def first_key(self, position, sm_scale):
         """The first key index a query at `position` (counted in the same index space as the
         keys) sees: 0, or the window's start in a sliding layer (`sm_scale` < 0)."""
@@ -61,6 +79,60 @@ class AttentionVariant:
             return 0
         start = T.max(position - (self.window - 1), 0)
         return T.if_then_else(sm_scale < T.float32(0), start, 0)
+
+
+class NoBias:
+    """Scores as they are."""
+
+    def add(self, score, g, row):
+        return score
+
+    def add_lanes(self, scores, g, first):
+        return scores
+
+
+NO_BIAS = NoBias()
+
+
+def round_to_bfloat16(x, lanes: int = 1):
+    """x (float32) rounded to the nearest bfloat16, ties to even, kept as float32."""
+    i32, f32 = ("int32", "float32") if lanes == 1 else (f"int32x{lanes}", f"float32x{lanes}")
+
+    def const(value):
+        return tirx.const(value, "int32") if lanes == 1 else T.Broadcast(T.int32(value), lanes)
+
+    bits = T.reinterpret(i32, x)
+    odd = T.bitwise_and(T.shift_right(bits, const(16)), const(1))
+    rounded = T.bitwise_and(bits + const(0x7FFF) + odd, const(-65536))
+    return T.reinterpret(f32, rounded)
+
+
+class AlibiBias:
+    """ALiBi as Falcon computes it in `transformers`: head h's score for the key at position p
+    gets `bf16(bf16(slope_h) * bf16(p)) * sm_scale` added (the bias is made in bfloat16 there,
+    and so are the slopes given here; a per-query constant would not change the softmax, so the
+    key's absolute position is all that counts)."""
+
+    def __init__(self, slopes: tuple[float, ...], first_head, first_position, scale):
+        self.slopes, self.first_head = slopes, first_head
+        self.first_position, self.scale = first_position, scale
+
+    def slope(self, g):
+        head = self.first_head + g
+        value = T.float32(self.slopes[-1])
+        for h in range(len(self.slopes) - 2, -1, -1):
+            value = T.Select(head == h, T.float32(self.slopes[h]), value)
+        return value
+
+    def add(self, score, g, row):
+        position = round_to_bfloat16(T.Cast("float32", self.first_position + row))
+        return score + round_to_bfloat16(self.slope(g) * position) * self.scale
+
+    def add_lanes(self, scores, g, first):
+        ramp = T.Ramp(self.first_position + first, 1, LANES)
+        position = round_to_bfloat16(T.Cast(f"float32x{LANES}", ramp), LANES)
+        bias = round_to_bfloat16(broadcast(self.slope(g)) * position, LANES)
+        return scores + bias * broadcast(self.scale)
 
 
 PLAIN = AttentionVariant()
@@ -201,11 +273,15 @@ def online_softmax(s, o, m, denom, top, rows, num_heads, head_dim):
 
 
 @T.macro
-def attend_block(q, o, s, m, denom, top, first, rows, variant, g, head_dim):
+def attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim):
     """Fold BLOCK whole keys, rows `first ..`, into query head g's online softmax: scores
     LANES rows at a time, the softmax and the weighted values all vectorised."""
     for half in T.unroll(BLOCK // LANES):
-        s[g, lanes(half)] = variant.score(dot_rows(q, g, head_dim, rows, first + half * LANES))
+        s[g, lanes(half)] = bias.add_lanes(
+            variant.score(dot_rows(q, g, head_dim, rows, first + half * LANES)),
+            g,
+            first + half * LANES,
+        )
     top[0] = T.max(
         m[g], horizontal(T.max, tree(T.max, [s[g, lanes(i)] for i in range(BLOCK // LANES)]))
     )
@@ -231,19 +307,19 @@ def attend_block(q, o, s, m, denom, top, first, rows, variant, g, head_dim):
 
 
 @T.macro
-def attend(q, o, s, m, denom, top, lo, hi, rows, variant, group, head_dim):
+def attend(q, o, s, m, denom, top, lo, hi, rows, variant, bias, group, head_dim):
     """Fold the keys in rows `lo .. hi` of `rows` into the online softmax of `group` query
     heads: whole blocks of BLOCK keys vectorised (`attend_block`), a last partial block one
     score at a time."""
     for c in T.serial(T.max(hi - lo, 0) // BLOCK):
         for g in T.serial(group):
-            attend_block(q, o, s, m, denom, top, lo + c * BLOCK, rows, variant, g, head_dim)
+            attend_block(q, o, s, m, denom, top, lo + c * BLOCK, rows, variant, bias, g, head_dim)
     tail: T.let[T.int32] = lo + T.max(hi - lo, 0) // BLOCK * BLOCK
     n: T.let[T.int32] = hi - tail
     if n > 0:
         for r in T.serial(n):
             for g in T.serial(group):
-                s[g, r] = variant.score(dot(q, g, head_dim, rows, tail + r))
+                s[g, r] = bias.add(variant.score(dot(q, g, head_dim, rows, tail + r)), g, tail + r)
         online_softmax(s, o, m, denom, top, n, group, head_dim)
         for r in T.serial(n):
             for g in T.serial(group):

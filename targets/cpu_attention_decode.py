@@ -127,6 +127,7 @@ def decode_attention(
                     kv_len[0],
                     PagedRows(pages, page_table_values, begin, h, P, seq_offset(b, length_info)),
                     variant,
+                    variant.bias(h * G, k_rope_pos_offset[b], sm_scale),
                     G,
                     D,
                 )

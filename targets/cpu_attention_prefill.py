@@ -78,7 +78,8 @@ def prefill_ragged_attention(
         q_rope_position = T.match_buffer(  # noqa: F841 (rotary is applied before this kernel)
             var_q_rope_position, (qo_len,), "int32", elem_offset=q_rope_offset
         )
-        k_rope_pos_offset = T.match_buffer(  # noqa: F841
+        # The position of each sequence's first key in this chunk (for ALiBi).
+        k_rope_pos_offset = T.match_buffer(
             var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_offset
         )
         output = T.match_buffer(var_output, (qo_len, num_qo_heads, D), dtype)
@@ -126,6 +127,7 @@ def prefill_ragged_attention(
                         hi,
                         RaggedRows(k, v, k0, h),
                         variant,
+                        variant.bias(h * G, k_rope_pos_offset[b], sm_scale),
                         G,
                         D,
                     )
@@ -257,6 +259,7 @@ def prefill_paged_attention(
                         hi,
                         PagedRows(pages, page_values, begin, h, P, seq_offset(b, length_info)),
                         variant,
+                        variant.bias(h * G, k_rope_pos_offset[b], sm_scale),
                         G,
                         D,
                     )

@@ -12,10 +12,14 @@ def load_hf(model_dir: Path, dtype: torch.dtype = torch.float64):
     """The model in `transformers`, eager attention, in float64 by default: our fp32 builds
     are then compared with the exact result, not with a second fp32 rounding of it (PyTorch's
     fp32 logits of a tiny model are themselves up to ~1e-4 off on a range of 15)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = AutoConfig.from_pretrained(model_dir)
+    # Falcon's eager attention adds the ALiBi bias twice (once to the scores, once more inside
+    # the mask it builds from it); its SDPA path adds it once, as the original Falcon-RW code.
+    alibi = config.model_type == "falcon" and config.alibi
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation="eager"
+        model_dir, dtype=dtype, attn_implementation="sdpa" if alibi else "eager"
     )
     return model.eval()
 

@@ -1,11 +1,19 @@
 """Our CPU kernels on long inputs against transformers: decode attention over many KV pages,
-and prefill chunks attending to cached pages."""
+prefill chunks attending to cached pages, and Falcon's ALiBi biases."""
 
 from __future__ import annotations
 
-import numpy as np
-from reference import hf_logits, load_hf
+import math
 
+import numpy as np
+import pytest
+import torch
+import transformers.models.falcon.modeling_falcon as falcon_hf
+from reference import hf_logits, load_hf
+from test_parity import FALCON_RW
+
+from mlc.build import BuildOptions, build
+from mlc.random_model import save_model
 from mlc.runtime import CompiledModel
 
 GQA = {"num_key_value_heads": 2}
@@ -33,3 +41,44 @@ def test_chunked_prefill_over_cached_pages_matches_transformers(tiny_builds):
     ours = CompiledModel(built).prefill(tokens, all_logits=True)
     np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
     assert reference.std() > 0.1
+
+
+def _exact_alibi(attention_mask, num_heads, dtype):
+    """transformers' Falcon ALiBi bias computed exactly, without its bfloat16 rounding."""
+    n = 2 ** math.floor(math.log2(num_heads))
+    slopes = [2 ** (-8 * k / n) for k in range(1, n + 1)]
+    slopes += [2 ** (-4 * k / n) for k in range(1, 1 + 2 * (num_heads - n), 2)]
+    positions = ((attention_mask.cumsum(-1) - 1) * attention_mask)[:, None, :].double()
+    bias = torch.tensor(slopes, dtype=torch.float64)[..., None] * positions
+    return bias.reshape(attention_mask.shape[0] * num_heads, 1, -1).to(dtype)
+
+
+def test_falcon_alibi_over_a_long_chunked_prompt_matches_transformers(tiny_builds, monkeypatch):
+    """Falcon-RW's ALiBi in every CPU attention kernel: a 320-token prompt in chunks of 64 (the
+    ragged and the paged-prefix prefill kernels), then decode, past position 256, where
+    transformers' bfloat16 bias also rounds the positions."""
+    settings = {**FALCON_RW, "vector_std": 0.1, "max_position_embeddings": 512}
+    hf_dir, built = tiny_builds.get(
+        "falcon-rw-long", build_options={"prefill_chunk_size": 64}, **settings
+    )
+    tokens = np.random.default_rng(3).integers(3, 300, 330).tolist()
+    hf = load_hf(hf_dir)
+    reference = hf_logits(hf, tokens)
+    engine = CompiledModel(built)
+    prefill = engine.prefill(tokens[:320], all_logits=True)
+    decode = np.stack([engine.decode(t) for t in tokens[320:329]])
+    np.testing.assert_allclose(prefill, reference[:320], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(decode, reference[320:329], atol=1e-4, rtol=0)
+    # The bfloat16 rounding is part of the model: the exact bias gives other logits.
+    monkeypatch.setattr(falcon_hf, "build_alibi_tensor", _exact_alibi)
+    assert np.abs(prefill - hf_logits(hf, tokens)[:320]).max() > 0.05
+
+
+def test_alibi_models_build_for_the_cpu_only(tmp_path):
+    """The GPU targets' attention kernels (TVM's) have no ALiBi: the build says so."""
+    save_model(tmp_path / "hf", **FALCON_RW)
+    options = BuildOptions(model=tmp_path / "hf", target="metal", output=tmp_path / "dist")
+    options.quiet = True
+    with pytest.raises(ValueError, match="ALiBi .* --target llvm"):
+        build(options)
+    assert not any((tmp_path / "dist").iterdir())

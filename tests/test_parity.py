@@ -18,6 +18,18 @@ from mlc.runtime import CompiledModel
 ATOL = 1e-4
 NUM_DECODE_STEPS = 6
 
+# 12 heads: the last 4 ALiBi slopes (odd powers of 2^-0.5) are not exact in bfloat16, where
+# transformers makes the bias.
+FALCON_RW = {
+    "model_type": "falcon",
+    "alibi": True,
+    "multi_query": False,
+    "parallel_attn": False,
+    "bias": True,
+    "hidden_size": 96,
+    "num_attention_heads": 12,
+}
+
 # One entry per architecture: logits (fp32 and q4f32_1) and greedy generation.
 # name → tiny `config.json` settings (`model_type` included) on top of `TINY_SETTINGS`.
 ARCHITECTURES: dict[str, dict] = {
@@ -45,6 +57,9 @@ ARCHITECTURES: dict[str, dict] = {
     "gptj": {"model_type": "gptj", "rotary_dim": 8},
     # Falcon-7B's layout: multi-query, parallel attention under one norm.
     "falcon": {"model_type": "falcon"},
+    # Falcon-RW's layout: ALiBi instead of rotary, MHA, sequential block, biases (more in
+    # tests/test_cpu_kernels.py).
+    "falcon-rw-alibi": FALCON_RW,
 }
 
 PHI3_LONGROPE = {
