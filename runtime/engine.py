@@ -48,6 +48,10 @@ def to_device(device: str) -> tvm.runtime.Device:
     name, _, index = device.partition(":")
     if name in ("cpu", "llvm"):
         name = "cpu"
+    if name == "vulkan":  # our own runtime plugin: the wheel's TVM has no Vulkan
+        from .vulkan import vulkan_device
+
+        return vulkan_device(int(index or 0))
     try:
         dev = tvm.device(name, int(index or 0))
     except (ValueError, tvm.error.TVMError) as err:
@@ -67,6 +71,24 @@ def find_library(model_dir: Path, chat_config: dict[str, Any], model_lib: str | 
             f"model library not found: {path}; {rebuild_hint(chat_config, model_dir)}"
         )
     return path
+
+
+def check_library_device(
+    chat_config: dict[str, Any], device: tvm.runtime.Device, library_path: Path
+) -> None:
+    """A `vulkan` library runs on a Vulkan device only, and only it does: its host code
+    launches SPIR-V kernels there (CPU libraries run their kernels on the host)."""
+    built_for_vulkan = chat_config.get("target") == "vulkan"
+    if built_for_vulkan != (device.type == "vulkan"):
+        fix = (
+            "open it with device='vulkan' (--device vulkan)"
+            if built_for_vulkan
+            else "build the model with `mlc build --target vulkan` to run it on Vulkan"
+        )
+        raise ArtifactError(
+            f"{library_path.name} was built for target {chat_config.get('target')!r} and "
+            f"cannot run on {device}: {fix}"
+        )
 
 
 class CompiledModel:
@@ -93,6 +115,7 @@ class CompiledModel:
         self.chat_config = read_json(self.model_dir / CHAT_CONFIG_NAME, "chat config")
         self.device = to_device(device)
         library_path = find_library(self.model_dir, self.chat_config, model_lib)
+        check_library_device(self.chat_config, self.device, library_path)
         cache = read_tensor_cache(self.model_dir)
         try:
             self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library_path)), self.device)

@@ -123,9 +123,44 @@ def interface(spirv: bytes, name: str) -> KernelInterface:
     return KernelInterface(name, buffers, push, spec)
 
 
+# `for (int j = 0; j < 2; ++j) {`, as TVM's OpenCL codegen writes loops (int or long counters).
+TWO_TRIP_LOOP = re.compile(
+    r"for \((int|long) (\w+) = (?:\(long\))?0; \2 < (?:\(long\))?2; \+\+\2\) \{"
+)
+
+
+def unroll_two_trip_loops(source: str) -> str:
+    """`source` with every two-iteration loop written out twice, its counter a constant.
+
+    pyclspv 0.0.1's clspv miscompiles such a loop when its counter indexes a private array:
+    both iterations store into element 0 (the SPIR-V shows it, `tests/test_vulkan_kernels.py`
+    reproduces it). TVM's decode-attention kernels have them (`S_local[j]`, j < 2), which gave
+    inf/NaN on llvmpipe. TIR's own unrolling cannot take them: it breaks the cross-thread
+    reductions they contain.
+    """
+    while match := TWO_TRIP_LOOP.search(source):
+        end = _closing_brace(source, match.end() - 1)
+        body = source[match.end() : end]
+        if re.search(r"\b(break|continue)\b", body):
+            raise NotImplementedError("unrolling a loop with break/continue")
+        ctype, var = match.groups()
+        copies = "".join(f"{{ const {ctype} {var} = {i};{body}}}" for i in range(2))
+        source = source[: match.start()] + copies + source[end + 1 :]
+    return source
+
+
+def _closing_brace(source: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(source)):
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError("unbalanced braces in the kernel source")
+
+
 def compile_kernel(source: str, name: str) -> tuple[bytes, KernelInterface]:
-    """Compile, validate and describe one kernel."""
-    spirv = clspv_compile(source)
+    """Compile (two-iteration loops unrolled first), validate and describe one kernel."""
+    spirv = clspv_compile(unroll_two_trip_loops(source))
     validate(spirv, name)
     return spirv, interface(spirv, name)
 

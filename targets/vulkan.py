@@ -1,136 +1,126 @@
-"""Vulkan: TVM's OpenCL C kernels compiled to SPIR-V by clspv, host code for this machine.
+"""Vulkan: TVM's OpenCL C kernels compiled to SPIR-V by clspv, in a `.so` for this host.
 
 This TVM wheel has no SPIR-V code generator (`target.build.vulkan` is missing), so kernels are
-generated as OpenCL C and each is compiled by clspv and validated by `spirv-val`. The `.tar`
-holds the host objects (as for `android`), `vulkan/<kernel>.spv` and `vulkan/manifest.json`
-describing each kernel: its descriptor bindings, push constants, workgroup-size
-specialization constants and the host-side launch (argument and extent expressions from the
-TIR after the host/device split). TVM's runtime cannot launch these kernels (it is built
-without Vulkan): `mlc.targets.vulkan_check.VulkanDevice` dispatches them from Python.
+generated as OpenCL C and each is compiled by clspv and validated by `spirv-val`. The library's
+device blob then holds, instead of TVM's OpenCL module, a module of kind `mlc_vulkan`:
+`<manifest: str> <spirv: bytes>...`, one SPIR-V module per manifest entry, in order. The JSON
+manifest describes each kernel: its argument types and launch tags (TVM's function table),
+its descriptor bindings, push constants and workgroup-size specialization ids (clspv's
+reflection). Our runtime plugin (`mlc/runtime/vulkan/`) registers the loader for that kind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
-import os
-import tarfile
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import tvm
-from tvm import tirx
+import tvm_ffi
 from tvm.target import Target
 
+from . import device_blob
 from .gpu import GPUTarget
-from .kernel_check import kernel_sources, launches
-from .spirv import _tool, clspv_compile, compile_kernel
+from .kernel_check import kernel_sources
+from .spirv import KernelInterface, _tool, clspv_compile, compile_kernel
 
-MANIFEST = "vulkan/manifest.json"
+MODULE_KIND = "mlc_vulkan"  # its loader: `ffi.Module.load_from_bytes.mlc_vulkan`
+MANIFEST_FORMAT = 1  # the plugin's `kManifestFormat`: bump both when the layout changes
+LAUNCH_TAGS = {f"{scope}.{axis}" for scope in ("blockIdx", "threadIdx") for axis in "xyz"}
+VULKAN_DEVICE_TYPE = 7  # kDLVulkan
+_U64 = struct.Struct("<Q")
 
 
-def launch_manifest(split: tvm.IRModule) -> dict[str, dict]:
-    """Per kernel: the host function launching it, its operands and launch extents as TIR."""
-    out: dict[str, dict] = {}
-    for gvar, func in split.functions.items():
-        if not isinstance(func, tirx.PrimFunc):
-            continue
-        for call in launches(func):
-            kernel = call.args[0].value
-            params = split[kernel].params
-            n = len(params)
-            out[kernel] = {
-                "host_function": gvar.name_hint,
-                "params": [str(p.name) for p in params],
-                "operands": [str(a) for a in call.args[1 : 1 + n]],
-                "launch_params": list(call.attrs.launch_params),
-                "launch_extents": [str(a) for a in call.args[1 + n :]],
-            }
-    return out
+def kernel_entry(info: device_blob.FunctionInfo, iface: KernelInterface) -> dict:
+    """The manifest entry of one kernel; raises if TVM's and clspv's views of it disagree."""
+    for ordinal in iface.buffers:
+        if info.arg_types[ordinal] != "handle":
+            raise ValueError(f"kernel {info.name}: clspv binds scalar argument {ordinal}")
+    for ordinal, (_, size) in iface.push_constants.items():
+        dtype = tvm.DataType(info.arg_types[ordinal])
+        if dtype.type_code == tvm.DataTypeCode.HANDLE or size != dtype.bits // 8:
+            raise ValueError(f"kernel {info.name}: argument {ordinal} is {dtype}, not {size} B")
+    unknown = set(info.launch_param_tags) - LAUNCH_TAGS
+    if unknown:
+        raise NotImplementedError(f"kernel {info.name}: launch parameters {sorted(unknown)}")
+    return {**iface.to_json(), "arg_types": info.arg_types, "launch_params": info.launch_param_tags}
+
+
+def spirv_module(opencl_module: bytes) -> tuple[str, bytes]:
+    """TVM's OpenCL device module -> (our kind, manifest + SPIR-V of every kernel)."""
+    _, table, source = device_blob.read_device_module(opencl_module)
+    sources = kernel_sources(source.decode())
+    if set(sources) != set(table):
+        raise ValueError(
+            f"OpenCL source and function table disagree on {sorted(set(sources) ^ set(table))}"
+        )
+    kernels, code = [], b""
+    for name, info in sorted(table.items()):
+        spirv, iface = compile_kernel(sources[name], name)
+        kernels.append(kernel_entry(info, iface))
+        code += _U64.pack(len(spirv)) + spirv
+    manifest = json.dumps({"format": MANIFEST_FORMAT, "kernels": kernels}).encode()
+    return MODULE_KIND, _U64.pack(len(manifest)) + manifest + code
 
 
 @dataclasses.dataclass
 class VulkanTarget(GPUTarget):
     name: str = "vulkan"
-    description: str = "Vulkan GPUs (SPIR-V from OpenCL C by clspv; .tar with a kernel manifest)"
+    description: str = "Vulkan GPUs (SPIR-V from OpenCL C by clspv; .so for this host)"
     kind: str = "opencl"
     device: str = "vulkan"
     host_triple: str | None = None
-    library_suffix: str = ".tar"
-    _split: list[tvm.IRModule] = dataclasses.field(default_factory=list, repr=False)
+    library_suffix: str = ".so"
+
+    def device_attrs(self) -> dict[str, int]:
+        # OpenCL C kernels, but host code that checks its tensors are on, sets and allocates
+        # workspace on a Vulkan device (the OpenCL device type otherwise).
+        return {"target_device_type": VULKAN_DEVICE_TYPE}
 
     @contextlib.contextmanager
     def compiling(self, target: Target) -> Iterator[None]:
         _tool("spirv-val")  # fail before the long compile when a tool is missing
         clspv_compile("__kernel void probe(__global int* x) { x[0] = 1; }")
-        split = self._split
-        split.clear()
-
-        @tvm.instrument.pass_instrument
-        class CaptureSplit:
-            def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
-                if info.name == "tirx.SplitHostDevice":
-                    split.append(mod)
-
-        outer = tvm.transform.PassContext.current()
-        with tvm.transform.PassContext(
-            opt_level=outer.opt_level,
-            config=dict(outer.config),
-            instruments=[*outer.instruments, CaptureSplit()],
-        ):
-            yield
+        yield
 
     def export(self, executable: tvm.runtime.Executable, path: Path) -> None:
-        source = _device_source(executable.mod)
-        launches_by_kernel: dict[str, dict] = {}
-        for mod in self._split:
-            launches_by_kernel.update(launch_manifest(mod))
-        files: dict[str, bytes] = {}
-        manifest = []
-        for name, kernel_source in kernel_sources(source).items():
-            spirv, iface = compile_kernel(kernel_source, name)
-            files[f"vulkan/{name}.spv"] = spirv
-            files[f"vulkan/{name}.cl"] = kernel_source.encode()
-            manifest.append({**iface.to_json(), "launch": launches_by_kernel.get(name)})
-        files[MANIFEST] = json.dumps({"kernels": manifest}, indent=1).encode()
-        host = path.with_name(f".host-{path.name}")  # keeps the .tar suffix export needs
-        partial = path.with_name(f".partial-{path.name}")
-        try:
-            executable.export_library(str(host))  # gzip tar of the host and device objects
-            with tarfile.open(host, "r:*") as src, tarfile.open(partial, "w:gz") as tar:
-                for member in src.getmembers():
-                    tar.addfile(member, src.extractfile(member) if member.isfile() else None)
-                for name, data in files.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-            os.replace(partial, path)
-        finally:
-            host.unlink(missing_ok=True)
-            partial.unlink(missing_ok=True)
+        executable.export_library(str(path), fpack_imports=self._pack_imports)
 
-
-def _device_source(mod: tvm.runtime.Module) -> str:
-    """The OpenCL C of every kernel, from the device module imported by the host module."""
-    stack, sources = [mod], []
-    while stack:
-        m = stack.pop()
-        if m.kind == "opencl":
-            sources.append(m.inspect_source())
-        stack.extend(m.imports)
-    if not sources:
-        raise RuntimeError("the build produced no OpenCL C device module to convert to SPIR-V")
-    return "\n".join(sources)
+    def _pack_imports(
+        self, mod: tvm.runtime.Module, is_system_lib: bool, prefix: str, workspace: str
+    ) -> str:
+        """The device-module blob as C source, the OpenCL module swapped for SPIR-V."""
+        blob = bytes(tvm_ffi.get_global_func("runtime.ModulePackImportsToTensor")(mod).numpy())
+        blob, replaced = device_blob.rewrite_modules(blob, "opencl", spirv_module)
+        if replaced != 1:
+            raise ValueError(f"expected one OpenCL device module in the library, got {replaced}")
+        path = Path(workspace, f"{prefix}devc.c")
+        path.write_text(device_blob.blob_to_c(blob, is_system_lib))
+        return str(path)
 
 
 def read_manifest(library: Path) -> tuple[dict, dict[str, bytes]]:
-    """(manifest, SPIR-V by kernel name) from a `vulkan` build's `.tar`."""
-    with tarfile.open(library) as tar:
-        manifest = json.loads(tar.extractfile(MANIFEST).read())
-        spirv = {
-            k["name"]: tar.extractfile(f"vulkan/{k['name']}.spv").read()
-            for k in manifest["kernels"]
-        }
+    """(manifest, SPIR-V by kernel name) from a `vulkan` build's `.so`."""
+    found: list[bytes] = []
+
+    def keep(module: bytes) -> tuple[str, bytes]:
+        found.append(module)
+        return MODULE_KIND, module
+
+    device_blob.rewrite_modules(device_blob.read_library_blob(library), MODULE_KIND, keep)
+    if len(found) != 1:
+        raise ValueError(f"{library} holds {len(found)} {MODULE_KIND} modules, expected one")
+    data, pos = found[0], 0
+
+    def chunk() -> bytes:
+        nonlocal pos
+        (size,) = _U64.unpack_from(data, pos)
+        pos += _U64.size + size
+        return data[pos - size : pos]
+
+    manifest = json.loads(chunk())
+    spirv = {k["name"]: chunk() for k in manifest["kernels"]}
     return manifest, spirv
