@@ -29,9 +29,20 @@ class DenoMissingError(RuntimeError):
     """No Deno binary was found; says how to install one."""
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "mlc" / "deno"
+
+
+def deno_env(runtime_dir: str | None = None) -> dict[str, str]:
+    """The environment for Deno: its own cache (npm packages it fetches, such as esbuild)
+    under ours, no update check (no network at test time), and a writable XDG runtime
+    directory, which its WebGPU looks for (absent in CI shells)."""
+    env = {**os.environ, "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
+    env.setdefault("DENO_DIR", str(cache_dir() / "deno_dir"))
+    if runtime_dir is not None:
+        env["XDG_RUNTIME_DIR"] = runtime_dir
+    return env
 
 
 def find_deno() -> Path:
@@ -41,7 +52,7 @@ def find_deno() -> Path:
         if not path.is_file():
             raise DenoMissingError(f"{DENO_ENV}={path} is not a file; {INSTALL_HINT}")
         return path
-    for path in (_cache_dir() / NPM_DENO, shutil.which("deno")):
+    for path in (cache_dir() / NPM_DENO, shutil.which("deno")):
         if path and Path(path).is_file():
             return Path(path)
     raise DenoMissingError(f"Deno was not found; {INSTALL_HINT}")
@@ -64,9 +75,7 @@ def run_greedy(
     JSON: `tokens`, `first_logits` (of the first generated token) and `device`."""
     deno = find_deno()
     with tempfile.TemporaryDirectory(prefix="mlc-deno-") as runtime_dir:
-        # Deno's WebGPU looks for a writable XDG runtime directory (absent in CI shells).
-        env = {**os.environ, "XDG_RUNTIME_DIR": runtime_dir, "NO_COLOR": "1"}
-        env["DENO_NO_UPDATE_CHECK"] = "1"  # no network at test time
+        env = deno_env(runtime_dir)
         cmd = [
             str(deno),
             "run",

@@ -7,15 +7,12 @@
  *
  * `--tvm-web` is the apache-tvm wheel's `tvm/web/src` (the TypeScript runtime that matches
  * the wheel's FFI). Prints one JSON object on stdout: the generated token ids, the logits of
- * the first generated token and device information. The call sequence mirrors
- * `mlc/runtime/engine.py` (embed, then prefill or decode between kv_state_begin_forward and
- * kv_state_end_forward).
+ * the first generated token and device information. The model runs in `chat/engine.js`, the
+ * module the chat page runs too.
  */
 
+import { fetchJSON, loadModel, requestAdapter, requestDevice } from "./chat/engine.js";
 import { createWASI } from "./wasi.ts";
-
-const PAGE_SIZE = 16;
-const SEQUENCE_ID = 0;
 
 interface Args {
   tvmWeb: string;
@@ -62,33 +59,6 @@ async function importTVMRuntime(srcDir: string): Promise<any> {
   }
 }
 
-async function sha256Hex(data: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-async function requestDevice(): Promise<{ device: GPUDevice; info: Record<string, unknown> }> {
-  const adapter = await navigator.gpu?.requestAdapter();
-  if (!adapter) throw new Error("no WebGPU adapter (is a Vulkan driver installed?)");
-  const features: GPUFeatureName[] = adapter.features.has("shader-f16") ? ["shader-f16"] : [];
-  const limits = adapter.limits;
-  const device = await adapter.requestDevice({
-    requiredFeatures: features,
-    requiredLimits: {
-      maxBufferSize: limits.maxBufferSize,
-      maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
-      maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
-      maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
-      maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
-    },
-  });
-  const info = {
-    adapter: adapter.info.description || adapter.info.vendor,
-    features: [...device.features],
-  };
-  return { device, info };
-}
-
 function argmax(values: Float32Array): number {
   let best = 0;
   for (let i = 1; i < values.length; ++i) if (values[i] > values[best]) best = i;
@@ -98,92 +68,19 @@ function argmax(values: Float32Array): number {
 async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
   const tvmjs = await importTVMRuntime(args.tvmWeb);
-  const chatConfig = JSON.parse(await Deno.readTextFile(`${args.model}/mlc-chat-config.json`));
-  const cacheIndex = JSON.parse(await Deno.readTextFile(`${args.model}/tensor-cache.json`));
-  const { device, info } = await requestDevice();
+  const baseUrl = new URL(`file://${Deno.realPathSync(args.model)}/`);
+  const chatConfig = await fetchJSON(new URL("mlc-chat-config.json", baseUrl), "chat config");
+  const adapter = await requestAdapter();
+  const needF16 = chatConfig.quantization_scheme?.model_dtype === "float16";
+  const { device, info } = await requestDevice(adapter, needF16);
+  const engine = await loadModel({ tvmjs, createWASI, baseUrl, device, chatConfig });
 
-  const wasm = await Deno.readFile(`${args.model}/${chatConfig.model_lib}`);
-  const tvm = await tvmjs.instantiate(wasm.buffer, createWASI(), (m: string) => console.error(m));
-  tvm.initWebGPU(device);
-  const dev = tvm.webgpu();
-  const cpu = tvm.cpu();
-  const int = (v: number) => new tvmjs.Scalar(v, "int");
-
-  tvm.beginScope();
-  const vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(dev));
-  await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
-
-  // Weights: every shard checked against its recorded size and checksum, like weights.py.
-  const params = [];
-  for (const shard of cacheIndex.records) {
-    const data = await Deno.readFile(`${args.model}/${shard.dataPath}`);
-    if (data.length !== shard.nbytes || (await sha256Hex(data)) !== shard.sha256) {
-      throw new Error(`weight shard ${shard.dataPath} is truncated or corrupted`);
-    }
-    for (const rec of shard.records) {
-      const tensor = tvm.detachFromCurrentScope(tvm.empty(rec.shape, rec.dtype, dev));
-      tensor.copyFromRawBytes(data.subarray(rec.byteOffset, rec.byteOffset + rec.nbytes));
-      params.push(tensor);
-    }
-  }
-  const paramArray = tvm.detachFromCurrentScope(tvm.makeTVMArray(params));
-  const metadata = JSON.parse(vm.getFunction("_metadata")());
-  if (metadata.params.length !== params.length) {
-    throw new Error(`library expects ${metadata.params.length} weights, found ${params.length}`);
-  }
-
-  const contextWindow = Number(chatConfig.context_window_size);
-  const prefillChunk = Number(chatConfig.prefill_chunk_size);
-  const hidden = Number(chatConfig.model_config.hidden_size);
-  const shape = (...dims: number[]) => tvm.makeShapeTuple(dims);
-  const kvCache = tvm.detachFromCurrentScope(
-    vm.getFunction("create_paged_kv_cache")(
-      shape(1), shape(contextWindow), shape(prefillChunk), shape(PAGE_SIZE), shape(0),
-    ),
-  );
-  tvm.getGlobalFunc("vm.builtin.kv_state_add_sequence")(kvCache, int(SEQUENCE_ID));
-  // Functions and objects used across steps leave the scope that endScope() disposes.
-  const keep = <T>(obj: T): T => tvm.detachFromCurrentScope(obj);
-  const beginForward = keep(tvm.getGlobalFunc("vm.builtin.kv_state_begin_forward"));
-  const endForward = keep(tvm.getGlobalFunc("vm.builtin.kv_state_end_forward"));
-  const embedFunc = keep(vm.getFunction("embed"));
-  const prefillFunc = keep(vm.getFunction("prefill"));
-  const decodeFunc = keep(vm.getFunction("decode"));
-  tvm.endScope();
-
-  // One forward pass over `ids` (prefill when given positions, else decode); last logits.
-  const forward = async (ids: number[], prefill: boolean): Promise<Float32Array> => {
-    tvm.beginScope();
-    const idTensor = tvm.empty([ids.length], "int32", dev).copyFrom(Int32Array.from(ids));
-    const embed = embedFunc(idTensor, paramArray).view([1, ids.length, hidden]);
-    beginForward(kvCache, shape(SEQUENCE_ID), shape(ids.length));
-    let result;
-    if (prefill) {
-      const positions = tvm.empty([1], "int32", dev).copyFrom(Int32Array.from([ids.length - 1]));
-      result = prefillFunc(embed, positions, kvCache, paramArray);
-    } else {
-      result = decodeFunc(embed, kvCache, paramArray);
-    }
-    endForward(kvCache);
-    const logitsGPU = result.get(0);
-    const logitsCPU = tvm.empty(logitsGPU.shape, logitsGPU.dtype, cpu).copyFrom(logitsGPU);
-    await dev.sync();
-    const logits = Float32Array.from(logitsCPU.toArray());
-    tvm.endScope();
-    return logits;
-  };
-
-  const tokens: number[] = [];
-  let firstLogits: number[] = [];
-  for (let start = 0; start < args.prompt.length; start += prefillChunk) {
-    const logits = await forward(args.prompt.slice(start, start + prefillChunk), true);
-    if (start + prefillChunk >= args.prompt.length) {
-      firstLogits = Array.from(logits);
-      tokens.push(argmax(logits));
-    }
-  }
+  let logits = await engine.prefill(args.prompt);
+  const firstLogits = Array.from(logits);
+  const tokens = [argmax(logits)];
   while (tokens.length < args.tokens) {
-    tokens.push(argmax(await forward([tokens[tokens.length - 1]], false)));
+    logits = await engine.decode(tokens[tokens.length - 1]);
+    tokens.push(argmax(logits));
   }
   console.log(JSON.stringify({ tokens, first_logits: firstLogits, device: info }));
   device.destroy();
