@@ -50,7 +50,19 @@ class BuildOptions:
     context_window_size: int | None = None
     prefill_chunk_size: int | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    kv_cache_dtype: str = "auto"  # the quantization's choice, or float32 / float16
     quiet: bool = False
+
+
+KV_CACHE_DTYPES = ("auto", "float32", "float16")
+
+
+def kv_cache_dtype(choice: str, quant: Quantization) -> str:
+    """The dtype the paged KV cache keeps K and V in: `auto` is the quantization's default,
+    the model's dtype."""
+    if choice not in KV_CACHE_DTYPES:
+        raise ValueError(f"unknown KV cache dtype {choice!r}; choose one of: {KV_CACHE_DTYPES}")
+    return quant.kv_cache_dtype if choice == "auto" else choice
 
 
 def _log(opts: BuildOptions, message: str) -> None:
@@ -71,6 +83,7 @@ def build(opts: BuildOptions) -> Path:
     if opts.max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {opts.max_batch_size}")
     config = arch.CONFIG.from_hf(checkpoint.config)
+    config.kv_cache_dtype = kv_cache_dtype(opts.kv_cache_dtype, quant)
     if opts.context_window_size:
         config.context_window_size = opts.context_window_size
     if opts.prefill_chunk_size or opts.context_window_size:

@@ -58,6 +58,13 @@ def main() -> None:
     show_default=True,
     help="Most sequences one batched decode step serves (`mlc serve`).",
 )
+@click.option(
+    "--kv-cache-dtype",
+    type=click.Choice(["auto", "float32", "float16"]),
+    default="auto",
+    show_default=True,
+    help="dtype of the cached keys and values; auto: the model's.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(
     model: Path | None,
@@ -69,6 +76,7 @@ def build(
     context_window_size: int | None,
     prefill_chunk_size: int | None,
     max_batch_size: int,
+    kv_cache_dtype: str,
     quiet: bool,
 ) -> None:
     """Convert and compile the Hugging Face model directory (or GGUF file) MODEL."""
@@ -93,6 +101,7 @@ def build(
         context_window_size=context_window_size,
         prefill_chunk_size=prefill_chunk_size,
         max_batch_size=max_batch_size,
+        kv_cache_dtype=kv_cache_dtype,
         quiet=quiet,
     )
     _run(lambda: run_build(opts))
@@ -280,6 +289,46 @@ def serve(
         prefill_chunk_size,
     )
     _run(lambda: run_server(model, server, engine))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--conv-template", default=None, help="Override the model's conversation template.")
+@click.option(
+    "--export",
+    "export_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the page, the runtime and the model into this new directory (a static site).",
+)
+def web(
+    model: Path, host: str, port: int, conv_template: str | None, export_dir: Path | None
+) -> None:
+    """Chat in a browser with the webgpu build in directory MODEL.
+
+    Serves the chat page and the model on http://HOST:PORT/ (WebGPU needs a secure context:
+    localhost or https), or with --export writes them out for any static web server.
+    """
+    from mlc.runtime.web import DenoMissingError
+    from mlc.runtime.web.server import export_site, serve
+
+    def on_ready(url: str) -> None:
+        click.echo(f"Chat page: {url}  (Ctrl-C stops)")
+        sys.stdout.flush()
+
+    def action() -> None:
+        if export_dir is not None:
+            click.echo(f"Exported the chat site to {export_site(model, export_dir, conv_template)}")
+        else:
+            serve(model, host, port, conv_template, on_ready)
+
+    try:
+        _run(action)
+    except (DenoMissingError, FileExistsError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
 
 
 def _run(action):

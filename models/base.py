@@ -68,6 +68,8 @@ class ModelConfig:
     context_window_size: int
     prefill_chunk_size: int
     tie_word_embeddings: bool
+    # The dtype K and V are cached in; "" for the model's dtype (set by the build).
+    kv_cache_dtype: str = dataclasses.field(default="", kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -167,6 +167,24 @@ def annotate_attention_kernels(
             bb.update_func(gvar, func)
 
 
+def cached_attention(
+    config: ModelConfig,
+    kv_cache: PagedKVCache,
+    layer_id: int,
+    qkv: Tensor,
+    num_q_heads: int,
+    sm_scale: float,
+) -> Tensor:
+    """Attention over the paged KV cache, whose K and V are in `config.kv_cache_dtype`: q, k
+    and v enter cast to it (the cache takes one dtype), the output returns in the model's."""
+    dtype = qkv.dtype
+    kv_dtype = config.kv_cache_dtype or dtype
+    if kv_dtype != dtype:
+        qkv = qkv.astype(kv_dtype)
+    out = kv_cache.attention_with_fused_qkv(layer_id, qkv, num_q_heads, sm_scale)
+    return out.astype(dtype) if kv_dtype != dtype else out
+
+
 def kernel_names() -> set[str]:
     """The functions the module being exported has so far."""
     return {gvar.name_hint for gvar in rx.BlockBuilder.current().get().functions}
@@ -276,7 +294,7 @@ class Attention(nn.Module):
             positions = kv_cache.get_query_positions(b * s)
             qkv = self.rotary(qkv, positions, self.num_q_heads + self.num_kv_heads)
         sm_scale = kernel_sm_scale(self.config, layer_id, self.sm_scale)
-        out = kv_cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale)
+        out = cached_attention(self.config, kv_cache, layer_id, qkv, self.num_q_heads, sm_scale)
         return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * self.head_dim)))
 
 
@@ -452,7 +470,7 @@ class CausalLM(nn.Module):
             rope_ext_factors=rx.prim_value(0),
             rotary_dim=c.rotary_dim or c.head_dim,
             enable_disaggregation=False,
-            dtype=self.dtype,
+            dtype=c.kv_cache_dtype or self.dtype,
             target=Target.current(),
         )
         window = c.sliding_window if kernels_apply_variant(c) else 0

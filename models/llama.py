@@ -25,6 +25,7 @@ from .base import (
 )
 from .layers import (
     annotate_attention_kernels,
+    cached_attention,
     fit_context_to_window,
     kernel_names,
     kernel_sm_scale,
@@ -107,7 +108,7 @@ class LlamaAttention(nn.Module):
         b, s, _ = x.shape
         qkv = op.reshape(self.qkv_proj(x), (b, s, -1, self.head_dim))
         sm_scale = kernel_sm_scale(self.config, layer_id, self.head_dim**-0.5)
-        out = kv_cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale)
+        out = cached_attention(self.config, kv_cache, layer_id, qkv, self.num_q_heads, sm_scale)
         return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * self.head_dim)))
 
 
@@ -224,7 +225,7 @@ class LlamaForCausalLM(nn.Module):
             rope_ext_factors=rx.prim_value(0),
             rotary_dim=c.head_dim,
             enable_disaggregation=False,
-            dtype=self.dtype,
+            dtype=c.kv_cache_dtype or self.dtype,
             target=Target.current(),
         )
         annotate_attention_kernels(before, c.sliding_window if kernels_apply_variant(c) else 0)

@@ -17,12 +17,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
 LOG2E = math.log2(math.e)
 LANES = 8  # one AVX2 register of float32
 BLOCK = 16  # keys per online-softmax step
+CACHE_LINE = 64  # bytes
+# Blocks of keys prefetched ahead: a (sequence, head) walks its pages in 4 KB runs (one head's
+# rows of a page), too short for the hardware prefetcher to stream; without it, decode
+# attention over cold pages reads at about half the machine's bandwidth.
+PREFETCH_AHEAD = 2
 # Attribute names on the cache's kernels (set by models/layers.py).
 WINDOW_ATTR = "mlc.attention_window"
 SOFTCAP_ATTR = "mlc.attention_softcap"
@@ -147,11 +153,21 @@ class PagedRows:
         self.pages, self.page_values, self.begin = pages, page_values, begin
         self.head, self.page_size, self.seq_offset = head, page_size, seq_offset
 
-    def load(self, kind: int, row, c):
-        """Lanes c·LANES .. of the key (`kind` 0) or value (1) in `row`."""
+    def element(self, kind: int, row, d):
+        """Element d of the key (`kind` 0) or value (1) in `row`; `d` may be lanes."""
         offset = self.seq_offset(row)
         page = self.page_values[self.begin + offset // self.page_size]
-        return self.pages[page, kind, self.head, offset % self.page_size, lanes(c)]
+        return self.pages[page, kind, self.head, offset % self.page_size, d]
+
+    def load(self, kind: int, row, c):
+        """Lanes c·LANES .. of the key (`kind` 0) or value (1) in `row`."""
+        return self.element(kind, row, lanes(c))
+
+    def prefetch(self, kind: int, row, d):
+        return prefetch(self.element(kind, row, d))
+
+    def line_elements(self) -> int:
+        return CACHE_LINE // tvm.DataType(self.pages.dtype).itemsize
 
 
 class RaggedRows:
@@ -160,8 +176,24 @@ class RaggedRows:
     def __init__(self, k, v, first, head):
         self.k, self.v, self.first, self.head = k, v, first, head
 
+    def element(self, kind: int, row, d):
+        return (self.k if kind == 0 else self.v)[self.first + row, self.head, d]
+
     def load(self, kind: int, row, c):
-        return (self.k if kind == 0 else self.v)[self.first + row, self.head, lanes(c)]
+        return self.element(kind, row, lanes(c))
+
+    def prefetch(self, kind: int, row, d):
+        return prefetch(self.element(kind, row, d))
+
+    def line_elements(self) -> int:
+        return CACHE_LINE // tvm.DataType(self.k.dtype).itemsize
+
+
+def prefetch(element):
+    """Ask for the cache line holding `element` (a read, kept in every cache level)."""
+    return T.call_llvm_intrin(
+        "void", "llvm.prefetch.p0", T.address_of(element), T.int32(0), T.int32(3), T.int32(1)
+    )
 
 
 def tree(op, values: list):
@@ -214,27 +246,23 @@ def transpose_sums(vectors: list):
     return vectors[0]
 
 
-def products(q, g, head_dim: int, rows, row) -> list:
-    """The LANES-wide products of q[g] and the key in `row`, one per chunk of the head."""
-    return [
-        q[g, lanes(c)] * T.Cast(f"float32x{LANES}", rows.load(0, row, c))
-        for c in range(head_dim // LANES)
-    ]
+def partial_dot(q, g, head_dim: int, rows, row):
+    """LANES partial sums of q[g] · the key in `row`: a chain of multiply-adds over the head's
+    chunks (fused by LLVM; the rows beside it give the parallelism)."""
+    total = q[g, lanes(0)] * T.Cast(f"float32x{LANES}", rows.load(0, row, 0))
+    for c in range(1, head_dim // LANES):
+        total = total + q[g, lanes(c)] * T.Cast(f"float32x{LANES}", rows.load(0, row, c))
+    return total
 
 
 def dot(q, g, head_dim: int, rows, row):
     """q[g] · the key in `row` of `rows`."""
-    return horizontal(
-        lambda a, b: a + b, tree(lambda a, b: a + b, products(q, g, head_dim, rows, row))
-    )
+    return horizontal(lambda a, b: a + b, partial_dot(q, g, head_dim, rows, row))
 
 
 def dot_rows(q, g, head_dim: int, rows, first):
     """q[g] · the keys in rows first .. first + LANES - 1, as one vector of LANES scores."""
-    per_row = [
-        tree(lambda a, b: a + b, products(q, g, head_dim, rows, first + r)) for r in range(LANES)
-    ]
-    return transpose_sums(per_row)
+    return transpose_sums([partial_dot(q, g, head_dim, rows, first + r) for r in range(LANES)])
 
 
 # 2^f on [0, 1): least-squares fit of the relative error, at most 2e-7 in float32.
@@ -272,6 +300,15 @@ def online_softmax(s, o, m, denom, top, rows, num_heads, head_dim):
             denom[g] = denom[g] + s[g, r]
 
 
+def weighted_values(total, s, g, rows, first, ch):
+    """`total` plus the block's values (chunk ch) weighted by head g's probabilities: a chain
+    of multiply-adds (the head's other chunks give the parallelism)."""
+    for r in range(BLOCK):
+        value = T.Cast(f"float32x{LANES}", rows.load(1, first + r, ch))
+        total = total + T.Broadcast(s[g, r], LANES) * value
+    return total
+
+
 @T.macro
 def attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim):
     """Fold BLOCK whole keys, rows `first ..`, into query head g's online softmax: scores
@@ -296,14 +333,7 @@ def attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim
         tree(lambda a, b: a + b, [s[g, lanes(i)] for i in range(BLOCK // LANES)]),
     )
     for ch in T.serial(head_dim // LANES):
-        o[g, lanes(ch)] = o[g, lanes(ch)] + tree(
-            lambda a, b: a + b,
-            [
-                T.Broadcast(s[g, r], LANES)
-                * T.Cast(f"float32x{LANES}", rows.load(1, first + r, ch))
-                for r in range(BLOCK)
-            ],
-        )
+        o[g, lanes(ch)] = weighted_values(o[g, lanes(ch)], s, g, rows, first, ch)
 
 
 @T.macro
@@ -312,6 +342,19 @@ def attend(q, o, s, m, denom, top, lo, hi, rows, variant, bias, group, head_dim)
     heads: whole blocks of BLOCK keys vectorised (`attend_block`), a last partial block one
     score at a time."""
     for c in T.serial(T.max(hi - lo, 0) // BLOCK):
+        if lo + (c + PREFETCH_AHEAD + 1) * BLOCK <= hi:
+            for r in T.serial(BLOCK):
+                for line in T.unroll(head_dim // rows.line_elements()):
+                    T.evaluate(
+                        rows.prefetch(
+                            0, lo + (c + PREFETCH_AHEAD) * BLOCK + r, line * rows.line_elements()
+                        )
+                    )
+                    T.evaluate(
+                        rows.prefetch(
+                            1, lo + (c + PREFETCH_AHEAD) * BLOCK + r, line * rows.line_elements()
+                        )
+                    )
         for g in T.serial(group):
             attend_block(q, o, s, m, denom, top, lo + c * BLOCK, rows, variant, bias, g, head_dim)
     tail: T.let[T.int32] = lo + T.max(hi - lo, 0) // BLOCK * BLOCK

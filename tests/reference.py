@@ -71,7 +71,8 @@ def dequantized_reference(model_dir: Path, code: str):
 
 def quantize_activations_int8(model, group: int = 32):
     """Make every Linear (and GPT-2 `Conv1D`) of `model` see its input as `q4a8_1` kernels do:
-    per token and per group of `group` values along K, `xs = max|x| / 127`, `x' = round(x/xs)·xs`.
+    per token and per group of `group` values along K, `xs = max|x| / 127`,
+    `x' = round(x · (127 / max|x|)) · xs`, in float32 as the kernels compute it.
     """
     from transformers.pytorch_utils import Conv1D
 
@@ -79,12 +80,44 @@ def quantize_activations_int8(model, group: int = 32):
         (x, *rest) = inputs
         k = x.shape[-1]
         padded = torch.nn.functional.pad(x, (0, (-k) % group))
-        groups = padded.reshape(*padded.shape[:-1], -1, group)
-        scale = groups.abs().amax(dim=-1, keepdim=True) / 127
-        q = torch.where(scale > 0, torch.round(groups / scale), torch.zeros_like(groups))
-        return ((q * scale).reshape(padded.shape)[..., :k], *rest)
+        groups = padded.reshape(*padded.shape[:-1], -1, group).float()
+        # The kernels' float32 arithmetic: q = round(x * (127 / max|x|)), ties to even.
+        absmax = groups.abs().amax(dim=-1, keepdim=True)
+        inverse = torch.where(absmax > 0, 127 / absmax, torch.zeros_like(absmax))
+        q = torch.round(groups * inverse)
+        scale = absmax / 127
+        return ((q * scale).reshape(padded.shape)[..., :k].to(x.dtype), *rest)
 
     for module in model.modules():
         if isinstance(module, torch.nn.Linear | Conv1D):
             module.register_forward_pre_hook(fake_quantize)
+    return model
+
+
+def _to_fp16(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.float16).to(tensor.dtype)
+
+
+def round_like_fp16_kv_cache(model, monkeypatch):
+    """Make a Llama-family `transformers` model round where a build with a float16 KV cache
+    does: q, k and v as they enter the cache (the cache takes one dtype), q and k again after
+    RoPE (the cache's rotary kernel computes in fp32 and writes fp16) and the attention output
+    (written in fp16, cast back before `o_proj`). `monkeypatch` scopes the RoPE patch."""
+    import importlib
+
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+            projection.register_forward_hook(lambda _m, _args, out: _to_fp16(out))
+        # Before any other pre-hook (the int8 activation rounding sees the fp16 values).
+        attention.o_proj.register_forward_pre_hook(
+            lambda _m, args: (_to_fp16(args[0]), *args[1:]), prepend=True
+        )
+    module = importlib.import_module(type(model).__module__)
+    rope = module.apply_rotary_pos_emb
+
+    def rounded_rope(q, k, *args, **kwargs):
+        return tuple(_to_fp16(t) for t in rope(q, k, *args, **kwargs))
+
+    monkeypatch.setattr(module, "apply_rotary_pos_emb", rounded_rope)
     return model

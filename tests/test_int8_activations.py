@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from reference import dequantized_reference, hf_greedy, hf_logits, quantize_activations_int8
+from reference import (
+    dequantized_reference,
+    hf_greedy,
+    hf_logits,
+    quantize_activations_int8,
+    round_like_fp16_kv_cache,
+)
 from tvm.relax.frontend import nn
 
 from mlc import ChatModule, GenerationConfig
@@ -38,8 +44,10 @@ def _int8_problem(n: int, k: int, rows: int, seed: int = 0):
     groups = kp // GROUP
     x = np.zeros((rows, kp), np.float32)
     x[:, :k] = rng.normal(size=(rows, k))
-    xs = (np.abs(x.reshape(rows, groups, GROUP)).max(-1) / 127).astype(np.float32)
-    xq = np.round(x.reshape(rows, groups, GROUP) / xs[..., None]).astype(np.int8)
+    absmax = np.abs(x.reshape(rows, groups, GROUP)).max(-1)
+    xs = (absmax / np.float32(127)).astype(np.float32)
+    inverse = (np.float32(127) / absmax).astype(np.float32)
+    xq = np.round(x.reshape(rows, groups, GROUP) * inverse[..., None]).astype(np.int8)
     xc = (-7 * xs * xq.astype(np.int32).sum(-1)).astype(np.float32)
     xq = xq.reshape(rows, kp)
     w = scheme.dequantize_weight(q_weight, q_scale, kp).astype(np.float64)
@@ -123,37 +131,50 @@ def test_portable_kernels_are_exact(n, k, rows):
     np.testing.assert_allclose(out.numpy(), exact, rtol=0, atol=1e-5 * np.abs(exact).max())
 
 
-def _reference(hf_dir):
-    return quantize_activations_int8(dequantized_reference(hf_dir, CODE))
+def _reference(hf_dir, monkeypatch, fp16_kv_cache: bool = False):
+    """transformers on the dequantized weights and int8-rounded activations; `fp16_kv_cache`:
+    q/k/v rounded as a `--kv-cache-dtype float16` build's cache rounds them."""
+    model = quantize_activations_int8(dequantized_reference(hf_dir, CODE))
+    return round_like_fp16_kv_cache(model, monkeypatch) if fp16_kv_cache else model
 
 
 # Both sides compute the same integer dot products; they differ in float32 summation order and
 # in rare ties of round(x / xs) that land on the other side (a division by a reciprocal under
-# fast-math). Measured: about 1e-6 on logits of magnitude 1-4.
+# fast-math), and of fp16 roundings of q/k/v. Measured: about 1e-6 on logits of magnitude 1-4.
 ATOL = 1e-4
 
 
-@pytest.mark.parametrize("config", ["gqa", "tied"])
-def test_logits_match_transformers_with_int8_activations(tiny_builds, config):
+@pytest.mark.parametrize(
+    ("config", "kv_cache_dtype"), [("gqa", "auto"), ("tied", "auto"), ("gqa", "float16")]
+)
+def test_logits_match_transformers_with_int8_activations(
+    tiny_builds, monkeypatch, config, kv_cache_dtype
+):
     settings = GQA if config == "gqa" else {**GQA, "tie_word_embeddings": True}
-    hf_dir, built = tiny_builds.get(config, quantization=CODE, **settings)
+    options = {} if kv_cache_dtype == "auto" else {"kv_cache_dtype": kv_cache_dtype}
+    hf_dir, built = tiny_builds.get(config, quantization=CODE, build_options=options, **settings)
     rng = np.random.default_rng(4)
     prompt, follow = rng.integers(3, 320, 14).tolist(), rng.integers(3, 320, 6).tolist()
-    reference = hf_logits(_reference(hf_dir), prompt + follow)
+    fp16_kv_cache = kv_cache_dtype == "float16"
+    reference = hf_logits(_reference(hf_dir, monkeypatch, fp16_kv_cache), prompt + follow)
     engine = CompiledModel(built)
     ours = [engine.prefill(prompt)] + [engine.decode(t) for t in follow[:-1]]
     np.testing.assert_allclose(np.stack(ours), reference[len(prompt) - 1 : -1], atol=ATOL, rtol=0)
-    # The check sees the activation rounding: float activations are measurably elsewhere.
+    # The check sees each rounding: float activations, or a float16 KV cache against a float32
+    # one, are measurably elsewhere.
     float_acts = hf_logits(dequantized_reference(hf_dir, CODE), prompt)[-1]
     assert np.abs(float_acts - reference[len(prompt) - 1]).max() > 10 * ATOL
+    monkeypatch.undo()
+    other_kv = hf_logits(_reference(hf_dir, monkeypatch, not fp16_kv_cache), prompt + follow)
+    assert np.abs(other_kv - reference).max() > 10 * ATOL
 
 
-def test_greedy_generation_matches_transformers(tiny_builds):
+def test_greedy_generation_matches_transformers(tiny_builds, monkeypatch):
     hf_dir, built = tiny_builds.get("gqa", quantization=CODE, **GQA)
     cm = ChatModule(str(built))
     cm.generate("Once upon a time", GenerationConfig(temperature=0, max_tokens=32))
     prompt_ids = [1, *cm.tokenizer.encode("Once upon a time", add_special_tokens=False).ids]
-    reference = hf_greedy(_reference(hf_dir), prompt_ids, 32)
+    reference = hf_greedy(_reference(hf_dir, monkeypatch), prompt_ids, 32)
     ours = cm.last_output_ids
     if len(ours) < 32:
         assert reference[len(ours)] == 2

@@ -22,6 +22,11 @@ class Quantization:
         """The stored tensors for one parameter of the unquantized model."""
         raise NotImplementedError
 
+    @property
+    def kv_cache_dtype(self) -> str:
+        """The KV cache's dtype unless the build asks for another: the model's."""
+        return self.model_dtype
+
     def describe(self) -> dict:
         return {"name": self.name, "model_dtype": self.model_dtype}
 

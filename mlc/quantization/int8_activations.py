@@ -2,7 +2,9 @@
 
 The weights are stored exactly as in `q4f16_1` (4-bit, group 32, float16 scales, NK). Before
 each quantized Linear the activations are quantized too, per token and per group of 32 along K:
-`xs = max|x| / 127`, `xq = round(x / xs)`, so that each group's dot product is an exact integer
+`xs = max|x| / 127`, `xq = round(x · (127 / max|x|))` (float32, ties to even: a fixed rule,
+where a division would be turned into some reciprocal by fast-math and flip exact ties, which
+fp16-rounded inputs have), so that each group's dot product is an exact integer
 sum, scaled once: `y = Σ_g sw[n, g] · xs[g] · Σ_k (q[n, k] - 7) · xq[k]`. This is how llama.cpp
 multiplies Q4_0 weights (with Q8 activations); on CPUs it turns the inner loop into integer
 multiply-adds (AVX2 `vpmaddubsw`), several times fewer instructions than dequantizing to float.
@@ -88,11 +90,17 @@ def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         )
         xs = te.compute(absmax.shape, lambda *i: absmax[i] / ACT_MAX, name="xs")
 
+        inverse = te.compute(
+            absmax.shape,
+            lambda *i: tirx.if_then_else(
+                absmax[i] > 0, tirx.const(float(ACT_MAX)) / absmax[i], tirx.const(0.0)
+            ),
+            name="inverse_scale",
+        )
+
         def quantized(*i):
             row, g = i[:-1], i[-1] // GROUP
-            scale = xs[(*row, g)]
-            scaled = tirx.if_then_else(absmax[(*row, g)] > 0, value(row, i[-1]) / scale, 0.0)
-            return tirx.round(scaled).astype("int8")
+            return tirx.round(value(row, i[-1]) * inverse[(*row, g)]).astype("int8")
 
         natural = te.compute((*lead, groups * GROUP), quantized, name="xq_natural")
         xq = te.compute(
