@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf  # noqa: F401  (transformers reads GGUF files with it: a test dependency)
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,6 @@ from mlc.default_model import QUANTIZATION, embedded_gguf
 from mlc.runtime import CompiledModel
 from mlc.runtime.chat_template import JinjaChatTemplate
 
-pytest.importorskip("gguf", reason="transformers needs the gguf package to read GGUF files")
 TEXT = Path(__file__).parent / "data" / "public_domain.txt"
 CONVERSATION = [
     {"role": "system", "content": "You answer in one short sentence."},

@@ -288,6 +288,7 @@ def _tokenizer_variants(folder: Path, tiny_tokenizer: Path) -> dict[str, Path]:
     """tokenizer.json files of the kinds the page reads: byte-level BPE (our tiny models,
     SmolLM2's GPT-2 split, Llama 3's and Qwen2's splits) and SentencePiece BPE with byte
     fallback (our GGUF conversion, `transformers`' conversion, and its older normalizer form)."""
+    import sentencepiece as spm
     from transformers import LlamaTokenizerFast
 
     from mlc.default_model import embedded_gguf
@@ -295,7 +296,6 @@ def _tokenizer_variants(folder: Path, tiny_tokenizer: Path) -> dict[str, Path]:
     from mlc.gguf.sentencepiece_model import read_sentencepiece_model
     from mlc.gguf.tokenizer import tokenizer_from_gguf
 
-    spm = pytest.importorskip("sentencepiece", reason="sentencepiece trains the vocabulary")
     paths = {"tiny": tiny_tokenizer}
     meta = dict(GGUFCheckpoint(embedded_gguf()).file.metadata)
     for pre in ("default", "llama3", "qwen2"):
