@@ -19,7 +19,7 @@ from mlc.random_model import save_llama
 GQA = {"num_key_value_heads": 2}
 
 
-@pytest.mark.parametrize("command", [[], ["build"], ["chat"]])
+@pytest.mark.parametrize("command", [[], *([name] for name in main.commands)])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
