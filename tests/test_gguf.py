@@ -1,24 +1,30 @@
-"""GGUF import: our dequantizers, the Q/K un-permutation, every tensor type, and bad files."""
+"""GGUF import: our dequantizers, every architecture against `transformers` reading the same
+file, every tensor type, and bad files."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 
+import gguf  # the reference reader and writer of GGUF files
 import numpy as np
 import pytest
+import sentencepiece as spm  # trains the SentencePiece reference vocabulary
 import torch
 from reference import hf_logits, load_hf
-from tokenizer_samples import TEXT, tokenizer_samples
+from tokenizer_samples import SENTENCEPIECE_BPE, TEXT, tokenizer_samples
 
 from mlc import ChatModule, GenerationConfig
 from mlc.build import BuildOptions, build
+from mlc.gguf.architectures import ARCHITECTURES, SUPPORTED_ARCHITECTURES, for_model_type
 from mlc.gguf.dequantize import GGML_TYPES, dequantize
 from mlc.gguf.export import export_gguf
 from mlc.gguf.reader import GGUFError
-from mlc.random_model import CORPUS, save_llama
+from mlc.hf_checkpoint import HFCheckpoint
+from mlc.models import get_architecture
+from mlc.random_model import CORPUS, save_llama, save_model
 from mlc.runtime import CompiledModel
-
-gguf = pytest.importorskip("gguf", reason="the gguf package is the reference for GGUF files")
 
 TINY = {"num_key_value_heads": 2, "hidden_size": 128, "intermediate_size": 256}
 TINY_VOCAB = 600  # the SentencePiece vocabulary: 256 byte pieces, characters, merges
@@ -71,32 +77,145 @@ def tiny_hf(tmp_path_factory):
     return save_llama(tmp_path_factory.mktemp("gguf") / "tiny", **TINY)
 
 
-def test_f32_gguf_equals_the_original_model(tiny_hf, tmp_path):
-    """Export permutes Q/K rows into llama.cpp's layout; import must undo it exactly."""
-    path = export_gguf(tiny_hf, tmp_path / "tiny-f32.gguf", "F32")
-    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
-    prompt = list(range(5, 30))
-    reference = hf_logits(load_hf(tiny_hf), prompt)
+def load_gguf_reference(path, **config):
+    """`transformers` reading the GGUF file itself, in float64 with eager attention, as
+    `reference.load_hf` runs a model directory; `config` sets fields its loader does not read."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent,
+        gguf_file=path.name,
+        dtype=torch.float64,
+        attn_implementation="eager",
+        **config,
+    )
+    return model.eval()
+
+
+def max_logit_error(built, reference: np.ndarray, prompt: list[int], split: int) -> float:
+    """Prefill `prompt[:split]`, then decode the rest one token at a time; every step's logits
+    must be within 1e-4 of `reference` (logits at every position of the prompt)."""
     engine = CompiledModel(built)
-    np.testing.assert_allclose(engine.prefill(prompt[:20]), reference[19], atol=1e-4, rtol=0)
-    for i in range(20, 24):
-        np.testing.assert_allclose(engine.decode(prompt[i]), reference[i], atol=1e-4, rtol=0)
+    ours = [engine.prefill(prompt[:split])] + [engine.decode(t) for t in prompt[split:-1]]
+    worst = 0.0
+    for logits, expected in zip(ours, reference[split - 1 :], strict=False):
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+        worst = max(worst, float(np.abs(logits - expected).max()))
+    return worst
+
+
+PROMPT = list(range(5, 30))
+
+# Every architecture `transformers` reads from GGUF that we support, as a tiny random model:
+# (`config.json` settings, the fields `transformers` must be told). Its loader ignores some
+# fields llama.cpp's converter writes and keeps its own defaults, which the settings match where
+# that is cheap (GPT-2's 1024 positions, StableLM's rotary fraction 0.25, Phi-3's full rotary)
+# and are told otherwise: Qwen3's head_dim (the file's `attention.key_length`; its default, 128,
+# is slow to build) and Gemma 2's `query_pre_attn_scalar`, which the file has no field for and
+# llama.cpp takes to be head_dim (its default is 256; a head_dim 256 build took >15 min here).
+GGUF_ARCHITECTURES = {
+    "qwen2": ({"num_key_value_heads": 2}, {}),
+    "qwen3": ({"num_key_value_heads": 2, "head_dim": 32}, {"head_dim": 32}),
+    "gemma2": (
+        {
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "query_pre_attn_scalar": 32,
+            "sliding_window": 16,  # shorter than the prompt
+        },
+        {"query_pre_attn_scalar": 32},
+    ),
+    "phi3": ({"num_key_value_heads": 2}, {}),
+    "stablelm": ({"num_key_value_heads": 2, "use_qkv_bias": True}, {}),
+    "gpt2": ({"max_position_embeddings": 1024}, {}),
+    "falcon": ({}, {}),  # Falcon-7B's layout: multi-query, one norm, parallel attention and MLP
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(GGUF_ARCHITECTURES))
+def test_architecture_matches_transformers_gguf_loader(model_type, tmp_path):
+    """Our exporter writes what llama.cpp's converter does; `transformers` reads that file back
+    into exactly the original weights; our build of the file matches `transformers` on it."""
+    settings, told = GGUF_ARCHITECTURES[model_type]
+    model_dir = save_model(tmp_path / model_type, model_type=model_type, vector_std=0.1, **settings)
+    path = export_gguf(model_dir, tmp_path / f"{model_type}.gguf", "F32")
+    reference_model = load_gguf_reference(path, **told)
+    original = load_hf(model_dir)
+    read, written = reference_model.state_dict(), original.state_dict()
+    assert read.keys() == written.keys()
+    for name, value in written.items():
+        torch.testing.assert_close(read[name], value, atol=1e-6, rtol=0, msg=name)
+    reference = hf_logits(reference_model, PROMPT)
+    np.testing.assert_allclose(reference, hf_logits(original, PROMPT), atol=1e-5, rtol=0)
+
+    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    assert json.loads((built / "mlc-chat-config.json").read_text())["model_type"] == model_type
+    error = max_logit_error(built, reference, PROMPT, split=20)
+    print(f"{model_type}: max logit error {error:.2e}")
+
+
+# Layouts `transformers`' GGUF loader cannot read (it maps no LongRoPE factors and assumes
+# Falcon-7B's layout); the original model in `transformers` is the reference.
+ROUND_TRIPS = {
+    # Q and K rows permuted into llama.cpp's rotary layout, and back.
+    "llama": ("llama", TINY),
+    # Falcon-40B's layout: KV groups, a norm for attention and one for the MLP.
+    "falcon-40b": ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}),
+    # Phi-3-128k's LongRoPE: factors as tensors, the prompt past the original window.
+    "phi3-longrope": (
+        "phi3",
+        {
+            "original_max_position_embeddings": 16,
+            "rope_scaling": {
+                "type": "longrope",
+                "short_factor": [1.0 + 0.05 * i for i in range(8)],
+                "long_factor": [1.5 + 0.5 * i for i in range(8)],
+            },
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROUND_TRIPS))
+def test_gguf_export_import_equals_the_original_model(case, tmp_path):
+    model_type, settings = ROUND_TRIPS[case]
+    model_dir = save_model(tmp_path / case, model_type=model_type, vector_std=0.1, **settings)
+    path = export_gguf(model_dir, tmp_path / f"{case}.gguf", "F32")
+    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    reference = hf_logits(load_hf(model_dir), PROMPT)
+    error = max_logit_error(built, reference, PROMPT, split=20)
+    print(f"{case}: max logit error {error:.2e}")
+
+
+EVERY_LAYOUT = {
+    **{t: (t, settings) for t, (settings, _) in GGUF_ARCHITECTURES.items()},
+    **ROUND_TRIPS,
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVERY_LAYOUT))
+def test_tensor_names_are_llama_cpps(case, tmp_path):
+    """Every tensor's GGUF name is the one the `gguf` package (llama.cpp's own table) gives its
+    Hugging Face name: the check on the layouts `transformers` cannot read."""
+    model_type, settings = EVERY_LAYOUT[case]
+    ckpt = HFCheckpoint(save_model(tmp_path / case, model_type=model_type, **settings))
+    arch = for_model_type(model_type, ckpt.model_dir)
+    layers = get_architecture(ckpt.config).CONFIG.from_hf(ckpt.config).num_hidden_layers
+    package_arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch.name)
+    names = gguf.get_tensor_name_map(package_arch, layers)
+    present = set(ckpt.names())
+    pairs = [(g, h) for g, h, _ in arch.tensor_names(ckpt.config) if h in present]
+    assert {h for _, h in pairs} == present
+    for gguf_name, hf_name in pairs:
+        assert names.get_name(hf_name, try_suffixes=(".weight", ".bias")) == gguf_name, hf_name
 
 
 def test_every_writable_type_matches_transformers_gguf_loader(tiny_hf, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     path = export_gguf(tiny_hf, tmp_path / "tiny-mixed.gguf", "Q8_0", overrides=WRITABLE_TYPES)
     built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
-    reference_model = AutoModelForCausalLM.from_pretrained(
-        tmp_path, gguf_file=path.name, dtype=torch.float32
-    ).eval()
     prompt = list(range(7, 30))
-    reference = hf_logits(reference_model, prompt)
-    engine = CompiledModel(built)
-    np.testing.assert_allclose(engine.prefill(prompt[:18]), reference[17], atol=1e-4, rtol=0)
-    for i in range(18, 22):
-        np.testing.assert_allclose(engine.decode(prompt[i]), reference[i], atol=1e-4, rtol=0)
+    max_logit_error(built, hf_logits(load_gguf_reference(path), prompt), prompt, split=18)
 
 
 def test_truncated_gguf(tiny_hf, tmp_path):
@@ -111,7 +230,27 @@ def test_truncated_gguf(tiny_hf, tmp_path):
 
 def test_unsupported_architecture(tiny_hf, tmp_path):
     path = export_gguf(tiny_hf, tmp_path / "mamba.gguf", "F32", architecture="mamba")
-    with pytest.raises(GGUFError, match="architecture 'mamba' is not supported"):
+    with pytest.raises(GGUFError, match="architecture 'mamba' is not supported") as error:
+        build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    assert all(name in str(error.value) for name in SUPPORTED_ARCHITECTURES)
+    assert _nothing_written(tmp_path / "dist")
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ("rope_freqs.weight", "rope_freqs .* not supported"),
+        ("blk.0.attn_mystery.weight", "blk.0.attn_mystery.weight are not part of the llama"),
+    ],
+)
+def test_tensors_mlc_cannot_place_are_refused(tiny_hf, tmp_path, monkeypatch, tensor, message):
+    """A tensor the architecture's table does not know would otherwise be silently dropped."""
+    llama = ARCHITECTURES["llama"]
+    extra = dataclasses.replace(llama, extra_tensors=lambda hf: {tensor: np.ones(8, np.float32)})
+    monkeypatch.setitem(ARCHITECTURES, "llama", extra)
+    path = export_gguf(tiny_hf, tmp_path / "extra.gguf", "F32")
+    monkeypatch.setitem(ARCHITECTURES, "llama", llama)
+    with pytest.raises(GGUFError, match=message):
         build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
     assert _nothing_written(tmp_path / "dist")
 
@@ -136,25 +275,13 @@ def test_not_a_gguf_file(tmp_path):
 def sentencepiece_gguf(tmp_path_factory):
     """The tiny model with a SentencePiece BPE vocabulary trained here (byte fallback, a
     user-defined and a control symbol), exported as GGUF tokenizer kind `llama`."""
-    import io
-
-    spm = pytest.importorskip("sentencepiece", reason="sentencepiece trains the reference")
     folder = tmp_path_factory.mktemp("spm")
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(TEXT.read_text().splitlines() + CORPUS * 5),
         model_writer=proto,
-        model_type="bpe",
         vocab_size=TINY_VOCAB,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        user_defined_symbols=["<|user|>"],
-        control_symbols=["<|im_start|>"],
-        character_coverage=1.0,
-        minloglevel=2,
+        **SENTENCEPIECE_BPE,
     )
     model_dir = save_llama(folder / "model", vocab_size=TINY_VOCAB, **TINY)
     (model_dir / "tokenizer.json").unlink()
@@ -189,25 +316,3 @@ def test_sentencepiece_tokenizer_matches_references(sentencepiece_gguf, tmp_path
     assert config["add_bos_token"] is True and config["bos_token"] == "<s>"
     cm = ChatModule(str(built), conv_template="LM")
     assert cm.generate("Once upon a time", GenerationConfig(max_tokens=4, temperature=0))
-
-
-def test_qwen2_gguf_matches_transformers_gguf_loader(tmp_path):
-    """Qwen2 (q/k/v biases, rotary on the Hugging Face layout: no Q/K permutation) read from a
-    GGUF file as `transformers` reads it."""
-    from transformers import AutoModelForCausalLM
-
-    model_dir = save_llama(tmp_path / "qwen2", model_type="qwen2", vector_std=0.1, **TINY)
-    path = export_gguf(model_dir, tmp_path / "qwen2.gguf", "Q8_0", architecture="qwen2")
-    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
-    assert json.loads((built / "mlc-chat-config.json").read_text())["model_type"] == "qwen2"
-    reference_model = AutoModelForCausalLM.from_pretrained(
-        tmp_path, gguf_file=path.name, dtype=torch.float32
-    ).eval()
-    prompt = list(range(7, 30))
-    reference = hf_logits(reference_model, prompt)
-    engine = CompiledModel(built)
-    np.testing.assert_allclose(engine.prefill(prompt[:18]), reference[17], atol=1e-4, rtol=0)
-    for i in range(18, 22):
-        np.testing.assert_allclose(engine.decode(prompt[i]), reference[i], atol=1e-4, rtol=0)
-    # The biases are there and matter: the GGUF-loaded model is not bias-free.
-    assert reference_model.model.layers[0].self_attn.q_proj.bias.abs().max() > 0

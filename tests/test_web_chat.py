@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tokenizer_samples import tokenizer_samples
+from tokenizer_samples import SENTENCEPIECE_BPE, tokenizer_samples
 from tokenizers import Tokenizer
 
 from mlc import ChatModule, GenerationConfig
@@ -309,17 +309,8 @@ def _tokenizer_variants(folder: Path, tiny_tokenizer: Path) -> dict[str, Path]:
             (Path(__file__).parent / "data" / "public_domain.txt").read_text().splitlines()
         ),
         model_prefix=str(model_file.with_suffix("")),
-        model_type="bpe",
         vocab_size=600,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        user_defined_symbols=["<|user|>"],
-        control_symbols=["<|im_start|>"],
-        character_coverage=1.0,
-        minloglevel=2,
+        **SENTENCEPIECE_BPE,
     )
     sp = read_sentencepiece_model(model_file)
     spm_meta = {

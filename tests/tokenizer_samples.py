@@ -9,6 +9,21 @@ import numpy as np
 
 TEXT = Path(__file__).parent / "data" / "public_domain.txt"
 
+# SentencePiece BPE training options like Llama 2's: byte fallback, digits split, whitespace kept
+# as is, one user-defined and one control symbol. (`vocab_size` is up to the caller.)
+SENTENCEPIECE_BPE: dict = dict(
+    model_type="bpe",
+    byte_fallback=True,
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    split_digits=True,
+    allow_whitespace_only_pieces=True,
+    user_defined_symbols=["<|user|>"],
+    control_symbols=["<|im_start|>"],
+    character_coverage=1.0,
+    minloglevel=2,
+)
+
 FIXED = [
     "Hello, world!",
     "  leading spaces",

@@ -1,111 +1,96 @@
-"""Export a Hugging Face Llama (or Qwen2) checkpoint to GGUF with the `gguf` package (an optional
-extra).
+"""Export a Hugging Face checkpoint to GGUF with the `gguf` package (an optional extra), as
+llama.cpp's converter writes it: the same metadata keys, tensor names and layouts (the tables in
+`architectures.py`: Llama's Q/K rows permuted, Falcon's QKV regrouped, GPT-2's `Conv1D` weights
+transposed, Gemma 2's norms stored as `1 + w`).
 
 Used to feed llama.cpp the same weights in benchmarks, and by the tests to make GGUF files of
-every tensor type. Q and K rows of Llama are permuted into llama.cpp's rotary layout, as its
-converter does; the tokenizer is a SentencePiece `tokenizer.model` (GGUF kind `llama`) or else a
-byte-level BPE `tokenizer.json` (kind `gpt2`).
+every architecture and tensor type. The tokenizer is a SentencePiece `tokenizer.model` (GGUF kind
+`llama`) or else a byte-level BPE `tokenizer.json` (kind `gpt2`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mlc.hf_checkpoint import HFCheckpoint
 
+from .architectures import for_model_type
 from .sentencepiece_model import read_sentencepiece_model
 
-_LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-
-
-def permute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
-    """Hugging Face Q/K rows (half-split rotary) → llama.cpp's interleaved layout."""
-    head_dim = weight.shape[0] // num_heads
-    return (
-        weight.reshape(num_heads, 2, head_dim // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
-
-
-def gguf_name(hf_name: str) -> str:
-    fixed = {
-        "model.embed_tokens.weight": "token_embd.weight",
-        "model.norm.weight": "output_norm.weight",
-        "lm_head.weight": "output.weight",
-    }
-    if hf_name in fixed:
-        return fixed[hf_name]
-    parts = hf_name.split(".")  # model.layers.{i}.{module...}.{weight|bias}
-    module = ".".join(parts[3:-1])
-    return f"blk.{parts[2]}.{_LAYER_NAMES[module]}.{parts[-1]}"
+# Tensors the converter always keeps in F32 (besides every 1-D one).
+_F32_TENSORS = ("position_embd.weight",)
+# Buffers some checkpoints carry that are not weights (the converter skips them too).
+_BUFFERS = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
 
 def export_gguf(
     model_dir: Path,
     out_path: Path,
     tensor_type: str = "F32",
-    architecture: str = "llama",
+    architecture: str | None = None,
     overrides: dict[str, str] | None = None,
 ) -> Path:
-    """Write `out_path`; 2-D weights in `tensor_type`, norms in F32. `overrides` maps a GGUF
-    tensor name to another type (tests use it to cover every type)."""
+    """Write `out_path`; 2-D weights in `tensor_type`, norms and biases in F32. `overrides` maps
+    a GGUF tensor name to another type (tests use it to cover every type); `architecture`
+    renames `general.architecture` (tests use it to make a file of an unknown one)."""
     try:
         import gguf
     except ImportError as err:
         raise RuntimeError("GGUF export needs the gguf package: pip install gguf") from err
     ckpt = HFCheckpoint(model_dir)
-    c = ckpt.config
-    heads, kv_heads = (
-        c["num_attention_heads"],
-        c.get("num_key_value_heads", c["num_attention_heads"]),
-    )
-    writer = gguf.GGUFWriter(str(out_path), architecture)
-    writer.add_block_count(c["num_hidden_layers"])
-    writer.add_context_length(c.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(c["hidden_size"])
-    writer.add_feed_forward_length(c["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(
-        float(c.get("rope_theta") or c.get("rope_parameters", {}).get("rope_theta", 10000.0))
-    )
-    writer.add_layer_norm_rms_eps(float(c.get("rms_norm_eps", 1e-6)))
-    writer.add_vocab_size(c["vocab_size"])
-    writer.add_rope_dimension_count(c["hidden_size"] // heads)
-    _add_tokenizer(writer, model_dir, c)
-    for name in ckpt.names():
-        array = ckpt.get(name).astype(np.float32)
-        if architecture == "llama" and name.endswith("q_proj.weight"):
-            array = permute_rotary(array, heads)
-        elif architecture == "llama" and name.endswith("k_proj.weight"):
-            array = permute_rotary(array, kv_heads)
-        target = gguf_name(name)
-        kind = (overrides or {}).get(target, tensor_type if array.ndim == 2 else "F32")
-        qtype = gguf.GGMLQuantizationType[kind]
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(target, array)
-        else:
-            data = gguf.quants.quantize(array, qtype)
-            writer.add_tensor(target, data, raw_dtype=qtype)
+    hf = ckpt.config
+    arch = for_model_type(hf.get("model_type"), model_dir)
+    metadata = arch.metadata(hf)  # refuses what llama.cpp's GGUF cannot hold
+    present = {n for n in ckpt.names() if not n.endswith(_BUFFERS)}
+    placed = [(g, h, rule) for g, h, rule in arch.tensor_names(hf) if h in present]
+    unplaced = present - {h for _, h, _ in placed}
+    if unplaced:
+        raise ValueError(
+            f"{model_dir}: tensors {', '.join(sorted(unplaced)[:4])} have no place in a "
+            f"{arch.name} GGUF file"
+        )
+    name = architecture or arch.name
+    writer = gguf.GGUFWriter(str(out_path), name)
+    writer.add_name(ckpt.model_name)
+    for key, value in metadata.items():
+        _add_value(writer, f"{name}.{key}", value)
+    _add_tokenizer(writer, model_dir, hf)
+    for gguf_name, hf_name, rule in placed:
+        array = rule.to_gguf(ckpt.get(hf_name).astype(np.float32))
+        _add_tensor(writer, gguf, gguf_name, array, tensor_type, overrides or {})
+    for gguf_name, array in arch.extra_tensors(hf).items():
+        _add_tensor(writer, gguf, gguf_name, array, "F32", {})
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return out_path
+
+
+def _add_value(writer, key: str, value: Any) -> None:
+    """Metadata as the converter types it: bool, u32, f32 or string."""
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    else:
+        writer.add_string(key, str(value))
+
+
+def _add_tensor(writer, gguf, name: str, array: np.ndarray, kind: str, overrides: dict) -> None:
+    if array.ndim != 2 or name in _F32_TENSORS:
+        kind = "F32"
+    qtype = gguf.GGMLQuantizationType[overrides.get(name, kind)]
+    if qtype == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+    else:
+        writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
 
 
 def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
@@ -167,6 +152,7 @@ def _add_byte_level_bpe(writer, model_dir: Path, config: dict) -> None:
     for key, add in (
         ("bos_token_id", writer.add_bos_token_id),
         ("eos_token_id", writer.add_eos_token_id),
+        ("pad_token_id", writer.add_pad_token_id),
     ):
         if isinstance(config.get(key), int):
             add(config[key])

@@ -1,0 +1,667 @@
+"""Each GGUF architecture in Hugging Face terms, as llama.cpp's converter (`convert_hf_to_gguf.py`)
+writes it: which `config.json` fields its metadata holds, and every tensor's Hugging Face name
+and layout. Import (`checkpoint.py`) and export (`export.py`) read the same tables.
+
+Layouts the converter changes: Llama's Q/K rows (rotary pairs interleaved per head), Falcon's
+fused QKV (grouped per KV head → all Q, all K, all V), GPT-2's `Conv1D` weights (transposed to
+`[out, in]`) and Gemma 2's RMSNorm weights (stored as `1 + w`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlc.models import get_architecture
+from mlc.models.base import ModelConfig, rope_parameters
+from mlc.models.falcon import FalconConfig, grouped_to_fused
+from mlc.models.layers import partial_rotary_factor
+
+from .reader import GGUFError, GGUFFile
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def keep(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def transpose(array: np.ndarray) -> np.ndarray:
+    """GPT-2's `Conv1D` `[in, out]` ↔ `[out, in]` (a bias, 1-D, is left as it is)."""
+    return np.ascontiguousarray(array.T)
+
+
+def interleave_rotary(num_heads: int) -> Transform:
+    """Hugging Face Q/K rows (each head's first half, then second half) → llama.cpp's rotary
+    pairs side by side."""
+
+    def permute(w: np.ndarray) -> np.ndarray:
+        head_dim = w.shape[0] // num_heads
+        return w.reshape(num_heads, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    return permute
+
+
+def deinterleave_rotary(num_heads: int) -> Transform:
+    """The inverse of `interleave_rotary`."""
+
+    def permute(w: np.ndarray) -> np.ndarray:
+        head_dim = w.shape[0] // num_heads
+        return w.reshape(num_heads, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    return permute
+
+
+def falcon_grouped(num_heads: int, num_kv_heads: int, head_dim: int) -> Transform:
+    """llama.cpp's Falcon QKV rows (all Q, all K, all V) → Hugging Face's, grouped per KV head
+    (`[group][q * ratio, k, v][dim]`; one group for multi-query)."""
+    ratio = num_heads // num_kv_heads
+
+    def regroup(w: np.ndarray) -> np.ndarray:
+        rest = w.shape[1:]
+        q, k, v = np.split(w, [num_heads * head_dim, (num_heads + num_kv_heads) * head_dim])
+        parts = (
+            q.reshape(num_kv_heads, ratio, head_dim, *rest),
+            k.reshape(num_kv_heads, 1, head_dim, *rest),
+            v.reshape(num_kv_heads, 1, head_dim, *rest),
+        )
+        return np.concatenate(parts, axis=1).reshape(w.shape)
+
+    return regroup
+
+
+def plus(offset: float) -> Transform:
+    return lambda w: w.astype(np.float32) + np.float32(offset)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    """One GGUF tensor as one Hugging Face tensor (names without `.weight` / `.bias`; `{i}` is
+    the layer), and the layout changes between them (`to_hf` undoes `to_gguf`)."""
+
+    gguf: str
+    hf: str
+    to_hf: Transform = keep
+    to_gguf: Transform = keep
+
+
+def per_layer(rules: list[TensorRule], num_layers: int) -> list[TensorRule]:
+    return [
+        dataclasses.replace(r, gguf=r.gguf.format(i=i), hf=r.hf.format(i=i))
+        for i in range(num_layers)
+        for r in rules
+    ]
+
+
+class Metadata:
+    """A GGUF file's metadata seen from one architecture: `need("block_count")` reads
+    `{arch}.block_count`."""
+
+    def __init__(self, file: GGUFFile, arch: str):
+        self.file, self.arch = file, arch
+
+    def need(self, key: str) -> Any:
+        full = f"{self.arch}.{key}"
+        if full not in self.file.metadata:
+            raise GGUFError(f"{self.file.path}: metadata lacks {full}")
+        return self.file.metadata[full]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.file.metadata.get(f"{self.arch}.{key}", default)
+
+    def has(self, tensor: str) -> bool:
+        return tensor in self.file.tensors
+
+    def rows(self, tensor: str) -> int:
+        if tensor not in self.file.tensors:
+            raise GGUFError(f"{self.file.path} has no tensor {tensor}")
+        return self.file.tensors[tensor].shape[0]
+
+    def token_ids(self) -> dict[str, Any]:
+        meta = self.file.metadata
+        return {
+            "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        }
+
+    def fail(self, message: str) -> GGUFError:
+        return GGUFError(f"{self.file.path}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFArchitecture:
+    """`general.architecture` `name` and the Hugging Face `model_types` it holds (the first is
+    the one read back)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    config: Callable[[Metadata], dict[str, Any]]  # GGUF metadata → config.json
+    metadata: Callable[[dict[str, Any]], dict[str, Any]]  # config.json → `{arch}.*` keys
+    tensors: Callable[[ModelConfig], list[TensorRule]]
+    # Tensors that are configuration (Phi-3's LongRoPE factors), and how to write them.
+    config_tensors: tuple[str, ...] = ()
+    extra_tensors: Callable[[dict[str, Any]], dict[str, np.ndarray]] = lambda hf: {}
+
+    def tensor_names(self, hf_config: dict[str, Any]) -> Iterator[tuple[str, str, TensorRule]]:
+        """Every (GGUF name, Hugging Face name, rule) the model may have, weights and biases."""
+        config = get_architecture(hf_config).CONFIG.from_hf(hf_config)
+        for rule in self.tensors(config):
+            for suffix in ("weight", "bias"):
+                yield f"{rule.gguf}.{suffix}", f"{rule.hf}.{suffix}", rule
+
+
+# --- config.json fields shared by the Llama-like architectures --------------------------------
+
+
+def _base_config(m: Metadata, model_type: str) -> dict[str, Any]:
+    heads = int(m.need("attention.head_count"))
+    return {
+        "model_type": model_type,
+        "vocab_size": m.rows("token_embd.weight"),
+        "hidden_size": int(m.need("embedding_length")),
+        "intermediate_size": int(m.need("feed_forward_length")),
+        "num_hidden_layers": int(m.need("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(m.get("attention.head_count_kv", heads)),
+        "max_position_embeddings": int(m.get("context_length", 2048)),
+        "rope_theta": float(m.get("rope.freq_base", 10000.0)),
+        "tie_word_embeddings": not m.has("output.weight"),
+        **m.token_ids(),
+    }
+
+
+def _head_dim(m: Metadata, config: dict[str, Any]) -> int:
+    return int(
+        m.get("attention.key_length", config["hidden_size"] // config["num_attention_heads"])
+    )
+
+
+def _rotary_dims(m: Metadata, head_dim: int) -> int:
+    return int(m.get("rope.dimension_count", head_dim))
+
+
+def _base_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    """What the converter's `TextModel.set_gguf_parameters` writes from the common fields
+    (the norm epsilon aside)."""
+    theta, _ = rope_parameters(hf)
+    heads = hf["num_attention_heads"]
+    out = {
+        "block_count": hf["num_hidden_layers"],
+        "context_length": hf["max_position_embeddings"],
+        "embedding_length": hf["hidden_size"],
+        "feed_forward_length": hf["intermediate_size"],
+        "attention.head_count": heads,
+        "attention.head_count_kv": hf.get("num_key_value_heads") or heads,
+        "rope.freq_base": theta,
+    }
+    if hf.get("head_dim"):
+        out["attention.key_length"] = out["attention.value_length"] = hf["head_dim"]
+    return out
+
+
+def _rms_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    return {**_base_metadata(hf), "attention.layer_norm_rms_epsilon": hf["rms_norm_eps"]}
+
+
+def _refuse_lost(model_type: str, what: str, value: Any, kept: Any) -> None:
+    """The converter does not write `what`; llama.cpp then assumes `kept`."""
+    if value != kept:
+        raise ValueError(
+            f"{model_type}: llama.cpp's GGUF has no field for {what} ({value}; llama.cpp would "
+            f"use {kept}), so this model cannot be exported to GGUF faithfully"
+        )
+
+
+def _llama_like_tensors(
+    q_fix: tuple[Transform, Transform] = (keep, keep),
+    k_fix: tuple[Transform, Transform] = (keep, keep),
+) -> list[TensorRule]:
+    """Hugging Face's Llama layout; `q_fix` / `k_fix` are the (to_hf, to_gguf) of Q and K."""
+    return [
+        TensorRule("blk.{i}.attn_norm", "model.layers.{i}.input_layernorm"),
+        TensorRule("blk.{i}.attn_q", "model.layers.{i}.self_attn.q_proj", *q_fix),
+        TensorRule("blk.{i}.attn_k", "model.layers.{i}.self_attn.k_proj", *k_fix),
+        TensorRule("blk.{i}.attn_v", "model.layers.{i}.self_attn.v_proj"),
+        TensorRule("blk.{i}.attn_output", "model.layers.{i}.self_attn.o_proj"),
+        TensorRule("blk.{i}.ffn_norm", "model.layers.{i}.post_attention_layernorm"),
+        TensorRule("blk.{i}.ffn_gate", "model.layers.{i}.mlp.gate_proj"),
+        TensorRule("blk.{i}.ffn_up", "model.layers.{i}.mlp.up_proj"),
+        TensorRule("blk.{i}.ffn_down", "model.layers.{i}.mlp.down_proj"),
+    ]
+
+
+def _outer(embed: str, norm: str, head: str | None = "lm_head") -> list[TensorRule]:
+    rules = [TensorRule("token_embd", embed), TensorRule("output_norm", norm)]
+    return rules + ([TensorRule("output", head)] if head else [])
+
+
+def _layout(c: ModelConfig, outer: list[TensorRule], layer: list[TensorRule]) -> list[TensorRule]:
+    """The whole model: `outer` once, `layer` for every layer."""
+    return [*outer, *per_layer(layer, c.num_hidden_layers)]
+
+
+def _rope_scaling(m: Metadata) -> dict[str, Any]:
+    """`rope_scaling` as the converter's `TextModel` writes it (models refuse kinds they lack)."""
+    kind = m.get("rope.scaling.type", "none")
+    if kind == "none":
+        return {}
+    return {"rope_scaling": {"rope_type": kind, "factor": float(m.need("rope.scaling.factor"))}}
+
+
+def _rope_scaling_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    _, scaling = rope_parameters(hf)
+    if scaling is None:
+        return {}
+    if scaling["rope_type"] != "linear":  # llama3's factors would go in a `rope_freqs` tensor
+        raise ValueError(f"GGUF export of {scaling['rope_type']!r} RoPE scaling is not supported")
+    return {"rope.scaling.type": "linear", "rope.scaling.factor": float(scaling["factor"])}
+
+
+# --- llama (and Mistral, which the converter writes as llama) ----------------------------------
+
+
+def _llama_config(m: Metadata) -> dict[str, Any]:
+    if m.has("rope_freqs.weight"):
+        raise m.fail("rope_freqs (Llama 3.1 RoPE scaling stored as factors) is not supported yet")
+    config = _base_config(m, "llama")
+    config["head_dim"] = _head_dim(m, config)
+    if _rotary_dims(m, config["head_dim"]) != config["head_dim"]:
+        raise m.fail("llama: RoPE over part of each head is not supported")
+    config["rms_norm_eps"] = float(m.get("attention.layer_norm_rms_epsilon", 1e-5))
+    config["attention_bias"] = m.has("blk.0.attn_q.bias")
+    config["mlp_bias"] = m.has("blk.0.ffn_up.bias")
+    return {**config, **_rope_scaling(m)}
+
+
+def _llama_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    return {
+        **_rms_metadata(hf),
+        **_rope_scaling_metadata(hf),
+        "vocab_size": hf["vocab_size"],
+        "rope.dimension_count": head_dim,
+    }
+
+
+def _llama_tensors(c: ModelConfig) -> list[TensorRule]:
+    q = (deinterleave_rotary(c.num_attention_heads), interleave_rotary(c.num_attention_heads))
+    k = (deinterleave_rotary(c.num_key_value_heads), interleave_rotary(c.num_key_value_heads))
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), _llama_like_tensors(q, k))
+
+
+# --- qwen2, qwen3 ------------------------------------------------------------------------------
+
+
+def _qwen_config(model_type: str) -> Callable[[Metadata], dict[str, Any]]:
+    def config(m: Metadata) -> dict[str, Any]:
+        out = _base_config(m, model_type)
+        out["head_dim"] = _head_dim(m, out)
+        out["rms_norm_eps"] = float(m.get("attention.layer_norm_rms_epsilon", 1e-6))
+        if model_type == "qwen3":  # Qwen2's q/k/v biases are always there
+            out["attention_bias"] = m.has("blk.0.attn_q.bias")
+        return {**out, **_rope_scaling(m)}
+
+    return config
+
+
+def _qwen_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    return {**_rms_metadata(hf), **_rope_scaling_metadata(hf)}
+
+
+def _unpermuted_llama_tensors(c: ModelConfig) -> list[TensorRule]:
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), _llama_like_tensors())
+
+
+def _qwen3_tensors(c: ModelConfig) -> list[TensorRule]:
+    layer = [
+        *_llama_like_tensors(),
+        TensorRule("blk.{i}.attn_q_norm", "model.layers.{i}.self_attn.q_norm"),
+        TensorRule("blk.{i}.attn_k_norm", "model.layers.{i}.self_attn.k_norm"),
+    ]
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
+
+
+# --- gemma2 ------------------------------------------------------------------------------------
+
+# llama.cpp's Gemma 2 scales queries by 1/sqrt(head_dim), except for the 27B model (46 layers),
+# which uses 1/sqrt(hidden / heads); the file has no field for `query_pre_attn_scalar`.
+_GEMMA2_27B_LAYERS = 46
+
+
+def _gemma2_query_scalar(hf: dict[str, Any]) -> int:
+    if hf["num_hidden_layers"] == _GEMMA2_27B_LAYERS:
+        return hf["hidden_size"] // hf["num_attention_heads"]
+    return hf["head_dim"]
+
+
+def _gemma2_config(m: Metadata) -> dict[str, Any]:
+    out = _base_config(m, "gemma2")
+    out["head_dim"] = _head_dim(m, out)
+    out["rms_norm_eps"] = float(m.need("attention.layer_norm_rms_epsilon"))
+    out["hidden_activation"] = "gelu_pytorch_tanh"
+    out["query_pre_attn_scalar"] = _gemma2_query_scalar(out)
+    # llama.cpp's defaults when the keys are absent.
+    out["attn_logit_softcapping"] = float(m.get("attn_logit_softcapping", 50.0))
+    out["final_logit_softcapping"] = float(m.get("final_logit_softcapping", 30.0))
+    out["sliding_window"] = int(m.get("attention.sliding_window", 4096))
+    return out
+
+
+def _gemma2_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    theta, _ = rope_parameters(hf)
+    _refuse_lost("gemma2", "rope_theta", theta, 10000.0)
+    _refuse_lost(
+        "gemma2", "query_pre_attn_scalar", hf["query_pre_attn_scalar"], _gemma2_query_scalar(hf)
+    )
+    out = _rms_metadata(hf)
+    del out["rope.freq_base"]
+    out["attn_logit_softcapping"] = float(hf["attn_logit_softcapping"])
+    out["final_logit_softcapping"] = float(hf["final_logit_softcapping"])
+    out["attention.sliding_window"] = hf["sliding_window"]
+    return out
+
+
+def _gemma2_tensors(c: ModelConfig) -> list[TensorRule]:
+    """Gemma's RMSNorm scales by `1 + w`; the converter stores `1 + w`. The LM head is the
+    embedding (the converter drops any `lm_head`)."""
+    norm = (plus(-1.0), plus(1.0))
+    layer = [
+        *(r for r in _llama_like_tensors() if not r.gguf.endswith("_norm")),
+        TensorRule("blk.{i}.attn_norm", "model.layers.{i}.input_layernorm", *norm),
+        TensorRule(
+            "blk.{i}.post_attention_norm", "model.layers.{i}.post_attention_layernorm", *norm
+        ),
+        TensorRule("blk.{i}.ffn_norm", "model.layers.{i}.pre_feedforward_layernorm", *norm),
+        TensorRule("blk.{i}.post_ffw_norm", "model.layers.{i}.post_feedforward_layernorm", *norm),
+    ]
+    outer = [
+        TensorRule("token_embd", "model.embed_tokens"),
+        TensorRule("output_norm", "model.norm", *norm),
+    ]
+    return _layout(c, outer, layer)
+
+
+# --- phi3 --------------------------------------------------------------------------------------
+
+_PHI3_FACTORS = ("rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def _phi3_config(m: Metadata) -> dict[str, Any]:
+    out = _base_config(m, "phi3")
+    head_dim = out["hidden_size"] // out["num_attention_heads"]
+    out["partial_rotary_factor"] = _rotary_dims(m, head_dim) / head_dim
+    out["rms_norm_eps"] = float(m.need("attention.layer_norm_rms_epsilon"))
+    out["sliding_window"] = int(m.get("attention.sliding_window", 0)) or None
+    original = int(m.get("rope.scaling.original_context_length", out["max_position_embeddings"]))
+    out["original_max_position_embeddings"] = original
+    if m.has(_PHI3_FACTORS[0]):
+        long, short = (m.file.get(name).tolist() for name in _PHI3_FACTORS)
+        out["rope_scaling"] = {
+            "rope_type": "longrope",
+            "long_factor": long,
+            "short_factor": short,
+            "original_max_position_embeddings": original,
+        }
+        if m.get("rope.scaling.attn_factor") is not None:
+            out["rope_scaling"]["attention_factor"] = float(m.get("rope.scaling.attn_factor"))
+    return out
+
+
+def _phi3_scaling(hf: dict[str, Any]) -> dict[str, Any] | None:
+    _, scaling = rope_parameters(hf)
+    if scaling is not None and scaling["rope_type"] not in ("longrope", "su"):
+        raise ValueError(f"GGUF export of phi3 {scaling['rope_type']!r} RoPE is not supported")
+    return scaling
+
+
+def _phi3_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    original = hf.get("original_max_position_embeddings") or hf["max_position_embeddings"]
+    out = _rms_metadata(hf)
+    out["rope.scaling.original_context_length"] = original
+    out["rope.dimension_count"] = int(partial_rotary_factor(hf) * hidden) // heads
+    out["attention.sliding_window"] = hf.get("sliding_window") or 0  # 0: none (Phi-4)
+    scale = hf["max_position_embeddings"] / original
+    if _phi3_scaling(hf) is not None:
+        # The converter writes LongRoPE's attention factor, computed as transformers does.
+        out["rope.scaling.attn_factor"] = (
+            math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0
+        )
+    return out
+
+
+def _phi3_factor_tensors(hf: dict[str, Any]) -> dict[str, np.ndarray]:
+    scaling = _phi3_scaling(hf)
+    if scaling is None:
+        return {}
+    return {
+        _PHI3_FACTORS[0]: np.asarray(scaling["long_factor"], np.float32),
+        _PHI3_FACTORS[1]: np.asarray(scaling["short_factor"], np.float32),
+    }
+
+
+def _phi3_tensors(c: ModelConfig) -> list[TensorRule]:
+    layer = [
+        TensorRule("blk.{i}.attn_norm", "model.layers.{i}.input_layernorm"),
+        TensorRule("blk.{i}.attn_qkv", "model.layers.{i}.self_attn.qkv_proj"),
+        TensorRule("blk.{i}.attn_output", "model.layers.{i}.self_attn.o_proj"),
+        TensorRule("blk.{i}.ffn_norm", "model.layers.{i}.post_attention_layernorm"),
+        TensorRule("blk.{i}.ffn_up", "model.layers.{i}.mlp.gate_up_proj"),  # gate, then up
+        TensorRule("blk.{i}.ffn_down", "model.layers.{i}.mlp.down_proj"),
+    ]
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
+
+
+# --- stablelm ----------------------------------------------------------------------------------
+
+
+def _stablelm_config(m: Metadata) -> dict[str, Any]:
+    out = _base_config(m, "stablelm")
+    head_dim = out["hidden_size"] // out["num_attention_heads"]
+    out["partial_rotary_factor"] = _rotary_dims(m, head_dim) / head_dim
+    out["layer_norm_eps"] = float(m.need("attention.layer_norm_epsilon"))
+    # As llama.cpp builds the graph: the MLP's own norm exists only without parallel residual.
+    out["use_parallel_residual"] = not m.has("blk.0.ffn_norm.weight")
+    out["use_qkv_bias"] = m.has("blk.0.attn_q.bias")
+    out["qk_layernorm"] = m.has("blk.0.attn_q_norm.weight")
+    return out
+
+
+def _stablelm_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    theta, _ = rope_parameters(hf)
+    _refuse_lost("stablelm", "rope_theta", theta, 10000.0)
+    out = _base_metadata(hf)
+    del out["rope.freq_base"]
+    out["attention.layer_norm_epsilon"] = hf["layer_norm_eps"]
+    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    out["rope.dimension_count"] = int(partial_rotary_factor(hf, 0.25) * head_dim)
+    out["use_parallel_residual"] = bool(hf.get("use_parallel_residual", True))
+    return out
+
+
+# --- gpt2 --------------------------------------------------------------------------------------
+
+
+def _gpt2_config(m: Metadata) -> dict[str, Any]:
+    return {
+        "model_type": "gpt2",
+        "vocab_size": m.rows("token_embd.weight"),
+        "n_embd": int(m.need("embedding_length")),
+        "n_layer": int(m.need("block_count")),
+        "n_head": int(m.need("attention.head_count")),
+        "n_positions": m.rows("position_embd.weight"),
+        "n_inner": int(m.need("feed_forward_length")),
+        "layer_norm_epsilon": float(m.need("attention.layer_norm_epsilon")),
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": not m.has("output.weight"),
+        **m.token_ids(),
+    }
+
+
+def _gpt2_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "block_count": hf["n_layer"],
+        "context_length": hf.get("n_ctx") or hf["n_positions"],
+        "embedding_length": hf["n_embd"],
+        "feed_forward_length": hf.get("n_inner") or 4 * hf["n_embd"],
+        "attention.head_count": hf["n_head"],
+        "attention.layer_norm_epsilon": hf["layer_norm_epsilon"],
+    }
+
+
+def _gpt2_tensors(c: ModelConfig) -> list[TensorRule]:
+    conv1d = (transpose, transpose)
+    layer = [
+        TensorRule("blk.{i}.attn_norm", "transformer.h.{i}.ln_1"),
+        TensorRule("blk.{i}.attn_qkv", "transformer.h.{i}.attn.c_attn", *conv1d),
+        TensorRule("blk.{i}.attn_output", "transformer.h.{i}.attn.c_proj", *conv1d),
+        TensorRule("blk.{i}.ffn_norm", "transformer.h.{i}.ln_2"),
+        TensorRule("blk.{i}.ffn_up", "transformer.h.{i}.mlp.c_fc", *conv1d),
+        TensorRule("blk.{i}.ffn_down", "transformer.h.{i}.mlp.c_proj", *conv1d),
+    ]
+    outer = [
+        *_outer("transformer.wte", "transformer.ln_f"),
+        TensorRule("position_embd", "transformer.wpe"),
+    ]
+    return _layout(c, outer, layer)
+
+
+# --- falcon ------------------------------------------------------------------------------------
+
+
+def _falcon_config(m: Metadata) -> dict[str, Any]:
+    heads = int(m.need("attention.head_count"))
+    kv_heads = int(m.get("attention.head_count_kv", 1))
+    two_norms = m.has("blk.0.attn_norm_2.weight")
+    # llama.cpp's Falcon always runs attention and MLP in parallel; Falcon-40B's layout (KV
+    # groups, a norm for each branch) is Hugging Face's `new_decoder_architecture`.
+    new_arch = two_norms or kv_heads > 1
+    return {
+        "model_type": "falcon",
+        "vocab_size": m.rows("token_embd.weight"),
+        "hidden_size": int(m.need("embedding_length")),
+        "ffn_hidden_size": int(m.need("feed_forward_length")),
+        "num_hidden_layers": int(m.need("block_count")),
+        "num_attention_heads": heads,
+        "num_kv_heads": kv_heads,
+        "multi_query": kv_heads == 1,
+        "new_decoder_architecture": new_arch,
+        "num_ln_in_parallel_attn": 2 if two_norms else 1,
+        "parallel_attn": True,
+        "bias": m.has("blk.0.attn_qkv.bias"),
+        "alibi": False,
+        "layer_norm_epsilon": float(m.need("attention.layer_norm_epsilon")),
+        "rope_theta": float(m.get("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(m.get("context_length", 2048)),
+        "tie_word_embeddings": not m.has("output.weight"),
+        **m.token_ids(),
+    }
+
+
+def _falcon_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    c = FalconConfig.from_hf(hf)
+    if c.alibi or c.bias or not (c.new_decoder_architecture or (c.multi_query and c.parallel_attn)):
+        raise ValueError(
+            "falcon: llama.cpp's Falcon has no ALiBi, no biases and no per-head QKV layout "
+            "(Falcon-RW): this model cannot be exported to GGUF"
+        )
+    _refuse_lost("falcon", "rope_theta", c.rope_theta, 10000.0)
+    return {
+        # The converter writes 2048, which Falcon's config.json leaves as the default.
+        "context_length": hf.get("max_position_embeddings", 2048),
+        "tensor_data_layout": "jploski",  # the QKV layout below
+        "embedding_length": c.hidden_size,
+        "feed_forward_length": c.intermediate_size,
+        "block_count": c.num_hidden_layers,
+        "attention.head_count": c.num_attention_heads,
+        "attention.head_count_kv": c.num_key_value_heads,
+        "attention.layer_norm_epsilon": c.norm_eps,
+    }
+
+
+def _falcon_tensors(c: ModelConfig) -> list[TensorRule]:
+    to_hf = falcon_grouped(c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+    to_gguf = grouped_to_fused(c)
+    if c.new_decoder_architecture and c.two_norms:
+        # llama.cpp feeds the MLP from `attn_norm` and attention from `attn_norm_2`.
+        norms = [
+            TensorRule("blk.{i}.attn_norm", "transformer.h.{i}.ln_mlp"),
+            TensorRule("blk.{i}.attn_norm_2", "transformer.h.{i}.ln_attn"),
+        ]
+    else:
+        norms = [TensorRule("blk.{i}.attn_norm", "transformer.h.{i}.input_layernorm")]
+    layer = [
+        *norms,
+        TensorRule(
+            "blk.{i}.attn_qkv",
+            "transformer.h.{i}.self_attention.query_key_value",
+            to_hf,
+            lambda w: to_gguf([w]),
+        ),
+        TensorRule("blk.{i}.attn_output", "transformer.h.{i}.self_attention.dense"),
+        TensorRule("blk.{i}.ffn_up", "transformer.h.{i}.mlp.dense_h_to_4h"),
+        TensorRule("blk.{i}.ffn_down", "transformer.h.{i}.mlp.dense_4h_to_h"),
+    ]
+    return _layout(c, _outer("transformer.word_embeddings", "transformer.ln_f"), layer)
+
+
+ARCHITECTURES: dict[str, GGUFArchitecture] = {
+    a.name: a
+    for a in (
+        GGUFArchitecture(
+            "llama", ("llama", "mistral"), _llama_config, _llama_metadata, _llama_tensors
+        ),
+        GGUFArchitecture(
+            "qwen2", ("qwen2",), _qwen_config("qwen2"), _qwen_metadata, _unpermuted_llama_tensors
+        ),
+        GGUFArchitecture(
+            "qwen3", ("qwen3",), _qwen_config("qwen3"), _qwen_metadata, _qwen3_tensors
+        ),
+        GGUFArchitecture("gemma2", ("gemma2",), _gemma2_config, _gemma2_metadata, _gemma2_tensors),
+        GGUFArchitecture(
+            "phi3",
+            ("phi3",),
+            _phi3_config,
+            _phi3_metadata,
+            _phi3_tensors,
+            config_tensors=_PHI3_FACTORS,
+            extra_tensors=_phi3_factor_tensors,
+        ),
+        GGUFArchitecture(
+            "stablelm",
+            ("stablelm",),
+            _stablelm_config,
+            _stablelm_metadata,
+            _unpermuted_llama_tensors,
+        ),
+        GGUFArchitecture("gpt2", ("gpt2",), _gpt2_config, _gpt2_metadata, _gpt2_tensors),
+        GGUFArchitecture("falcon", ("falcon",), _falcon_config, _falcon_metadata, _falcon_tensors),
+    )
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+
+
+def for_gguf(file: GGUFFile) -> GGUFArchitecture:
+    arch = file.metadata.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise GGUFError(
+            f"{file.path}: GGUF architecture {arch!r} is not supported yet "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    return ARCHITECTURES[arch]
+
+
+def for_model_type(model_type: str, path: Path) -> GGUFArchitecture:
+    for arch in ARCHITECTURES.values():
+        if model_type in arch.model_types:
+            return arch
+    supported = sorted(t for a in ARCHITECTURES.values() for t in a.model_types)
+    raise ValueError(
+        f"{path}: GGUF export of model_type {model_type!r} is not supported "
+        f"(supported: {', '.join(supported)})"
+    )
