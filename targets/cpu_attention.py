@@ -45,15 +45,16 @@ def _ours(name: str, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
                 f"cannot compute the model's {variant}"
             )
         return None  # the cache's own (scalar) kernel
-    per_sequence_window = name.endswith("_sliding_window")
-    if per_sequence_window:
-        variant = PLAIN  # TVM's own mode: the cache evicts pages
+    if name.endswith("_sliding_window"):
+        # TVM's per-sequence sliding mode (it evicts pages, see the README), which our runtime
+        # never turns on: the cache keeps its own kernel (ours would only cost compile time).
+        return None
     if name == RAGGED_PREFILL_KERNEL:
         (_, kv_heads, _), _ = _shape(func, "k")
         return prefill_ragged_attention(kv_heads, heads, head_dim, dtype, variant)
     (_, _, kv_heads, page_size, _), _ = _shape(func, "pages")
     build = decode_attention if name in DECODE_KERNELS else prefill_paged_attention
-    return build(kv_heads, heads, head_dim, dtype, per_sequence_window, page_size, variant)
+    return build(kv_heads, heads, head_dim, dtype, page_size, variant)
 
 
 @tvm.transform.module_pass(opt_level=0, name="UseCPUAttention")

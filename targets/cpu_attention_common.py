@@ -84,7 +84,8 @@ class AttentionVariant:
         if not self.window:
             return 0
         start = T.max(position - (self.window - 1), 0)
-        return T.if_then_else(sm_scale < T.float32(0), start, 0)
+        # A product, not a select: LLVM would unswitch every loop below on the select.
+        return start * T.Cast("int32", sm_scale < T.float32(0))
 
 
 class NoBias:
@@ -146,18 +147,16 @@ PLAIN = AttentionVariant()
 
 class PagedRows:
     """Key/value rows of one sequence and KV head in the cache's pages
-    `[page, K|V, head, row in page, dim]`; `seq_offset` maps a row to its slot (TVM's own
-    sliding mode moves them)."""
+    `[page, K|V, head, row in page, dim]`."""
 
-    def __init__(self, pages, page_values, begin, head, page_size: int, seq_offset):
+    def __init__(self, pages, page_values, begin, head, page_size: int):
         self.pages, self.page_values, self.begin = pages, page_values, begin
-        self.head, self.page_size, self.seq_offset = head, page_size, seq_offset
+        self.head, self.page_size = head, page_size
 
     def element(self, kind: int, row, d):
         """Element d of the key (`kind` 0) or value (1) in `row`; `d` may be lanes."""
-        offset = self.seq_offset(row)
-        page = self.page_values[self.begin + offset // self.page_size]
-        return self.pages[page, kind, self.head, offset % self.page_size, d]
+        page = self.page_values[self.begin + row // self.page_size]
+        return self.pages[page, kind, self.head, row % self.page_size, d]
 
     def load(self, kind: int, row, c):
         """Lanes c·LANES .. of the key (`kind` 0) or value (1) in `row`."""
@@ -341,24 +340,21 @@ def attend(q, o, s, m, denom, top, lo, hi, rows, variant, bias, group, head_dim)
     """Fold the keys in rows `lo .. hi` of `rows` into the online softmax of `group` query
     heads: whole blocks of BLOCK keys vectorised (`attend_block`), a last partial block one
     score at a time."""
-    for c in T.serial(T.max(hi - lo, 0) // BLOCK):
-        if lo + (c + PREFETCH_AHEAD + 1) * BLOCK <= hi:
+    # Bound once: the callers' bounds are expressions that every row index would repeat.
+    start: T.let[T.int32] = lo
+    end: T.let[T.int32] = hi
+    for c in T.serial(T.max(end - start, 0) // BLOCK):
+        first: T.let[T.int32] = start + c * BLOCK
+        ahead: T.let[T.int32] = first + PREFETCH_AHEAD * BLOCK
+        if ahead + BLOCK <= end:
             for r in T.serial(BLOCK):
                 for line in T.unroll(head_dim // rows.line_elements()):
-                    T.evaluate(
-                        rows.prefetch(
-                            0, lo + (c + PREFETCH_AHEAD) * BLOCK + r, line * rows.line_elements()
-                        )
-                    )
-                    T.evaluate(
-                        rows.prefetch(
-                            1, lo + (c + PREFETCH_AHEAD) * BLOCK + r, line * rows.line_elements()
-                        )
-                    )
+                    T.evaluate(rows.prefetch(0, ahead + r, line * rows.line_elements()))
+                    T.evaluate(rows.prefetch(1, ahead + r, line * rows.line_elements()))
         for g in T.serial(group):
-            attend_block(q, o, s, m, denom, top, lo + c * BLOCK, rows, variant, bias, g, head_dim)
-    tail: T.let[T.int32] = lo + T.max(hi - lo, 0) // BLOCK * BLOCK
-    n: T.let[T.int32] = hi - tail
+            attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim)
+    tail: T.let[T.int32] = start + T.max(end - start, 0) // BLOCK * BLOCK
+    n: T.let[T.int32] = end - tail
     if n > 0:
         for r in T.serial(n):
             for g in T.serial(group):

@@ -12,7 +12,6 @@ from tvm import tirx
 from tvm.relax.frontend.nn.llm._kernel_common import (
     _declare_length_info,
     _get_kv_chunk_len,
-    _get_seq_offset,
 )
 from tvm.script import tirx as T
 
@@ -24,21 +23,13 @@ def decode_attention(
     num_qo_heads: int,
     head_dim: int,
     dtype: str,
-    per_sequence_window: bool,
     page_size: int,
     variant: AttentionVariant = PLAIN,
 ) -> tirx.PrimFunc:
-    """`per_sequence_window`: the layout of TVM's own sliding mode (length info `[3, B]`, pages
-    evicted by the cache), for its `..._sliding_window` kernel; `variant` then must be plain."""
     H_kv, D, P = num_kv_heads, head_dim, page_size
     G = num_qo_heads // num_kv_heads
     if D % LANES:
         raise ValueError(f"head_dim {D} is not a multiple of {LANES}")
-    if per_sequence_window and variant != PLAIN:
-        raise ValueError("TVM's per-sequence sliding window cannot be combined with a variant")
-
-    def seq_offset(b, length_info):
-        return lambda row: _get_seq_offset(row, b, length_info, per_sequence_window)
 
     @T.prim_func(s_tir=True)
     def decode(
@@ -81,7 +72,7 @@ def decode_attention(
         )
         output = T.match_buffer(output_handle, (B, num_qo_heads, D), dtype)
         lse = T.match_buffer(lse_handle, (B, num_qo_heads), "float32")
-        length_info = _declare_length_info(var_length_info, B, per_sequence_window, length_offset)
+        length_info = _declare_length_info(var_length_info, B, False, length_offset)
 
         assert rotary_mode == 0, "inline rotary (RopeMode.INLINE) is not supported on CPU"
         for bh in T.parallel(B * H_kv):
@@ -101,7 +92,7 @@ def decode_attention(
                 end: T.let[T.int32] = page_table_indptr[b + 1]
                 kv_len[0] = T.if_then_else(
                     begin != end,
-                    _get_kv_chunk_len(end - begin, P, b, length_info, per_sequence_window),
+                    _get_kv_chunk_len(end - begin, P, b, length_info, False),
                     0,
                 )
                 # Rows count from the block's first position, `k_rope_pos_offset[b]`.
@@ -125,7 +116,7 @@ def decode_attention(
                     top,
                     lo,
                     kv_len[0],
-                    PagedRows(pages, page_table_values, begin, h, P, seq_offset(b, length_info)),
+                    PagedRows(pages, page_table_values, begin, h, P),
                     variant,
                     variant.bias(h * G, k_rope_pos_offset[b], sm_scale),
                     G,

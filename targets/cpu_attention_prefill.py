@@ -13,7 +13,6 @@ from tvm import tirx
 from tvm.relax.frontend.nn.llm._kernel_common import (
     _declare_length_info,
     _get_kv_chunk_len,
-    _get_seq_offset,
 )
 from tvm.script import tirx as T
 
@@ -144,22 +143,16 @@ def prefill_paged_attention(
     num_qo_heads: int,
     head_dim: int,
     dtype: str,
-    per_sequence_window: bool,
     page_size: int,
     variant: AttentionVariant = PLAIN,
 ) -> tirx.PrimFunc:
     """Attention of a prefill chunk to a sequence's cached keys (`causal`: the chunk's queries
     are the last of those keys). A query's position is `q_rope_position`; a key row's,
-    `k_rope_pos_offset` plus its row. `per_sequence_window`: as in `decode_attention`."""
+    `k_rope_pos_offset` plus its row."""
     H_kv, D, P = num_kv_heads, head_dim, page_size
     G = num_qo_heads // num_kv_heads
     if D % LANES:
         raise ValueError(f"head_dim {D} is not a multiple of {LANES}")
-    if per_sequence_window and variant != PLAIN:
-        raise ValueError("TVM's per-sequence sliding window cannot be combined with a variant")
-
-    def seq_offset(b, length_info):
-        return lambda row: _get_seq_offset(row, b, length_info, per_sequence_window)
 
     @T.prim_func(s_tir=True)
     def prefill_paged(
@@ -209,9 +202,7 @@ def prefill_paged_attention(
         )
         output = T.match_buffer(var_output, (total_len, num_qo_heads, D), dtype)
         lse = T.match_buffer(var_lse, (total_len, num_qo_heads), "float32")
-        length_info = _declare_length_info(
-            var_length_info, batch_size, per_sequence_window, length_offset
-        )
+        length_info = _declare_length_info(var_length_info, batch_size, False, length_offset)
 
         assert rotary_mode == 0, "inline rotary (RopeMode.INLINE) is not supported on CPU"
         for bh in T.parallel(batch_size * H_kv):
@@ -233,7 +224,7 @@ def prefill_paged_attention(
                 n_q: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 kv_len[0] = T.if_then_else(
                     begin != end,
-                    _get_kv_chunk_len(end - begin, P, b, length_info, per_sequence_window),
+                    _get_kv_chunk_len(end - begin, P, b, length_info, False),
                     0,
                 )
                 for i in T.serial(n_q):
@@ -257,7 +248,7 @@ def prefill_paged_attention(
                         top,
                         variant.first_key(q_rope_position[q0 + i] - k_rope_pos_offset[b], sm_scale),
                         hi,
-                        PagedRows(pages, page_values, begin, h, P, seq_offset(b, length_info)),
+                        PagedRows(pages, page_values, begin, h, P),
                         variant,
                         variant.bias(h * G, k_rope_pos_offset[b], sm_scale),
                         G,

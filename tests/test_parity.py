@@ -115,6 +115,14 @@ VARIANTS: dict[str, dict] = {
         "bias": True,
     },
     "falcon-sequential-mha": {"model_type": "falcon", "multi_query": False, "parallel_attn": False},
+    # Gemma 2 2B/9B's head_dim 256 with soft-capping and a window: the CPU attention kernels'
+    # unrolled head loops at their largest (a build once took minutes there).
+    "gemma2-head-dim-256": {
+        **ARCHITECTURES["gemma2"],
+        "head_dim": 256,
+        "attn_logit_softcapping": 50.0,
+        "sliding_window": 8,
+    },
 }
 ALL_CONFIGS = {**ARCHITECTURES, **VARIANTS}
 # Builds other test files share keep their plain weights; ours get noisy biases and norms.
