@@ -38,9 +38,8 @@ def lowered_f32(tiny_llama):
     return kc.lower(scheduled, reference, preset.tvm_target())
 
 
-@pytest.mark.parametrize(
-    ("target", "quantization"), [("android", "q4f16_1"), ("opencl", "q4f32_1")]
-)
+@pytest.mark.parametrize("quantization", ["q4f16_1", "q4f32_1"])
+@pytest.mark.parametrize("target", ["android", "opencl"])
 def test_build(tiny_builds, target, quantization):
     _, out = tiny_builds.get("llama", quantization, build_options={"target": target})
     (lib,) = out.glob(f"*-{target}.*")

@@ -223,18 +223,6 @@ def test_stop_string_cuts_the_answer(client):
     assert cut.finish_reason == "stop"
 
 
-def test_client_disconnect_cancels_and_frees_pages(server):
-    body = {"prompt": "Once", "max_tokens": 250, "stream": True, "ignore_eos": True}
-    cancelled = server.metrics()["mlc_cancelled_requests_total"]
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as response:
-        lines = response.iter_lines()
-        assert next(lines).startswith("data: ")
-        assert server.metrics()["mlc_kv_cache_pages_used"] > 0
-    metrics = wait_until_idle(server)
-    assert metrics["mlc_kv_cache_pages_used"] == 0
-    assert metrics["mlc_cancelled_requests_total"] == cancelled + 1
-
-
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
 
@@ -350,6 +338,26 @@ SHORT = {"prompt": "Hi", "max_tokens": 4}
 def long_context(tiny_builds) -> Path:
     """A tiny model with a 4096-token window: a long answer keeps the batch busy for seconds."""
     return tiny_builds.get("gqa-4k", max_position_embeddings=4096, **GQA)[1]
+
+
+def test_client_disconnect_cancels_and_frees_pages(long_context):
+    """A client that leaves a 4000-token stream after its first event stops the generation
+    (far fewer tokens than asked) and its KV pages return to the cache."""
+    srv = Server(long_context)
+    try:
+        generated = srv.metrics()["mlc_generation_tokens_total"]
+        url = f"{srv.url}/v1/completions"
+        with httpx.stream("POST", url, json=long_request(4000), timeout=60) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert srv.metrics()["mlc_kv_cache_pages_used"] > 0
+        metrics = wait_until_idle(srv)
+        assert metrics["mlc_kv_cache_pages_used"] == 0
+        assert metrics["mlc_cancelled_requests_total"] == 1
+        assert metrics["mlc_generation_tokens_total"] - generated < 4000
+    finally:
+        code, output = srv.stop()
+    assert code == 0, output
 
 
 def test_api_key_full_queue_order_and_graceful_shutdown(long_context):
