@@ -6,6 +6,11 @@ epilogue (a residual add). The output features `j` are split into tiles spread o
 inside a tile all rows of `A` are visited while the tile's weight rows stay in cache. The `k`
 reduction is factored into `VECTOR_LANES` partial sums (rfactor) so that the innermost loop is a
 plain vector multiply-add, which dequantizes a whole packed word at once in quantized layers.
+
+`Elementwise` covers kernels made only of spatial blocks (the SwiGLU/GeGLU `split, act,
+multiply` that fusion leaves, residual adds): every block is inlined into the last, whose
+innermost axis is vectorised and the rest spread over the cores. Each element is computed by
+the same vector code at any sequence length, so prefill and decode stay bit-identical.
 """
 
 from __future__ import annotations
@@ -68,4 +73,25 @@ class MatmulNT(ScheduleRule):
         sch.parallel(n_outer)
         if epilogue is not None:
             sch.reverse_compute_at(epilogue.block_rv, n_outer)
+        return sch
+
+
+class Elementwise(ScheduleRule):
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = try_inline_contiguous_spatial(sch, normalize_prim_func(sch))
+        if infos is None or len(infos) != 1 or not infos[0].is_injective():
+            return None
+        block = infos[0].block_rv
+        loops = sch.get_loops(block)
+        if not loops:
+            return None
+        inner = infos[0].iters[-1].dom
+        if isinstance(inner, int | tirx.IntImm) and int(inner) % VECTOR_LANES == 0:
+            chunk, lane = sch.split(loops[-1], factors=[None, VECTOR_LANES])
+            sch.vectorize(lane)
+            loops = [*loops[:-1], chunk]
+        sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
         return sch

@@ -10,7 +10,7 @@ from tvm.target import Target, codegen
 
 from .base import TargetPreset
 from .cpu_attention import use_cpu_attention
-from .cpu_schedules import MatmulNT
+from .cpu_schedules import Elementwise, MatmulNT
 from .x86_kernels import has_avx2, use_x86_kernels
 
 
@@ -37,4 +37,4 @@ class LLVMTarget(TargetPreset):
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
         kernels = [use_x86_kernels(target)] if has_avx2(target) else []
-        return [*kernels, use_cpu_attention, ApplyDefaultSchedule(MatmulNT())]
+        return [*kernels, use_cpu_attention, ApplyDefaultSchedule(MatmulNT(), Elementwise())]

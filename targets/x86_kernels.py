@@ -1,12 +1,13 @@
 """Hand-written x86 (AVX2) kernels for the kernel kinds the quantization schemes name.
 
 `q4a8_matmul`: `y[rows, N] = Σ_g sw[n, g] · xs[g] · Σ q[n, k] · xq[k] + Σ_g sw[n, g] · xc[g]` with
-4-bit unsigned weights packed 8 per uint32 and int8 activations in the pair-interleaved layout
-of `mlc.quantization.int8_activations`. Per pair of groups: one 32-byte load of weights, the low
-and high nibbles masked out (they are the even and odd values), two `vpmaddubsw` against the
-contiguous activations, one `vpmaddwd` to int32. Four pairs (eight groups) are reduced with
-`vphaddd` into one vector of eight group sums, converted and scaled at once. Output rows are
-split into tiles over the cores; a tile's weights stay in cache while every row of `x` passes.
+4-bit unsigned weights packed 8 per uint32 and int8 activations, both in the layouts of
+`mlc.quantization.int8_activations`. A block of 8 groups is four 32-byte loads of weights (word
+j of each group), each split into low and high nibbles (the even and odd values) and multiplied
+with the contiguous activations by `vpdpbusd` (AVX512-VNNI; `vpmaddubsw` + `vpmaddwd` on AVX2),
+which leaves group g's integer sum in lane g: the eight sums are converted and scaled at once.
+Groups after the whole blocks go in pairs, reduced with scalar lane sums. Output rows are split
+into tiles over the cores; a tile's weights stay in cache while every row of `x` passes.
 """
 
 from __future__ import annotations
@@ -15,22 +16,24 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from mlc.quantization.int8_activations import GROUP, KERNEL_ATTR, Q4A8_MATMUL
+from mlc.quantization.int8_activations import (
+    BLOCK_GROUPS,
+    BLOCK_WORDS,
+    GROUP,
+    KERNEL_ATTR,
+    Q4A8_MATMUL,
+)
 
 TILE_N = 16
 # One activation row (token) per pass over a tile's weights. Unpacking each weight word once for
-# 4 rows was measured: no faster with VNNI (111 vs 113 ms for 128 rows of an 11264x2048 layer,
-# one thread), and its float sums round differently from the one-row (decode) path, which flips
-# int8 activation roundings downstream, so prefill and token-by-token logits drift apart (~1 on
-# SmolLM2) although every call is exact against its own inputs.
-BLOCK = 8  # groups reduced together with vphaddd
+# 4 rows was measured slower (121 vs 133 GMAC/s on a 2560x2048 layer, Zen 4, one thread; 8 or 32
+# rows per tile change nothing), and its float sums round differently from the one-row (decode)
+# path, which flips int8 activation roundings downstream, so prefill and token-by-token logits
+# drift apart (~1 on SmolLM2) although every call is exact against its own inputs.
 
 _MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _MADD_WD = "llvm.x86.avx2.pmadd.wd"
-_HADD_D = "llvm.x86.avx2.phadd.d"
 _DPBUSD = "llvm.x86.avx512.vpdpbusd.256"  # AVX512-VNNI with AVX512VL
-# vphaddd leaves a block's group sums in the order 0, 2, 4, 6, 1, 3, 5, 7.
-_NATURAL_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
 
 
 def _u8(value: int, lanes: int):
@@ -61,13 +64,29 @@ def _single_dot(qw, xq, n, i, group):
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
 
 
+def _word_dot(acc, w, x_even, x_odd, vnni: bool):
+    """`acc` + the int32x8 sums of 32 weight bytes' low nibbles times `x_even` and high nibbles
+    times `x_odd` (four products per lane each)."""
+    lo = T.bitwise_and(w, _u8(15, 32))
+    hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
+    if vnni:
+        acc = T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, lo, x_even)
+        return T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, hi, x_odd)
+    even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, x_even)
+    odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, x_odd)
+    return acc + T.call_llvm_pure_intrin(
+        "int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16)
+    )
+
+
 def _block_sums(qw, xq, n, i, block, vnni: bool = False):
-    """float32x8: the integer dot products of the eight groups of `block`, in group order."""
-    d = [_pair_dot(qw, xq, n, i, block * 4 + j, vnni) for j in range(4)]
-    low = T.call_llvm_pure_intrin("int32x8", _HADD_D, d[0], d[1])
-    high = T.call_llvm_pure_intrin("int32x8", _HADD_D, d[2], d[3])
-    sums = T.call_llvm_pure_intrin("int32x8", _HADD_D, low, high)
-    return T.Cast("float32x8", T.Shuffle([sums], _NATURAL_ORDER))
+    """float32x8: lane g holds the integer dot product of group g of `block`."""
+    acc = T.Broadcast(T.int32(0), 8)
+    for j in range(4):
+        w = T.reinterpret("uint8x32", qw[n, T.Ramp(block * BLOCK_WORDS + j * 8, 1, 8)])
+        base = block * BLOCK_GROUPS * GROUP + j * 64
+        acc = _word_dot(acc, w, xq[i, T.Ramp(base, 1, 32)], xq[i, T.Ramp(base + 32, 1, 32)], vnni)
+    return T.Cast("float32x8", acc)
 
 
 def _lanes_sum(buf, base, lanes):
@@ -82,18 +101,18 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
     256-bit registers) for the integer dot products where the CPU has it."""
     groups = k_padded // GROUP
     words = k_padded // 8
-    blocks = groups // BLOCK
-    tail_pairs = (groups - blocks * BLOCK) // 2
+    blocks = groups // BLOCK_GROUPS
+    tail_pairs = (groups - blocks * BLOCK_GROUPS) // 2
     single = groups % 2 == 1
     tiles = (n + TILE_N - 1) // TILE_N
 
     def scales(qs, xs, row, i, block):
-        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK, 1, BLOCK)])
-        return sw * xs[i, T.Ramp(block * BLOCK, 1, BLOCK)]
+        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)])
+        return sw * xs[i, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)]
 
     def zero_point(qs, xc, row, i, block):
-        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK, 1, BLOCK)])
-        return sw * xc[i, T.Ramp(block * BLOCK, 1, BLOCK)]
+        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)])
+        return sw * xc[i, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)]
 
     def tail_scalar(qs, xs, xc, row, i, group, dot):
         sw = T.Cast("float32", qs[row, group])
@@ -107,9 +126,11 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
             part[T.Ramp(0, 1, 8)] = _pair_dot(qw, xq, row, i, blocks * 4 + p, vnni)
             tail[0] = (
                 tail[0]
-                + tail_scalar(qs, xs, xc, row, i, blocks * BLOCK + 2 * p, _lanes_sum(part, 0, 4))
                 + tail_scalar(
-                    qs, xs, xc, row, i, blocks * BLOCK + 2 * p + 1, _lanes_sum(part, 4, 4)
+                    qs, xs, xc, row, i, blocks * BLOCK_GROUPS + 2 * p, _lanes_sum(part, 0, 4)
+                )
+                + tail_scalar(
+                    qs, xs, xc, row, i, blocks * BLOCK_GROUPS + 2 * p + 1, _lanes_sum(part, 4, 4)
                 )
             )
         if single:

@@ -23,6 +23,7 @@ from mlc.quantization.int8_activations import (
     activation_layout,
     q4a8_matmul,
     quantize_activations,
+    stored_word,
 )
 from mlc.runtime import CompiledModel
 from mlc.targets import get_target
@@ -60,6 +61,14 @@ def test_activation_layout_pairs_nibbles_with_their_values():
     for kp in (32, 64, 96, 256, 288):
         perm = activation_layout(kp)
         assert sorted(perm) == list(range(kp))
+    perm = activation_layout(288)  # a block of 8 groups, then a single group
+    # Block: per word j of the groups, the even values of word j of groups 0..7, then the odd.
+    assert list(perm[:8]) == [0, 2, 4, 6, 32, 34, 36, 38]
+    assert list(perm[32:36]) == [1, 3, 5, 7] and list(perm[64:68]) == [8, 10, 12, 14]
+    assert list(perm[256:260]) == [256, 258, 260, 262]  # the single group: even, then odd
+    # Its weight words: logical word j of group g is stored at 8 j + g; the tail in place.
+    words = stored_word(np.arange(36), 36)
+    assert list(words[:5]) == [0, 8, 16, 24, 1] and list(words[32:]) == [32, 33, 34, 35]
     perm = activation_layout(96)  # one pair, then a single group
     # A weight byte b of a pair holds values 2b (low nibble) and 2b+1 (high nibble); the byte
     # stream of the pair's 8 words is group 0's 16 bytes then group 1's.

@@ -75,16 +75,26 @@ class GroupQuantization(Quantization):
         q = np.clip(np.round(groups / divisor) + self.max_int, 0, 2 * self.max_int)
         return self.pack(q.reshape(n, kp).astype(np.uint32)), scale
 
+    def stored_word(self, word, words: int):
+        """Where logical word `word` (values `word * per_word ...`) of a `words`-word row is
+        stored: in place here; a scheme whose kernel wants another order overrides this.
+        Takes a numpy index array or a TIR expression."""
+        return word
+
     def pack(self, q: np.ndarray) -> np.ndarray:
         """uint values `[N, Kp]` → words `[N, Kp / per_word]`, least significant first."""
         n, kp = q.shape
         per_word = self.elems_per_word
         lanes = q.reshape(n, kp // per_word, per_word).astype(np.uint32)
         shifts = (np.arange(per_word, dtype=np.uint32) * self.bits)[None, None, :]
-        return np.bitwise_or.reduce(lanes << shifts, axis=-1).astype(np.uint32)
+        logical = np.bitwise_or.reduce(lanes << shifts, axis=-1).astype(np.uint32)
+        words = np.empty_like(logical)
+        words[:, self.stored_word(np.arange(logical.shape[1]), logical.shape[1])] = logical
+        return words
 
     def unpack(self, words: np.ndarray) -> np.ndarray:
         """Inverse of `pack`: words `[N, W]` → values `[N, W * per_word]`."""
+        words = words[:, self.stored_word(np.arange(words.shape[1]), words.shape[1])]
         per_word = self.elems_per_word
         shifts = (np.arange(per_word, dtype=np.uint32) * self.bits)[None, None, :]
         mask = np.uint32((1 << self.bits) - 1)
@@ -125,7 +135,7 @@ class GroupQuantization(Quantization):
 
     def dequantize_value(self, q_weight: te.Tensor, q_scale: te.Tensor, n, k) -> tirx.PrimExpr:
         """`w'[n, k]` in float32, read straight from the packed words."""
-        word = q_weight[n, k // self.elems_per_word]
+        word = q_weight[n, self.stored_word(k // self.elems_per_word, int(q_weight.shape[1]))]
         shift = ((k % self.elems_per_word) * self.bits).astype(STORAGE_DTYPE)
         q = (word >> shift) & tirx.const((1 << self.bits) - 1, STORAGE_DTYPE)
         scale = q_scale[n, k // self.group_size].astype("float32")

@@ -1,6 +1,7 @@
 """4-bit group-quantized weights multiplied by int8-quantized activations (`q4a8_1`).
 
-The weights are stored exactly as in `q4f16_1` (4-bit, group 32, float16 scales, NK). Before
+The weights are quantized as in `q4f16_1` (4-bit, group 32, float16 scales, NK; the words
+of each block of 8 groups stored transposed, below). Before
 each quantized Linear the activations are quantized too, per token and per group of 32 along K:
 `xs = max|x| / 127`, `xq = round(x · (127 / max|x|))` (float32, ties to even: a fixed rule,
 where a division would be turned into some reciprocal by fast-math and flip exact ties, which
@@ -9,12 +10,19 @@ sum, scaled once: `y = Σ_g sw[n, g] · xs[g] · Σ_k (q[n, k] - 7) · xq[k]`. T
 multiplies Q4_0 weights (with Q8 activations); on CPUs it turns the inner loop into integer
 multiply-adds (AVX2 `vpmaddubsw`), several times fewer instructions than dequantizing to float.
 
-Layout of `xq` ("pair-interleaved"): groups are taken in pairs, and a pair's 64 values are
-stored as [even values of the first group, even of the second, odd of the first, odd of the
-second] (16 each); a last unpaired group as [its 16 even values, its 16 odd values]. The low and
-high nibbles of a weight byte hold an even and the following odd value, so a kernel multiplies
-unpacked nibbles with contiguous activations. `xc[g] = -7 · xs[g] · Σ xq[g]` carries the
-zero point, so kernels multiply the unsigned nibbles directly.
+Layouts, chosen so that a kernel multiplies unpacked nibbles with contiguous activations and
+an integer dot product instruction sums each group into its own lane. Groups are taken in blocks
+of 8 (256 values). In a block, weight words are stored transposed: the block's 32 words, logically
+`[group g][word j]` (word j of a group holds its values 8j .. 8j+7), are stored as `[j][g]`; so
+32 bytes of weights hold word j of each of the 8 groups. The low and high nibbles of a weight
+byte are an even and the following odd value, and `xq` stores a block as, for each j, the even
+values then the odd values of word j of each group (`[j][even/odd][g][4]`): `vpdpbusd` of the
+low nibbles with the first 32 bytes, then of the high nibbles with the next 32, leaves group g's
+partial sums in lane g. The groups after the whole blocks stay in place and are "pair-interleaved"
+in `xq`: a pair's 64 values as [even values of the first group, even of the second, odd of the
+first, odd of the second] (16 each); a last unpaired group as [its 16 even, its 16 odd values].
+`xc[g] = -7 · xs[g] · Σ xq[g]` carries the zero point, so kernels multiply the unsigned nibbles
+directly.
 """
 
 from __future__ import annotations
@@ -34,16 +42,37 @@ KERNEL_ATTR = "mlc.kernel"
 Q4A8_MATMUL = "q4a8_matmul"
 
 
+BLOCK_GROUPS = 8  # groups whose weight words are stored transposed, summed lane by lane
+BLOCK = BLOCK_GROUPS * GROUP  # values per block
+BLOCK_WORDS = BLOCK // 8  # 4-bit words per block
+
+
+def stored_word(word, words: int):
+    """Where logical 4-bit word `word` of a `words`-word row is stored (numpy or TIR)."""
+    whole = words // BLOCK_WORDS * BLOCK_WORDS
+    block, inner = word // BLOCK_WORDS, word % BLOCK_WORDS
+    moved = BLOCK_WORDS * block + BLOCK_GROUPS * (inner % 4) + inner // 4
+    if isinstance(word, np.ndarray):
+        return np.where(word < whole, moved, word)
+    return tirx.Select(word < whole, moved, word)
+
+
 def source_index(position: int | tirx.PrimExpr, num_groups: int):
-    """The activation index `k` stored at `position` of the pair-interleaved layout."""
-    pair, offset = position // (2 * GROUP), position % (2 * GROUP)
-    in_pair = 2 * pair + 1 < num_groups if isinstance(position, int) else None
-    segment, lane = offset // 16, offset % 16
+    """The activation index `k` stored at `position` of `xq`."""
+    whole = num_groups // BLOCK_GROUPS * BLOCK
+    offset = position % BLOCK
+    j, odd, g, c = offset // 64, (offset // 32) % 2, (offset % 32) // 4, offset % 4
+    blocked = BLOCK * (position // BLOCK) + GROUP * g + 8 * j + 2 * c + odd
+    pair, in_pair_offset = position // (2 * GROUP), position % (2 * GROUP)
+    segment, lane = in_pair_offset // 16, in_pair_offset % 16
     paired = 2 * GROUP * pair + GROUP * (segment % 2) + 2 * lane + segment // 2
     single = GROUP * (position // GROUP) + 2 * (position % 16) + (position % GROUP) // 16
-    if in_pair is not None:
-        return paired if in_pair else single
-    return tirx.Select(2 * pair + 1 < num_groups, paired, single)
+    if isinstance(position, int):
+        if position < whole:
+            return blocked
+        return paired if 2 * pair + 1 < num_groups else single
+    tail = tirx.Select(2 * pair + 1 < num_groups, paired, single)
+    return tirx.Select(position < whole, blocked, tail)
 
 
 def activation_layout(k_padded: int) -> np.ndarray:
@@ -64,15 +93,19 @@ class Int8ActivationQuantization(GroupQuantization):
     def describe(self) -> dict:
         return {
             **super().describe(),
-            "activations": "int8 per token and group of 32 (pair-interleaved) in every Linear",
+            "storage": "uint32, 8 values per word, NK, the words of each 8 groups transposed",
+            "activations": "int8 per token and group of 32 (block-transposed) in every Linear",
         }
+
+    def stored_word(self, word, words: int):
+        return stored_word(word, words)
 
     def quantize_model(self, model: nn.Module) -> nn.Module:
         return _SwapLayers(self, Int8ActivationLinear, Int8ActivationEmbedding).visit("", model)
 
 
 def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """`x[..., k]` float → (`xq` int8 `[..., Kp]` pair-interleaved, `xs`, `xc` `[..., G]`)."""
+    """`x[..., k]` float → (`xq` int8 `[..., Kp]` in the kernel layout, `xs`, `xc` `[..., G]`)."""
     groups = (k + GROUP - 1) // GROUP
 
     def compute(x: te.Tensor):
@@ -144,7 +177,7 @@ def q4a8_matmul(
         g = te.reduce_axis((0, groups), name="g")
 
         def nibble(j, k):
-            word = q_weight[j, k // per_word]
+            word = q_weight[j, stored_word(k // per_word, int(kp) // per_word)]
             shift = ((k % per_word) * scheme.bits).astype("uint32")
             return ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
 

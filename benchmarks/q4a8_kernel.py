@@ -1,0 +1,75 @@
+"""The q4a8 matmul kernel alone, on the 1.1B shape's layers: GMAC/s for prefill and decode rows.
+
+    python benchmarks/q4a8_kernel.py [--rows 128] [--threads 1] [--repeat 5]
+
+Builds `targets/x86_kernels.q4a8_matmul_avx2` for this CPU, feeds random packed weights and
+activations, and times it (median of `--repeat` runs of a loop of calls). GMAC/s counts
+`rows * n * k` multiply-adds; the bytes column is the weights read per call, for decode the
+figure to compare with `benchmarks/read_bandwidth.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+# (name, n, k) of TinyLlama-1.1B's Linear layers.
+LAYERS = [("qkv", 2560, 2048), ("o", 2048, 2048), ("gate_up", 11264, 2048), ("down", 2048, 5632)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[128, 1])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+
+    import tvm
+
+    from mlc.quantization.int8_activations import GROUP
+    from mlc.targets import get_target
+    from mlc.targets.x86_kernels import has_avx512_vnni, q4a8_matmul_avx2
+
+    target = get_target("llvm").tvm_target()
+    vnni = has_avx512_vnni(target)
+    rng = np.random.default_rng(0)
+    print(f"threads {args.threads}, {'AVX512-VNNI' if vnni else 'AVX2'}")
+    print(f"{'layer':>8} {'rows':>5} {'ms/call':>9} {'GMAC/s':>8} {'weights GB/s':>13}")
+    for name, n, k in LAYERS:
+        groups = k // GROUP
+        func = q4a8_matmul_avx2(n, k, "float16", vnni=vnni).with_attr("global_symbol", "kernel")
+        kernel = tvm.compile(func, target=target)["kernel"]
+        q_weight = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
+        q_scale = rng.uniform(0.01, 0.02, (n, groups)).astype(np.float16)
+        weights_bytes = q_weight.nbytes + q_scale.nbytes
+        for rows in args.rows:
+            inputs = [
+                rng.integers(-127, 128, (1, rows, k)).astype(np.int8),
+                rng.uniform(0.01, 0.02, (1, rows, groups)).astype(np.float32),
+                rng.uniform(-1, 1, (1, rows, groups)).astype(np.float32),
+                q_weight,
+                q_scale,
+                np.zeros((1, rows, n), np.float32),
+            ]
+            tensors = [tvm.runtime.tensor(a) for a in inputs]
+            calls = max(1, int(2e9 / (rows * n * k)))
+            kernel(*tensors)
+            runs = []
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    kernel(*tensors)
+                runs.append((time.perf_counter() - start) / calls)
+            seconds = float(np.median(runs))
+            print(
+                f"{name:>8} {rows:>5} {seconds * 1e3:9.3f} {rows * n * k / seconds / 1e9:8.1f} "
+                f"{weights_bytes / seconds / 1e9:13.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
