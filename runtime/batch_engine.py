@@ -242,6 +242,7 @@ class BatchEngine:
         start = time.perf_counter()
         logits = self.model.forward_prefill([s.seq_id for s, _ in batch], [c for _, c in batch])
         self._seconds["prefill"] += time.perf_counter() - start
+        self._record_kv_use()  # before any token goes out: a client then sees its pages
         self._counters["prefill_steps"] += 1
         for (seq, chunk), row in zip(batch, logits, strict=True):
             seq.num_prefilled += chunk.size
@@ -254,6 +255,7 @@ class BatchEngine:
         tokens = [s.pending_token for s in decoding]
         logits = self.model.forward_decode([s.seq_id for s in decoding], tokens)
         self._seconds["decode"] += time.perf_counter() - start
+        self._record_kv_use()
         self._counters["decode_steps"] += 1
         self._counters["decode_tokens"] += len(decoding)
         for seq, row in zip(decoding, logits, strict=True):

@@ -27,7 +27,12 @@ from mlc.quantization.int8_activations import (
 )
 from mlc.runtime import CompiledModel
 from mlc.targets import get_target
-from mlc.targets.x86_kernels import has_avx2, has_avx512_vnni, q4a8_matmul_avx2
+from mlc.targets.x86_kernels import (
+    has_avx2,
+    has_avx512_vnni,
+    q4a8_matmul_avx2,
+    quantize_activations_avx2,
+)
 
 CODE = "q4a8_1"
 GQA = {"num_key_value_heads": 2}
@@ -103,6 +108,27 @@ def test_x86_kernel_is_exact(n, k, rows, vnni):
     out = _run(kernel, target, [*tokens, q_weight, q_scale, np.zeros((1, rows, n), "f4")])[0]
     # Integer dot products are exact; only the float scaling and the final sums round.
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+# K with a partial last group inside a block (250), at the end of a pair (40, 300) and alone
+# (200); whole blocks then a pair (576) or a single group (1056).
+@pytest.mark.parametrize("k", [250, 40, 300, 200, 96, 576, 1056])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_x86_activation_quantization_matches_the_definition(k, rows):
+    target = get_target("llvm").tvm_target()
+    if not has_avx2(target):
+        pytest.fail("this machine has no AVX2; run the test where the kernel can run")
+    x, inputs, _ = _int8_problem(8, k, rows, seed=k)
+    kp = inputs[0].shape[1]
+    groups = kp // GROUP
+    outputs = [np.zeros((1, rows, kp), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
+    func = quantize_activations_avx2(k).with_attr("global_symbol", "kernel")
+    args = [tvm.runtime.tensor(a) for a in [x[None], *outputs]]
+    tvm.compile(func, target=target)["kernel"](*args)
+    xq, xs, xc = (a.numpy() for a in args[1:])
+    np.testing.assert_array_equal(xq[0], inputs[0])
+    np.testing.assert_allclose(xs[0], inputs[1], rtol=1e-6)
+    np.testing.assert_allclose(xc[0], inputs[2], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n,k,rows", SHAPES[:3])

@@ -40,6 +40,7 @@ GROUP = 32
 ACT_MAX = 127
 KERNEL_ATTR = "mlc.kernel"
 Q4A8_MATMUL = "q4a8_matmul"
+QUANTIZE_ACTIVATIONS = "quantize_activations"
 
 
 BLOCK_GROUPS = 8  # groups whose weight words are stored transposed, summed lane by lane
@@ -153,7 +154,18 @@ def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         )
         return [xq, xs, xc]
 
-    xq, xs, xc = op.tensor_expr_op(compute, "quantize_activations", [x])
+    xq, xs, xc = op.tensor_expr_op(
+        compute,
+        QUANTIZE_ACTIVATIONS,
+        [x],
+        attrs={
+            KERNEL_ATTR: QUANTIZE_ACTIVATIONS,
+            "mlc.k": k,
+            "mlc.dtype": x.dtype,
+            "mlc.ndim": len(x.shape),
+            "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
+        },
+    )
     return xq, xs, xc
 
 
