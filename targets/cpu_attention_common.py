@@ -21,6 +21,8 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from .vector_math import exp2
+
 LOG2E = math.log2(math.e)
 LANES = 8  # one AVX2 register of float32
 BLOCK = 16  # keys per online-softmax step
@@ -265,21 +267,9 @@ def dot_rows(q, g, head_dim: int, rows, first):
 
 
 # 2^f on [0, 1): least-squares fit of the relative error, at most 2e-7 in float32.
-EXP2_POLY = (1.0000000000, 0.6931529682, 0.2401545299, 0.0558236045, 0.0089925840, 0.0018762329)
-
-
 def exp2_lanes(x):
-    """2^x for a float32 vector x <= 0 (softmax exponents): 2^floor(x) from the exponent bits,
-    times a polynomial for the fraction. LLVM would call the scalar exp2f once per lane."""
-    x = T.max(x, broadcast(-126.0))  # below that 2^x is under float32's smallest normal
-    whole = T.floor(x)
-    fraction = x - whole
-    poly = broadcast(EXP2_POLY[-1])
-    for coefficient in EXP2_POLY[-2::-1]:
-        poly = poly * fraction + broadcast(coefficient)
-    exponent = T.Cast(f"int32x{LANES}", whole) + broadcast(127, "int32")
-    scale = T.reinterpret(f"float32x{LANES}", T.shift_left(exponent, broadcast(23, "int32")))
-    return poly * scale
+    """2^x for a float32 vector x <= 0 (softmax exponents), without a call per lane."""
+    return exp2(x, LANES, nonpositive=True)
 
 
 @T.macro

@@ -26,6 +26,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule, normalize_prim_func, try_inline_contiguous_spatial
 from tvm.target import Target
 
+from .vector_math import exp2, splat
+
 # Weight rows per tile: 16 rows of a 2048-wide fp32 layer are 128 KB, about an L2's share.
 TILE_N = 16
 # Partial sums per output: one AVX2 register of float32 (and one 4-bit word of 8 values).
@@ -104,32 +106,14 @@ class Elementwise(ScheduleRule):
         return sch
 
 
-# 2^f for f in [0, 1): the attention kernels' exp2 polynomial.
-EXP2_POLY = (1.0000000000, 0.6931529682, 0.2401545299, 0.0558236045, 0.0089925840, 0.0018762329)
-
-
 def vector_sigmoid(call: tirx.Call) -> tirx.PrimExpr:
-    """The LLVM lowering of `tirx.sigmoid` (float32, any number of lanes)."""
+    """The LLVM lowering of `tirx.sigmoid`: float32 as `1 / (1 + 2^(-x log2 e))`."""
     (x,) = call.args
     dtype = tvm.DataType(str(x.ty))
+    one = splat(1.0, dtype.lanes, str(dtype).split("x")[0])
     if str(dtype).split("x")[0] != "float32":
-        one = tirx.const(1.0, str(dtype)) if dtype.lanes == 1 else None
-        return one / (one + tirx.exp(-x)) if one is not None else call
-
-    def const(value, kind: str = "float32"):
-        scalar = tirx.const(value, kind)
-        return scalar if dtype.lanes == 1 else tirx.Broadcast(scalar, dtype.lanes)
-
-    lanes = "" if dtype.lanes == 1 else f"x{dtype.lanes}"
-    t = tirx.max(tirx.min(x * const(-1.0 / math.log(2.0)), const(126.0)), const(-126.0))
-    whole = tirx.floor(t)
-    fraction = t - whole
-    poly = const(EXP2_POLY[-1])
-    for coefficient in EXP2_POLY[-2::-1]:
-        poly = poly * fraction + const(coefficient)
-    exponent = tirx.Cast(f"int32{lanes}", whole) + const(127, "int32")
-    scale = tirx.reinterpret(f"float32{lanes}", tirx.shift_left(exponent, const(23, "int32")))
-    return const(1.0) / (const(1.0) + poly * scale)
+        return one / (one + tirx.exp(-x))
+    return one / (one + exp2(x * splat(-1.0 / math.log(2.0), dtype.lanes), dtype.lanes))
 
 
 tirx.register_intrin_lowering("tirx.sigmoid", target="llvm", f=vector_sigmoid, level=100)
