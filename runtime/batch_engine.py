@@ -186,7 +186,6 @@ class BatchEngine:
             self._decode(decoding)
         for seq in [s for s in self._running if s.finish_reason is not None]:
             self._release(seq)
-        self._record_kv_use()
         return bool(self._running or prefilling or decoding)
 
     def _record_kv_use(self) -> None:

@@ -147,18 +147,14 @@ class AlibiBias:
 PLAIN = AttentionVariant()
 
 
-class PagedRows:
-    """Key/value rows of one sequence and KV head in the cache's pages
-    `[page, K|V, head, row in page, dim]`."""
+class _Rows:
+    """Key/value rows of one sequence and KV head: `element(kind, row, d)` is element d of the
+    key (`kind` 0) or value (1) in `row`, `d` an index or lanes; `dtype` their element type."""
 
-    def __init__(self, pages, page_values, begin, head, page_size: int):
-        self.pages, self.page_values, self.begin = pages, page_values, begin
-        self.head, self.page_size = head, page_size
+    dtype: str
 
     def element(self, kind: int, row, d):
-        """Element d of the key (`kind` 0) or value (1) in `row`; `d` may be lanes."""
-        page = self.page_values[self.begin + row // self.page_size]
-        return self.pages[page, kind, self.head, row % self.page_size, d]
+        raise NotImplementedError
 
     def load(self, kind: int, row, c):
         """Lanes c·LANES .. of the key (`kind` 0) or value (1) in `row`."""
@@ -168,26 +164,30 @@ class PagedRows:
         return prefetch(self.element(kind, row, d))
 
     def line_elements(self) -> int:
-        return CACHE_LINE // tvm.DataType(self.pages.dtype).itemsize
+        """Elements per cache line."""
+        return CACHE_LINE // tvm.DataType(self.dtype).itemsize
 
 
-class RaggedRows:
-    """Key/value rows of one sequence and KV head in contiguous K and V `[row, head, dim]`."""
+class PagedRows(_Rows):
+    """Rows in the cache's pages `[page, K|V, head, row in page, dim]`."""
+
+    def __init__(self, pages, page_values, begin, head, page_size: int):
+        self.pages, self.page_values, self.begin = pages, page_values, begin
+        self.head, self.page_size, self.dtype = head, page_size, pages.dtype
+
+    def element(self, kind: int, row, d):
+        page = self.page_values[self.begin + row // self.page_size]
+        return self.pages[page, kind, self.head, row % self.page_size, d]
+
+
+class RaggedRows(_Rows):
+    """Rows in contiguous K and V `[row, head, dim]`."""
 
     def __init__(self, k, v, first, head):
-        self.k, self.v, self.first, self.head = k, v, first, head
+        self.k, self.v, self.first, self.head, self.dtype = k, v, first, head, k.dtype
 
     def element(self, kind: int, row, d):
         return (self.k if kind == 0 else self.v)[self.first + row, self.head, d]
-
-    def load(self, kind: int, row, c):
-        return self.element(kind, row, lanes(c))
-
-    def prefetch(self, kind: int, row, d):
-        return prefetch(self.element(kind, row, d))
-
-    def line_elements(self) -> int:
-        return CACHE_LINE // tvm.DataType(self.k.dtype).itemsize
 
 
 def prefetch(element):
@@ -266,7 +266,6 @@ def dot_rows(q, g, head_dim: int, rows, first):
     return transpose_sums([partial_dot(q, g, head_dim, rows, first + r) for r in range(LANES)])
 
 
-# 2^f on [0, 1): least-squares fit of the relative error, at most 2e-7 in float32.
 def exp2_lanes(x):
     """2^x for a float32 vector x <= 0 (softmax exponents), without a call per lane."""
     return exp2(x, LANES, nonpositive=True)

@@ -110,8 +110,9 @@ def vector_sigmoid(call: tirx.Call) -> tirx.PrimExpr:
     """The LLVM lowering of `tirx.sigmoid`: float32 as `1 / (1 + 2^(-x log2 e))`."""
     (x,) = call.args
     dtype = tvm.DataType(str(x.ty))
-    one = splat(1.0, dtype.lanes, str(dtype).split("x")[0])
-    if str(dtype).split("x")[0] != "float32":
+    element = str(dtype).split("x")[0]
+    one = splat(1.0, dtype.lanes, element)
+    if element != "float32":
         return one / (one + tirx.exp(-x))
     return one / (one + exp2(x * splat(-1.0 / math.log(2.0), dtype.lanes), dtype.lanes))
 

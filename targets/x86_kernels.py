@@ -46,18 +46,26 @@ def _u8(value: int, lanes: int):
     return T.Broadcast(T.uint8(value), lanes)
 
 
+def _word_dot(acc, w, x_even, x_odd, vnni: bool):
+    """`acc` + the int32x8 sums of 32 weight bytes' low nibbles times `x_even` and high nibbles
+    times `x_odd` (four products per lane each)."""
+    lo = T.bitwise_and(w, _u8(15, 32))
+    hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
+    if vnni:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
+        acc = T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, lo, x_even)
+        return T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, hi, x_odd)
+    even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, x_even)
+    odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, x_odd)
+    return acc + T.call_llvm_pure_intrin(
+        "int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16)
+    )
+
+
 def _pair_dot(qw, xq, n, i, pair, vnni: bool = False):
     """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second."""
     w = T.reinterpret("uint8x32", qw[n, T.Ramp(pair * 8, 1, 8)])
-    lo = T.bitwise_and(w, _u8(15, 32))
-    hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
     even_x, odd_x = xq[i, T.Ramp(pair * 64, 1, 32)], xq[i, T.Ramp(pair * 64 + 32, 1, 32)]
-    if vnni:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
-        even = T.call_llvm_pure_intrin("int32x8", _DPBUSD, T.Broadcast(T.int32(0), 8), lo, even_x)
-        return T.call_llvm_pure_intrin("int32x8", _DPBUSD, even, hi, odd_x)
-    even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, even_x)
-    odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, odd_x)
-    return T.call_llvm_pure_intrin("int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16))
+    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, vnni)
 
 
 def _single_dot(qw, xq, n, i, group):
@@ -68,21 +76,6 @@ def _single_dot(qw, xq, n, i, group):
     q = T.Shuffle([lo, hi], list(range(32)))
     p = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, q, xq[i, T.Ramp(group * GROUP, 1, 32)])
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
-
-
-def _word_dot(acc, w, x_even, x_odd, vnni: bool):
-    """`acc` + the int32x8 sums of 32 weight bytes' low nibbles times `x_even` and high nibbles
-    times `x_odd` (four products per lane each)."""
-    lo = T.bitwise_and(w, _u8(15, 32))
-    hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
-    if vnni:
-        acc = T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, lo, x_even)
-        return T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, hi, x_odd)
-    even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, x_even)
-    odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, x_odd)
-    return acc + T.call_llvm_pure_intrin(
-        "int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16)
-    )
 
 
 def _block_sums(qw, xq, n, i, block, vnni: bool = False):
@@ -329,9 +322,7 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                 fast = quantize_activations_avx2(int(a["mlc.k"]))
             else:
                 continue
-            # Opaque (op_pattern 8), as the kernel it replaces: no pass looks inside for a
-            # reshape or a fusion.
-            mod[gvar] = fast.with_attrs({"global_symbol": gvar.name_hint, "op_pattern": 8})
+            mod[gvar] = fast.with_attr("global_symbol", gvar.name_hint)
         return mod
 
     return swap

@@ -84,11 +84,14 @@ def test_activation_layout_pairs_nibbles_with_their_values():
     assert list(perm[64:80]) == list(range(64, 96, 2)) and list(perm[80:]) == list(range(65, 96, 2))
 
 
-def _run(func: tvm.tirx.PrimFunc, target: tvm.target.Target, arrays: list[np.ndarray]):
+def _run(
+    func: tvm.tirx.PrimFunc, target: tvm.target.Target, arrays: list[np.ndarray], outputs: int = 1
+) -> list[np.ndarray]:
+    """Compile `func`, call it on `arrays`, and return the last `outputs` of them."""
     lib = tvm.compile(func.with_attr("global_symbol", "kernel"), target=target)
     args = [tvm.runtime.tensor(a) for a in arrays]
     lib["kernel"](*args)
-    return args[-1].numpy()
+    return [a.numpy() for a in args[-outputs:]]
 
 
 @pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
@@ -105,9 +108,9 @@ def test_x86_kernel_is_exact(n, k, rows, vnni):
     # The kernel takes [batch, seq, ...] activations: here one sequence of `rows` tokens.
     xq, xs, xc, q_weight, q_scale = inputs
     tokens = [a[None] for a in (xq, xs, xc)]
-    out = _run(kernel, target, [*tokens, q_weight, q_scale, np.zeros((1, rows, n), "f4")])[0]
+    (out,) = _run(kernel, target, [*tokens, q_weight, q_scale, np.zeros((1, rows, n), "f4")])
     # Integer dot products are exact; only the float scaling and the final sums round.
-    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(out[0], exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
 
 # K with a partial last group inside a block (250), at the end of a pair (40, 300) and alone
@@ -122,10 +125,7 @@ def test_x86_activation_quantization_matches_the_definition(k, rows):
     kp = inputs[0].shape[1]
     groups = kp // GROUP
     outputs = [np.zeros((1, rows, kp), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
-    func = quantize_activations_avx2(k).with_attr("global_symbol", "kernel")
-    args = [tvm.runtime.tensor(a) for a in [x[None], *outputs]]
-    tvm.compile(func, target=target)["kernel"](*args)
-    xq, xs, xc = (a.numpy() for a in args[1:])
+    xq, xs, xc = _run(quantize_activations_avx2(k), target, [x[None], *outputs], outputs=3)
     np.testing.assert_array_equal(xq[0], inputs[0])
     np.testing.assert_allclose(xs[0], inputs[1], rtol=1e-6)
     np.testing.assert_allclose(xc[0], inputs[2], rtol=1e-5, atol=1e-6)
