@@ -1,11 +1,12 @@
 """The q4a8 matmul kernel alone, on the 1.1B shape's layers: GMAC/s for prefill and decode rows.
 
-    python benchmarks/q4a8_kernel.py [--rows 128] [--threads 1] [--repeat 5]
+    python benchmarks/q4a8_kernel.py [--rows 128 1] [--threads 1] [--repeat 5] [--cold]
 
 Builds `targets/x86_kernels.q4a8_matmul_avx2` for this CPU, feeds random packed weights and
 activations, and times it (median of `--repeat` runs of a loop of calls). GMAC/s counts
 `rows * n * k` multiply-adds; the bytes column is the weights read per call, for decode the
-figure to compare with `benchmarks/read_bandwidth.py`.
+figure to compare with `benchmarks/read_bandwidth.py`. `--cold` cycles through copies of the
+weights larger than the caches, as decode reads them (from memory, not from L3).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[128, 1])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--cold", action="store_true", help="weights from memory, not cache")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -46,23 +48,27 @@ def main() -> None:
         q_weight = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
         q_scale = rng.uniform(0.01, 0.02, (n, groups)).astype(np.float16)
         weights_bytes = q_weight.nbytes + q_scale.nbytes
+        copies = -(-512 * 2**20 // weights_bytes) if args.cold else 1  # 512 MB: past any L3
+        weights = [
+            (tvm.runtime.tensor(q_weight), tvm.runtime.tensor(q_scale)) for _ in range(copies)
+        ]
         for rows in args.rows:
-            inputs = [
-                rng.integers(-127, 128, (1, rows, k)).astype(np.int8),
-                rng.uniform(0.01, 0.02, (1, rows, groups)).astype(np.float32),
-                rng.uniform(-1, 1, (1, rows, groups)).astype(np.float32),
-                q_weight,
-                q_scale,
-                np.zeros((1, rows, n), np.float32),
-            ]
-            tensors = [tvm.runtime.tensor(a) for a in inputs]
-            calls = max(1, int(2e9 / (rows * n * k)))
-            kernel(*tensors)
+            xq, xs, xc, y = (
+                tvm.runtime.tensor(a)
+                for a in (
+                    rng.integers(-127, 128, (1, rows, k)).astype(np.int8),
+                    rng.uniform(0.01, 0.02, (1, rows, groups)).astype(np.float32),
+                    rng.uniform(-1, 1, (1, rows, groups)).astype(np.float32),
+                    np.zeros((1, rows, n), np.float32),
+                )
+            )
+            calls = max(copies, int(2e9 / (rows * n * k)))
+            kernel(xq, xs, xc, *weights[0], y)
             runs = []
             for _ in range(args.repeat):
                 start = time.perf_counter()
-                for _ in range(calls):
-                    kernel(*tensors)
+                for c in range(calls):
+                    kernel(xq, xs, xc, *weights[c % copies], y)
                 runs.append((time.perf_counter() - start) / calls)
             seconds = float(np.median(runs))
             print(

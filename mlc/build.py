@@ -124,6 +124,7 @@ def build(opts: BuildOptions) -> Path:
             "tvm_version": tvm.__version__,
             "model_type": checkpoint.config["model_type"],
             "quantization": quant.name,
+            "quantization_scheme": quant.describe(),
             "target": str(target),
             "model_config": config.to_dict(),
             "max_batch_size": opts.max_batch_size,

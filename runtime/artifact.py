@@ -65,6 +65,9 @@ def check_library_metadata(
             problems.append(
                 f"{key} {library_meta.get(key)!r} (the weights are {chat_config.get(key)!r})"
             )
+    scheme = library_meta.get("quantization_scheme")  # older libraries did not record it
+    if scheme is not None and scheme != chat_config.get("quantization_scheme"):
+        problems.append("another weight layout than the weights' (the quantization changed)")
     if library_meta.get("model_config") != chat_config.get("model_config"):
         problems.append("a different model configuration than the weights")
     expected = [(p["name"], list(p["shape"]), p["dtype"]) for p in library_meta.get("params", [])]

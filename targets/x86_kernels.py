@@ -2,12 +2,14 @@
 
 `q4a8_matmul`: `y[rows, N] = Σ_g sw[n, g] · xs[g] · Σ q[n, k] · xq[k] + Σ_g sw[n, g] · xc[g]` with
 4-bit unsigned weights packed 8 per uint32 and int8 activations, both in the layouts of
-`mlc.quantization.int8_activations`. A block of 8 groups is four 32-byte loads of weights (word
-j of each group), each split into low and high nibbles (the even and odd values) and multiplied
-with the contiguous activations by `vpdpbusd` (AVX512-VNNI; `vpmaddubsw` + `vpmaddwd` on AVX2),
-which leaves group g's integer sum in lane g: the eight sums are converted and scaled at once.
+`mlc.quantization.int8_activations`. A block of 16 groups is four 64-byte loads of weights
+(word j of each group), each split into low and high nibbles (the even and odd values) and
+multiplied with the contiguous activations by `vpdpbusd` (AVX512-VNNI, 512-bit; on AVX2
+`vpmaddubsw` + `vpmaddwd`, 256-bit halves), which leaves group g's integer sum in lane g: the 16
+sums are converted and scaled at once.
 Groups after the whole blocks go in pairs, reduced with scalar lane sums. Output rows are split
-into tiles over the cores; a tile's weights stay in cache while every row of `x` passes.
+into tiles over the cores; a tile's weights stay in cache while every row of `x` passes, four
+tokens at a time.
 
 `quantize_activations`: the same arithmetic as the portable kernel (absmax, `127 / absmax`,
 round to nearest even, the zero-point term), eight lanes at a time, one token per core, each
@@ -22,24 +24,31 @@ from tvm.script import tirx as T
 
 from mlc.quantization.int8_activations import (
     ACT_MAX,
+    BLOCK,
     BLOCK_GROUPS,
     BLOCK_WORDS,
     GROUP,
     KERNEL_ATTR,
     Q4A8_MATMUL,
     QUANTIZE_ACTIVATIONS,
+    block_offset,
 )
 
 TILE_N = 16
-# One activation row (token) per pass over a tile's weights. Unpacking each weight word once for
-# 4 rows was measured slower (121 vs 133 GMAC/s on a 2560x2048 layer, Zen 4, one thread; 8 or 32
-# rows per tile change nothing), and its float sums round differently from the one-row (decode)
-# path, which flips int8 activation roundings downstream, so prefill and token-by-token logits
-# drift apart (~1 on SmolLM2) although every call is exact against its own inputs.
+# The micro-kernel: the outputs of 4 tokens x 2 weight rows at a time, so a block's weights are
+# loaded and unpacked once for 4 tokens and a token's activations loaded once for 2 rows
+# (Zen 5, one thread, 2560x2048: 1x1 189, 2x2 240, 4x2 280, 8x1 251, 4x4 210 GMAC/s). Each
+# output is still summed alone, block after block, so a prompt's rows equal decode steps' bit
+# for bit (a test checks it): the int8 activations downstream would round a 1-ulp difference.
+TOKENS, ROWS = 4, 2
+# Scratch buffers are declared in "global" scope: TVM puts small global allocations on the
+# stack, where LLVM keeps them in registers, but serves "local" ones on the CPU with
+# TVMBackendAllocWorkspace, whose pointer LLVM must assume aliases the weights (1.3x slower).
 
 _MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _MADD_WD = "llvm.x86.avx2.pmadd.wd"
 _DPBUSD = "llvm.x86.avx512.vpdpbusd.256"  # AVX512-VNNI with AVX512VL
+_DPBUSD_512 = "llvm.x86.avx512.vpdpbusd.512"
 
 
 def _u8(value: int, lanes: int):
@@ -78,17 +87,53 @@ def _single_dot(qw, xq, n, i, group):
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
 
 
-def _block_sums(qw, xq, n, i, block, vnni: bool = False):
-    """float32x8: lane g holds the integer dot product of group g of `block`."""
-    acc = T.Broadcast(T.int32(0), 8)
+def _block_sums(qw, xq, n, i, block):
+    """int32x16: lane g holds the integer dot product of group g of `block` (AVX2: two halves
+    of 8 groups, each word j's 32 bytes of weights against 32 even and 32 odd values)."""
+    halves = []
+    for h in range(2):
+        acc = T.Broadcast(T.int32(0), 8)
+        for j in range(4):
+            w = T.reinterpret("uint8x32", qw[n, T.Ramp(block * BLOCK_WORDS + 16 * j + 8 * h, 1, 8)])
+            even, odd = (block * BLOCK + block_offset(j, o) + 32 * h for o in (0, 1))
+            x_even, x_odd = xq[i, T.Ramp(even, 1, 32)], xq[i, T.Ramp(odd, 1, 32)]
+            acc = _word_dot(acc, w, x_even, x_odd, vnni=False)
+        halves.append(acc)
+    return T.Shuffle(halves, list(range(16)))
+
+
+def _block_sums_512(qw, xq, n, i, block):
+    """`_block_sums` on 512-bit registers (AVX512-VNNI `vpdpbusd`): word j of the 16 groups at
+    once, the even words and the odd words in two accumulators (two short dependency chains);
+    the sums are exact integers, so the result is the AVX2 one."""
+    chains = [T.Broadcast(T.int32(0), 16), T.Broadcast(T.int32(0), 16)]
     for j in range(4):
-        w = T.reinterpret("uint8x32", qw[n, T.Ramp(block * BLOCK_WORDS + j * 8, 1, 8)])
-        base = block * BLOCK_GROUPS * GROUP + j * 64
-        acc = _word_dot(acc, w, xq[i, T.Ramp(base, 1, 32)], xq[i, T.Ramp(base + 32, 1, 32)], vnni)
-    return T.Cast("float32x8", acc)
+        w = T.reinterpret("uint8x64", qw[n, T.Ramp(block * BLOCK_WORDS + 16 * j, 1, 16)])
+        lo = T.bitwise_and(w, _u8(15, 64))
+        hi = T.bitwise_and(T.shift_right(w, _u8(4, 64)), _u8(15, 64))
+        even, odd = (block * BLOCK + block_offset(j, o) for o in (0, 1))
+        acc = T.call_llvm_pure_intrin(
+            "int32x16", _DPBUSD_512, chains[j % 2], lo, xq[i, T.Ramp(even, 1, 64)]
+        )
+        chains[j % 2] = T.call_llvm_pure_intrin(
+            "int32x16", _DPBUSD_512, acc, hi, xq[i, T.Ramp(odd, 1, 64)]
+        )
+    return chains[0] + chains[1]
+
+
+def _fma(a, b, c):
+    """`a · b + c` rounded once, as one LLVM intrinsic: fast-math may reassociate or contract
+    `+` and `*` differently in differently shaped code, never across this."""
+    return T.call_llvm_pure_intrin(str(a.ty), "llvm.fma", a, b, c)
+
+
+def _reduce_add(start, vector):
+    """`start` + the lanes of `vector`, in the one order LLVM lowers this intrinsic to."""
+    return T.call_llvm_pure_intrin("float32", "llvm.vector.reduce.fadd", start, vector)
 
 
 def _lanes_sum(buf, base, lanes):
+    """The integer sum of `lanes` elements (exact in any order)."""
     total = buf[base]
     for lane in range(1, lanes):
         total = total + buf[base + lane]
@@ -96,46 +141,68 @@ def _lanes_sum(buf, base, lanes):
 
 
 def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False) -> tirx.PrimFunc:
-    """The kernel for `[n, k_padded]` weights; `vnni` uses AVX512-VNNI's `vpdpbusd` (on
-    256-bit registers) for the integer dot products where the CPU has it."""
+    """The kernel for `[n, k_padded]` weights; `vnni` uses AVX512-VNNI's `vpdpbusd` for the
+    integer dot products where the CPU has it (512-bit registers for the blocks)."""
     groups = k_padded // GROUP
     words = k_padded // 8
     blocks = groups // BLOCK_GROUPS
     tail_pairs = (groups - blocks * BLOCK_GROUPS) // 2
     single = groups % 2 == 1
     tiles = (n + TILE_N - 1) // TILE_N
+    block_sums = _block_sums_512 if vnni else _block_sums
+    lanes = BLOCK_GROUPS
 
-    def scales(qs, xs, row, i, block):
-        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)])
-        return sw * xs[i, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)]
+    def block_value(qw, qs, xq, xs, xc, row, i, b, acc):
+        """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane."""
+        sw = T.Cast(f"float32x{lanes}", qs[row, T.Ramp(b * BLOCK_GROUPS, 1, lanes)])
+        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b))
+        x_scale = xs[i, T.Ramp(b * BLOCK_GROUPS, 1, lanes)]
+        return _fma(sw, _fma(dot, x_scale, xc[i, T.Ramp(b * BLOCK_GROUPS, 1, lanes)]), acc)
 
-    def zero_point(qs, xc, row, i, block):
-        sw = T.Cast("float32x8", qs[row, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)])
-        return sw * xc[i, T.Ramp(block * BLOCK_GROUPS, 1, BLOCK_GROUPS)]
-
-    def tail_scalar(qs, xs, xc, row, i, group, dot):
+    def tail_value(qs, xs, xc, row, i, group, dot, acc):
         sw = T.Cast("float32", qs[row, group])
-        return sw * (T.Cast("float32", dot) * xs[i, group] + xc[i, group])
+        return _fma(sw, _fma(T.Cast("float32", dot), xs[i, group], xc[i, group]), acc)
 
     @T.macro
-    def finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, row, i):
+    def finish_row(qw, qs, xq, xs, xc, y, acc, base, part, tail, row, i):
         """The groups after the whole blocks, then the output value of (i, row)."""
         tail[0] = T.float32(0)
         for p in range(tail_pairs):
-            part[T.Ramp(0, 1, 8)] = _pair_dot(qw, xq, row, i, blocks * 4 + p, vnni)
-            tail[0] = (
-                tail[0]
-                + tail_scalar(
-                    qs, xs, xc, row, i, blocks * BLOCK_GROUPS + 2 * p, _lanes_sum(part, 0, 4)
-                )
-                + tail_scalar(
-                    qs, xs, xc, row, i, blocks * BLOCK_GROUPS + 2 * p + 1, _lanes_sum(part, 4, 4)
-                )
-            )
+            pair = blocks * BLOCK_GROUPS // 2 + p
+            part[T.Ramp(0, 1, 8)] = _pair_dot(qw, xq, row, i, pair, vnni)
+            first = blocks * BLOCK_GROUPS + 2 * p
+            tail[0] = tail_value(qs, xs, xc, row, i, first, _lanes_sum(part, 0, 4), tail[0])
+            tail[0] = tail_value(qs, xs, xc, row, i, first + 1, _lanes_sum(part, 4, 4), tail[0])
         if single:
             part[T.Ramp(0, 1, 8)] = _single_dot(qw, xq, row, i, groups - 1)
-            tail[0] = tail[0] + tail_scalar(qs, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8))
-        y[i, row] = _lanes_sum(acc, 0, 8) + tail[0]
+            tail[0] = tail_value(qs, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0])
+        y[i, row] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)])
+
+    @T.macro
+    def micro(qw, qs, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows):
+        """Outputs of `tokens` tokens from i0 and `rows` weight rows from r0, block by block,
+        so each block's weights are loaded and unpacked once for all the tokens and each
+        token's activations once for all the rows. Every output is summed in the same order
+        whatever the tile, so a prompt's rows equal decode steps' bit for bit."""
+        for o in T.unroll(tokens * rows):
+            acc[T.Ramp(o * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+        for b in range(blocks):
+            for o in T.unroll(tokens * rows):
+                acc[T.Ramp(o * lanes, 1, lanes)] = block_value(
+                    qw,
+                    qs,
+                    xq,
+                    xs,
+                    xc,
+                    r0 + o % rows,
+                    i0 + o // rows,
+                    b,
+                    acc[T.Ramp(o * lanes, 1, lanes)],
+                )
+        for o in T.unroll(tokens * rows):
+            finish_row(
+                qw, qs, xq, xs, xc, y, acc, o * lanes, part, tail, r0 + o % rows, i0 + o // rows
+            )
 
     @T.prim_func
     def q4a8_matmul(
@@ -160,20 +227,21 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
         xc = T.decl_buffer((rows, groups), "float32", data=xc_in.data)
         y = T.decl_buffer((rows, n), "float32", data=y_out.data)
         for tile in T.parallel(tiles):
-            acc = T.decl_buffer((8,), "float32", scope="local")
-            part = T.decl_buffer((8,), "int32", scope="local")
-            tail = T.decl_buffer((1,), "float32", scope="local")
-            for i in range(rows):
-                for t in range(TILE_N):
-                    if tile * TILE_N + t < n:
-                        acc[T.Ramp(0, 1, 8)] = T.Broadcast(T.float32(0), 8)
-                        for b in range(blocks):
-                            acc[T.Ramp(0, 1, 8)] = acc[T.Ramp(0, 1, 8)] + (
-                                _block_sums(qw, xq, tile * TILE_N + t, i, b, vnni)
-                                * scales(qs, xs, tile * TILE_N + t, i, b)
-                                + zero_point(qs, xc, tile * TILE_N + t, i, b)
-                            )
-                        finish_row(qw, qs, xq, xs, xc, y, acc, part, tail, tile * TILE_N + t, i)
+            acc = T.decl_buffer((TOKENS * ROWS * lanes,), "float32", scope="global")
+            part = T.decl_buffer((8,), "int32", scope="global")
+            tail = T.decl_buffer((1,), "float32", scope="global")
+            if tile * TILE_N + TILE_N <= n:
+                for i in range(rows // TOKENS):
+                    for t in range(TILE_N // ROWS):
+                        r0 = T.meta_var(tile * TILE_N + t * ROWS)
+                        micro(qw, qs, xq, xs, xc, y, acc, part, tail, i * TOKENS, r0, TOKENS, ROWS)
+                for i in range(rows // TOKENS * TOKENS, rows):
+                    for t in range(TILE_N):
+                        micro(qw, qs, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
+            else:  # the last, partial tile: row by row
+                for i in range(rows):
+                    for t in range(n - tile * TILE_N):
+                        micro(qw, qs, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
 
     return q4a8_matmul
 
@@ -236,8 +304,8 @@ def quantize_activations_avx2(k: int) -> tirx.PrimFunc:
         """Word j of group g: its even values, then its odd, at lane g % 8 of the block."""
         for j in range(4):
             for odd in range(2):
-                position = BLOCK_GROUPS * GROUP * (g // BLOCK_GROUPS) + 4 * (g % BLOCK_GROUPS)
-                xq[r, T.Ramp(position + 64 * j + 32 * odd, 1, 4)] = q[T.Ramp(8 * j + odd, 2, 4)]
+                position = BLOCK * (g // BLOCK_GROUPS) + 4 * (g % BLOCK_GROUPS)
+                xq[r, T.Ramp(position + block_offset(j, odd), 1, 4)] = q[T.Ramp(8 * j + odd, 2, 4)]
 
     @T.macro
     def store_paired(xq, r, g, q):
@@ -268,9 +336,9 @@ def quantize_activations_avx2(k: int) -> tirx.PrimFunc:
             xs = T.decl_buffer((rows, groups), "float32", data=xs_out.data)
             xc = T.decl_buffer((rows, groups), "float32", data=xc_out.data)
             for r in T.parallel(rows):
-                q = T.decl_buffer((GROUP,), "int8", scope="local")
-                lanes = T.decl_buffer((8,), "float32", scope="local")
-                total = T.decl_buffer((1,), "int32", scope="local")
+                q = T.decl_buffer((GROUP,), "int8", scope="global")
+                lanes = T.decl_buffer((8,), "float32", scope="global")
+                total = T.decl_buffer((1,), "int32", scope="global")
                 for g in range(min(whole, in_blocks)):
                     quantize_group(x, xs, xc, r, g, q, lanes, total, True)
                     store_blocked(xq, r, g, q)
@@ -298,7 +366,8 @@ def has_avx2(target: tvm.target.Target) -> bool:
 
 def has_avx512_vnni(target: tvm.target.Target) -> bool:
     return has_avx2(target) and all(
-        tvm.target.codegen.target_has_features(f, target) for f in ("avx512vnni", "avx512vl")
+        tvm.target.codegen.target_has_features(f, target)
+        for f in ("avx512vnni", "avx512vl", "avx512bw")
     )
 
 

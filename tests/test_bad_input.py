@@ -132,6 +132,16 @@ def test_library_built_for_another_quantization(tiny_builds, artifact_copy):
         ChatModule(str(artifact_copy), model_lib=str(library))
 
 
+def test_weights_in_another_layout_than_the_library(artifact_copy):
+    """Weights converted with another layout of the same quantization (an older `mlc`)."""
+    config_path = artifact_copy / "mlc-chat-config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_scheme"]["storage"] = "an older layout"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="another weight layout.*rebuild it with: mlc build"):
+        ChatModule(str(artifact_copy))
+
+
 def test_other_checkpoint_layouts_convert_to_the_same_weights(tmp_path, tiny_builds):
     """Sharded safetensors with an index, and pytorch_model.bin, give the same artifact."""
     _, reference = tiny_builds.get("gqa", **GQA)

@@ -63,17 +63,17 @@ def _int8_problem(n: int, k: int, rows: int, seed: int = 0):
 
 
 def test_activation_layout_pairs_nibbles_with_their_values():
-    for kp in (32, 64, 96, 256, 288):
+    for kp in (32, 64, 96, 256, 512, 544, 608):
         perm = activation_layout(kp)
         assert sorted(perm) == list(range(kp))
-    perm = activation_layout(288)  # a block of 8 groups, then a single group
-    # Block: per word j of the groups, the even values of word j of groups 0..7, then the odd.
+    perm = activation_layout(544)  # a block of 16 groups, then a single group
+    # Block: per word j of the groups, the even values of word j of groups 0..15, then the odd.
     assert list(perm[:8]) == [0, 2, 4, 6, 32, 34, 36, 38]
-    assert list(perm[32:36]) == [1, 3, 5, 7] and list(perm[64:68]) == [8, 10, 12, 14]
-    assert list(perm[256:260]) == [256, 258, 260, 262]  # the single group: even, then odd
-    # Its weight words: logical word j of group g is stored at 8 j + g; the tail in place.
-    words = stored_word(np.arange(36), 36)
-    assert list(words[:5]) == [0, 8, 16, 24, 1] and list(words[32:]) == [32, 33, 34, 35]
+    assert list(perm[64:68]) == [1, 3, 5, 7] and list(perm[128:132]) == [8, 10, 12, 14]
+    assert list(perm[512:516]) == [512, 514, 516, 518]  # the single group: even, then odd
+    # Its weight words: logical word j of group g is stored at 16 j + g; the tail in place.
+    words = stored_word(np.arange(68), 68)
+    assert list(words[:5]) == [0, 16, 32, 48, 1] and list(words[64:]) == [64, 65, 66, 67]
     perm = activation_layout(96)  # one pair, then a single group
     # A weight byte b of a pair holds values 2b (low nibble) and 2b+1 (high nibble); the byte
     # stream of the pair's 8 words is group 0's 16 bytes then group 1's.
@@ -113,9 +113,32 @@ def test_x86_kernel_is_exact(n, k, rows, vnni):
     np.testing.assert_allclose(out[0], exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
 
-# K with a partial last group inside a block (250), at the end of a pair (40, 300) and alone
-# (200); whole blocks then a pair (576) or a single group (1056).
-@pytest.mark.parametrize("k", [250, 40, 300, 200, 96, 576, 1056])
+@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
+def test_x86_kernel_rows_are_independent(vnni):
+    """A prompt's rows come out bit for bit as when each is the only row (a decode step): the
+    int8 activations downstream would round differently on a 1-ulp difference."""
+    target = get_target("llvm").tvm_target()
+    if not has_avx2(target):
+        pytest.fail("this machine has no AVX2; run the test where the kernel can run")
+    if vnni and not has_avx512_vnni(target):
+        pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
+    n, k, rows = 40, 1056, 5
+    _, (xq, xs, xc, q_weight, q_scale), _ = _int8_problem(n, k, rows)
+    kernel = q4a8_matmul_avx2(n, xq.shape[1], "float16", vnni=vnni)
+
+    def run(r: slice) -> np.ndarray:
+        tokens = [a[None, r] for a in (xq, xs, xc)]
+        out = np.zeros((1, len(xq[r]), n), "f4")
+        return _run(kernel, target, [*tokens, q_weight, q_scale, out])[0][0]
+
+    together = run(slice(0, rows))
+    alone = np.concatenate([run(slice(i, i + 1)) for i in range(rows)])
+    np.testing.assert_array_equal(together, alone)
+
+
+# K with a partial last group inside a block (500) or a pair (250), at the end of a pair (40,
+# 300) and alone (200); whole blocks then a pair (576) or a single group (1056).
+@pytest.mark.parametrize("k", [500, 250, 40, 300, 200, 96, 576, 1056])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_x86_activation_quantization_matches_the_definition(k, rows):
     target = get_target("llvm").tvm_target()

@@ -51,16 +51,16 @@ def test_pack_unpack_round_trip(bits, group, shape):
     np.testing.assert_array_equal(scheme.unpack(words), q)
 
 
-@pytest.mark.parametrize("shape", [(7, 45), (5, 320), (3, 600)])
+@pytest.mark.parametrize("shape", [(7, 45), (5, 320), (3, 600), (2, 1100)])
 def test_q4a8_stores_the_same_words_transposed_in_blocks(shape):
-    """q4a8_1 packs like q4f16_1 and then moves words (those of each block of 8 groups)."""
+    """q4a8_1 packs like q4f16_1 and then moves words (those of each block of 16 groups)."""
     scheme, plain = get_quantization("q4a8_1"), get_quantization("q4f16_1")
     kp = scheme.padded_k(shape[1])
     q = np.random.default_rng(0).integers(0, 16, size=(shape[0], kp)).astype(np.uint32)
     words, plain_words = scheme.pack(q), plain.pack(q)
     np.testing.assert_array_equal(scheme.unpack(words), q)
     np.testing.assert_array_equal(np.sort(words, axis=1), np.sort(plain_words, axis=1))
-    assert np.array_equal(words, plain_words) == (kp < 256)  # blocks exist from 256 values on
+    assert np.array_equal(words, plain_words) == (kp < 512)  # blocks exist from 512 values on
 
 
 @pytest.mark.parametrize("code", GROUP_CODES)

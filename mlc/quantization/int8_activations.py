@@ -1,7 +1,7 @@
 """4-bit group-quantized weights multiplied by int8-quantized activations (`q4a8_1`).
 
 The weights are quantized as in `q4f16_1` (4-bit, group 32, float16 scales, NK; the words
-of each block of 8 groups stored transposed, below). Before
+of each block of 16 groups stored transposed, below). Before
 each quantized Linear the activations are quantized too, per token and per group of 32 along K:
 `xs = max|x| / 127`, `xq = round(x · (127 / max|x|))` (float32, ties to even: a fixed rule,
 where a division would be turned into some reciprocal by fast-math and flip exact ties, which
@@ -12,15 +12,17 @@ multiply-adds (AVX2 `vpmaddubsw`), several times fewer instructions than dequant
 
 Layouts, chosen so that a kernel multiplies unpacked nibbles with contiguous activations and
 an integer dot product instruction sums each group into its own lane. Groups are taken in blocks
-of 8 (256 values). In a block, weight words are stored transposed: the block's 32 words, logically
-`[group g][word j]` (word j of a group holds its values 8j .. 8j+7), are stored as `[j][g]`; so
-32 bytes of weights hold word j of each of the 8 groups. The low and high nibbles of a weight
-byte are an even and the following odd value, and `xq` stores a block as, for each j, the even
-values then the odd values of word j of each group (`[j][even/odd][g][4]`): `vpdpbusd` of the
-low nibbles with the first 32 bytes, then of the high nibbles with the next 32, leaves group g's
-partial sums in lane g. The groups after the whole blocks stay in place and are "pair-interleaved"
-in `xq`: a pair's 64 values as [even values of the first group, even of the second, odd of the
-first, odd of the second] (16 each); a last unpaired group as [its 16 even, its 16 odd values].
+of 16 (512 values). In a block, weight words are stored transposed: the block's 64 words,
+logically `[group g][word j]` (word j of a group holds its values 8j .. 8j+7), are stored as
+`[j][g]`; so 64 bytes of weights (one 512-bit register) hold word j of each of the 16 groups.
+The low and high nibbles of a weight byte are an even and the following odd value, and `xq`
+stores a block as, for each j, the even values then the odd values of word j of each group
+(`[j][even/odd][g][4]`): `vpdpbusd` of the low nibbles with the first 64 bytes, then of the
+high nibbles with the next 64, leaves group g's partial sums in lane g (on 256-bit registers,
+groups 0-7 and 8-15 are two halves of each 64 bytes). The groups after the whole blocks stay in
+place and are "pair-interleaved" in `xq`: a pair's 64 values as [even values of the first group,
+even of the second, odd of the first, odd of the second] (16 each); a last unpaired group as
+[its 16 even, its 16 odd values].
 `xc[g] = -7 · xs[g] · Σ xq[g]` carries the zero point, so kernels multiply the unsigned nibbles
 directly.
 """
@@ -43,7 +45,7 @@ Q4A8_MATMUL = "q4a8_matmul"
 QUANTIZE_ACTIVATIONS = "quantize_activations"
 
 
-BLOCK_GROUPS = 8  # groups whose weight words are stored transposed, summed lane by lane
+BLOCK_GROUPS = 16  # groups whose weight words are stored transposed, summed lane by lane
 BLOCK = BLOCK_GROUPS * GROUP  # values per block
 BLOCK_WORDS = BLOCK // 8  # 4-bit words per block
 
@@ -58,11 +60,18 @@ def stored_word(word, words: int):
     return tirx.Select(word < whole, moved, word)
 
 
+def block_offset(j: int, odd: int) -> int:
+    """Where in a block of `xq` the even (`odd` 0) or odd values of word j of its groups start."""
+    return 4 * BLOCK_GROUPS * (2 * j + odd)
+
+
 def source_index(position: int | tirx.PrimExpr, num_groups: int):
     """The activation index `k` stored at `position` of `xq`."""
     whole = num_groups // BLOCK_GROUPS * BLOCK
     offset = position % BLOCK
-    j, odd, g, c = offset // 64, (offset // 32) % 2, (offset % 32) // 4, offset % 4
+    span = 4 * BLOCK_GROUPS  # the even (or odd) values of one word of each group
+    j, odd = offset // (2 * span), (offset // span) % 2
+    g, c = (offset % span) // 4, offset % 4
     blocked = BLOCK * (position // BLOCK) + GROUP * g + 8 * j + 2 * c + odd
     pair, in_pair_offset = position // (2 * GROUP), position % (2 * GROUP)
     segment, lane = in_pair_offset // 16, in_pair_offset % 16
@@ -94,7 +103,7 @@ class Int8ActivationQuantization(GroupQuantization):
     def describe(self) -> dict:
         return {
             **super().describe(),
-            "storage": "uint32, 8 values per word, NK, the words of each 8 groups transposed",
+            "storage": "uint32, 8 values per word, NK, the words of each 16 groups transposed",
             "activations": "int8 per token and group of 32 (block-transposed) in every Linear",
         }
 
