@@ -24,7 +24,8 @@ from tvm.script import tirx as T
 from .vector_math import exp2
 
 LOG2E = math.log2(math.e)
-LANES = 8  # one AVX2 register of float32
+LANES = 8  # one AVX2 register of float32: scores, softmax
+WIDE = 16  # one AVX-512 register: the weighted values' chunks of a head
 BLOCK = 16  # keys per online-softmax step
 CACHE_LINE = 64  # bytes
 # Blocks of keys prefetched ahead: a (sequence, head) walks its pages in 4 KB runs (one head's
@@ -247,9 +248,24 @@ def transpose_sums(vectors: list):
     return vectors[0]
 
 
+def chunk_lanes(head_dim: int) -> int:
+    """Lanes per chunk of a head in the weighted values: WIDE where the head splits into such
+    chunks, else LANES (on AVX2 alone, LLVM splits a WIDE chunk into two registers). Each
+    output element is summed over the rows in the same order either way."""
+    return WIDE if head_dim % WIDE == 0 else LANES
+
+
+def chunk(c, width: int):
+    """Index of elements c·width .. (c+1)·width."""
+    return T.Ramp(c * width, 1, width)
+
+
 def partial_dot(q, g, head_dim: int, rows, row):
     """LANES partial sums of q[g] · the key in `row`: a chain of multiply-adds over the head's
-    chunks (fused by LLVM; the rows beside it give the parallelism)."""
+    chunks (fused by LLVM; the rows beside it give the parallelism). Chunks of LANES, not
+    WIDE: folding WIDE sums would round scores differently, and a float16 KV cache's outputs,
+    on a coarse grid, then meet the int8 activation rounding's ties elsewhere (`q4a8_1` with
+    `--kv-cache-dtype float16` moved 0.055 from `transformers` on a tiny model)."""
     total = q[g, lanes(0)] * T.Cast(f"float32x{LANES}", rows.load(0, row, 0))
     for c in range(1, head_dim // LANES):
         total = total + q[g, lanes(c)] * T.Cast(f"float32x{LANES}", rows.load(0, row, c))
@@ -288,17 +304,18 @@ def online_softmax(s, o, m, denom, top, rows, num_heads, head_dim):
             denom[g] = denom[g] + s[g, r]
 
 
-def weighted_values(total, s, g, rows, first, ch):
-    """`total` plus the block's values (chunk ch) weighted by head g's probabilities: a chain
-    of multiply-adds (the head's other chunks give the parallelism)."""
+def weighted_values(total, s, g, rows, first, ch, width: int):
+    """`total` plus the block's values (chunk ch of `width` lanes) weighted by head g's
+    probabilities: a chain of multiply-adds in row order (the head's other chunks give the
+    parallelism)."""
     for r in range(BLOCK):
-        value = T.Cast(f"float32x{LANES}", rows.load(1, first + r, ch))
-        total = total + T.Broadcast(s[g, r], LANES) * value
+        value = T.Cast(f"float32x{width}", rows.element(1, first + r, chunk(ch, width)))
+        total = total + T.Broadcast(s[g, r], width) * value
     return total
 
 
 @T.macro
-def attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim):
+def attend_block(q, o, s, m, denom, top, factor, first, rows, variant, bias, g, head_dim):
     """Fold BLOCK whole keys, rows `first ..`, into query head g's online softmax: scores
     LANES rows at a time, the softmax and the weighted values all vectorised."""
     for half in T.unroll(BLOCK // LANES):
@@ -310,9 +327,10 @@ def attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim
     top[0] = T.max(
         m[g], horizontal(T.max, tree(T.max, [s[g, lanes(i)] for i in range(BLOCK // LANES)]))
     )
+    factor[0] = exp2(m[g] - top[0], 1, nonpositive=True)  # once, not a libm call per lane
     for d in T.vectorized(head_dim):
-        o[g, d] = o[g, d] * T.exp2(m[g] - top[0])
-    denom[g] = denom[g] * T.exp2(m[g] - top[0])
+        o[g, d] = o[g, d] * factor[0]
+    denom[g] = denom[g] * factor[0]
     m[g] = top[0]
     for half in T.unroll(BLOCK // LANES):
         s[g, lanes(half)] = exp2_lanes(s[g, lanes(half)] - broadcast(top[0]))
@@ -320,8 +338,11 @@ def attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim
         lambda a, b: a + b,
         tree(lambda a, b: a + b, [s[g, lanes(i)] for i in range(BLOCK // LANES)]),
     )
-    for ch in T.serial(head_dim // LANES):
-        o[g, lanes(ch)] = weighted_values(o[g, lanes(ch)], s, g, rows, first, ch)
+    for ch in T.serial(head_dim // chunk_lanes(head_dim)):
+        width = T.meta_var(chunk_lanes(head_dim))
+        o[g, chunk(ch, width)] = weighted_values(
+            o[g, chunk(ch, width)], s, g, rows, first, ch, width
+        )
 
 
 @T.macro
@@ -331,6 +352,7 @@ def attend(q, o, s, m, denom, top, lo, hi, rows, variant, bias, group, head_dim)
     score at a time."""
     # Bound once: the callers' bounds are expressions that every row index would repeat.
     start: T.let[T.int32] = lo
+    factor = T.decl_buffer((1,), "float32")  # a block's rescaling of the running sums
     end: T.let[T.int32] = hi
     for c in T.serial(T.max(end - start, 0) // BLOCK):
         first: T.let[T.int32] = start + c * BLOCK
@@ -341,7 +363,7 @@ def attend(q, o, s, m, denom, top, lo, hi, rows, variant, bias, group, head_dim)
                     T.evaluate(rows.prefetch(0, ahead + r, line * rows.line_elements()))
                     T.evaluate(rows.prefetch(1, ahead + r, line * rows.line_elements()))
         for g in T.serial(group):
-            attend_block(q, o, s, m, denom, top, first, rows, variant, bias, g, head_dim)
+            attend_block(q, o, s, m, denom, top, factor, first, rows, variant, bias, g, head_dim)
     tail: T.let[T.int32] = start + T.max(end - start, 0) // BLOCK * BLOCK
     n: T.let[T.int32] = end - tail
     if n > 0:
