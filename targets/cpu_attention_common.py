@@ -208,7 +208,7 @@ def tree(op, values: list):
 
 def lanes(c):
     """Index of lanes c·LANES .. (c+1)·LANES."""
-    return T.Ramp(c * LANES, 1, LANES)
+    return chunk(c, LANES)
 
 
 def broadcast(value, dtype: str = "float32"):
@@ -338,8 +338,8 @@ def attend_block(q, o, s, m, denom, top, factor, first, rows, variant, bias, g, 
         lambda a, b: a + b,
         tree(lambda a, b: a + b, [s[g, lanes(i)] for i in range(BLOCK // LANES)]),
     )
-    for ch in T.serial(head_dim // chunk_lanes(head_dim)):
-        width = T.meta_var(chunk_lanes(head_dim))
+    width = T.meta_var(chunk_lanes(head_dim))
+    for ch in T.serial(head_dim // width):
         o[g, chunk(ch, width)] = weighted_values(
             o[g, chunk(ch, width)], s, g, rows, first, ch, width
         )

@@ -230,18 +230,18 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
             acc = T.decl_buffer((TOKENS * ROWS * lanes,), "float32", scope="global")
             part = T.decl_buffer((8,), "int32", scope="global")
             tail = T.decl_buffer((1,), "float32", scope="global")
-            if tile * TILE_N + TILE_N <= n:
+            # Whole tiles take TOKENS tokens x ROWS rows at a time; the tokens left over, and
+            # every token of the last, partial tile, go row by row.
+            whole: T.let[T.bool] = tile * TILE_N + TILE_N <= n
+            if whole:
                 for i in range(rows // TOKENS):
                     for t in range(TILE_N // ROWS):
                         r0 = T.meta_var(tile * TILE_N + t * ROWS)
                         micro(qw, qs, xq, xs, xc, y, acc, part, tail, i * TOKENS, r0, TOKENS, ROWS)
-                for i in range(rows // TOKENS * TOKENS, rows):
-                    for t in range(TILE_N):
-                        micro(qw, qs, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
-            else:  # the last, partial tile: row by row
-                for i in range(rows):
-                    for t in range(n - tile * TILE_N):
-                        micro(qw, qs, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
+            grouped = T.meta_var(T.if_then_else(whole, rows // TOKENS * TOKENS, T.int64(0)))
+            for i in range(grouped, rows):
+                for t in range(T.min(TILE_N, n - tile * TILE_N)):
+                    micro(qw, qs, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
 
     return q4a8_matmul
 

@@ -94,14 +94,20 @@ def _run(
     return [a.numpy() for a in args[-outputs:]]
 
 
-@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
-@pytest.mark.parametrize("n,k,rows", SHAPES)
-def test_x86_kernel_is_exact(n, k, rows, vnni):
+def _x86_target(vnni: bool):
+    """This CPU's target, where the x86 kernel (with `vnni`, its AVX512-VNNI form) can run."""
     target = get_target("llvm").tvm_target()
     if not has_avx2(target):
         pytest.fail("this machine has no AVX2; run the test where the kernel can run")
     if vnni and not has_avx512_vnni(target):
         pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
+    return target
+
+
+@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
+@pytest.mark.parametrize("n,k,rows", SHAPES)
+def test_x86_kernel_is_exact(n, k, rows, vnni):
+    target = _x86_target(vnni)
     _, inputs, exact = _int8_problem(n, k, rows)
     kp = inputs[0].shape[1]
     kernel = q4a8_matmul_avx2(n, kp, "float16", vnni=vnni)
@@ -117,11 +123,7 @@ def test_x86_kernel_is_exact(n, k, rows, vnni):
 def test_x86_kernel_rows_are_independent(vnni):
     """A prompt's rows come out bit for bit as when each is the only row (a decode step): the
     int8 activations downstream would round differently on a 1-ulp difference."""
-    target = get_target("llvm").tvm_target()
-    if not has_avx2(target):
-        pytest.fail("this machine has no AVX2; run the test where the kernel can run")
-    if vnni and not has_avx512_vnni(target):
-        pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
+    target = _x86_target(vnni)
     n, k, rows = 40, 1056, 5
     _, (xq, xs, xc, q_weight, q_scale), _ = _int8_problem(n, k, rows)
     kernel = q4a8_matmul_avx2(n, xq.shape[1], "float16", vnni=vnni)
@@ -141,9 +143,7 @@ def test_x86_kernel_rows_are_independent(vnni):
 @pytest.mark.parametrize("k", [500, 250, 40, 300, 200, 96, 576, 1056])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_x86_activation_quantization_matches_the_definition(k, rows):
-    target = get_target("llvm").tvm_target()
-    if not has_avx2(target):
-        pytest.fail("this machine has no AVX2; run the test where the kernel can run")
+    target = _x86_target(vnni=False)
     x, inputs, _ = _int8_problem(8, k, rows, seed=k)
     kp = inputs[0].shape[1]
     groups = kp // GROUP
