@@ -51,7 +51,7 @@ def main() -> None:
 
     short, long = min(args.contexts), max(args.contexts)
     for model_dir in engines:
-        kv = engines[model_dir].chat_config["model_config"].get("kv_cache_dtype", "?")
+        kv = engines[model_dir].chat_config.model_config.get("kv_cache_dtype", "?")
         medians = {c: statistics.median(speeds[(model_dir, c)]) for c in args.contexts}
         row = "  ".join(f"{c}: {medians[c]:6.2f} tok/s" for c in args.contexts)
         slowdown = 1 - medians[long] / medians[short]

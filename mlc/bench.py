@@ -15,6 +15,7 @@ import psutil
 
 from mlc.bench_reference import peak_rss_mb
 from mlc.runtime import CompiledModel
+from mlc.runtime.chat_config import ChatConfig
 
 
 @dataclasses.dataclass
@@ -112,19 +113,19 @@ def run_bench(
         peak_rss_mb=peak_rss_mb(),
         machine=machine_description(),
         threads=thread_count(),
-        quantization=engine.chat_config.get("quantization", ""),
+        quantization=engine.chat_config.quantization,
     )
     for kind in compare:
         result.references.append(_compare(result, engine.chat_config, kind))
     return result
 
 
-def _compare(result: BenchResult, chat_config: dict[str, Any], kind: str) -> dict[str, Any]:
+def _compare(result: BenchResult, chat_config: ChatConfig, kind: str) -> dict[str, Any]:
     """Run a reference engine on the artifact's source weights, same shape and threads."""
     from mlc.bench_reference import run_reference
 
-    source = Path(chat_config.get("source_model", ""))
-    if not chat_config.get("source_model") or not source.exists():
+    source = Path(chat_config.source_model)
+    if not chat_config.source_model or not source.exists():
         raise ValueError(
             f"--compare {kind} needs the weights the model was built from, but "
             f"{source or 'no source_model'} is not there; rebuild from a local model"

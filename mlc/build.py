@@ -29,10 +29,12 @@ from mlc.gguf.checkpoint import GGUFCheckpoint
 from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
 from mlc.quantization import Quantization, get_quantization
-from mlc.runtime.artifact import ARTIFACT_FORMAT_VERSION, CHAT_CONFIG_NAME, library_name
+from mlc.runtime.artifact import library_name
+from mlc.runtime.chat_config import ARTIFACT_FORMAT_VERSION, ChatConfig
 from mlc.runtime.conversation import get_template
+from mlc.runtime.generation_config import DEFAULTS
+from mlc.runtime.tensor_cache import TensorCacheWriter
 from mlc.targets import get_target, target_summary
-from mlc.tensor_cache import TensorCacheWriter
 
 # Sequences one batched decode step can serve (`mlc serve`); single-sequence chat costs nothing
 # extra: it only raises the planned upper bound of the decode activations.
@@ -153,7 +155,7 @@ def build(opts: BuildOptions) -> Path:
             tokenizer_files,
             staging,
         )
-        (staging / CHAT_CONFIG_NAME).write_text(json.dumps(chat_config, indent=2))
+        chat_config.save(staging)
         _replace_dir(staging, final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -217,13 +219,9 @@ def _ordered_map(func, items, workers: int) -> Iterator:
 
 
 def _generation_defaults(gen: dict[str, Any]) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        "temperature": 0.7,
-        "top_p": 0.95,
-        "top_k": 40,
-        "repetition_penalty": 1.0,
-        "max_tokens": 512,
-    }
+    """The model's `generation_config.json` where it sets a value, else `DEFAULTS`."""
+    keys = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
+    defaults = {k: DEFAULTS[k] for k in keys}
     for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
         if gen.get(key) is not None:
             defaults[key] = gen[key]
@@ -264,9 +262,9 @@ def _chat_config(
     max_batch_size: int,
     tokenizer_files: list[str],
     out_dir: Path,
-) -> dict[str, Any]:
+) -> ChatConfig:
     hf_config, gen = checkpoint.config, checkpoint.generation_config
-    return {
+    fields = {
         "artifact_format_version": ARTIFACT_FORMAT_VERSION,
         "builder": f"mlc {__version__}",
         "tvm_version": tvm.__version__,
@@ -287,6 +285,7 @@ def _chat_config(
         "target": target,
         "source_model": str(model_path),
     }
+    return ChatConfig.from_dict(fields, "the chat config being built")
 
 
 def _replace_dir(staging: Path, final_dir: Path) -> None:

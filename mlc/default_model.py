@@ -46,7 +46,7 @@ def embedded_gguf() -> Path:
 def default_model_dir(output: Path = Path("dist")) -> Path:
     """The built default model, building it first when there is no usable build."""
     from mlc.build import BuildOptions, build
-    from mlc.runtime.engine import CompiledModel
+    from mlc.runtime.compiled_model import CompiledModel
 
     gguf = embedded_gguf()
     built = output / f"{gguf.stem}-{QUANTIZATION}"

@@ -5,8 +5,8 @@ It imports nothing from the compiler side, only TVM's runtime, numpy and `tokeni
 
 from .artifact import ArtifactError
 from .chat_module import ChatModule, GenerationStats
+from .compiled_model import CompiledModel, ContextWindowExceeded
 from .conversation import TEMPLATES, ConversationTemplate, get_template
-from .engine import CompiledModel, ContextWindowExceeded
 from .generation_config import GenerationConfig
 
 __all__ = [

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from .engine import PAGE_SIZE, CompiledModel
+from .compiled_model import PAGE_SIZE, CompiledModel
 from .sequence import Sequence, SequenceOutput
 
 

@@ -7,16 +7,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Tokenizer
 
-from .artifact import ArtifactError, read_json
+from .chat_config import ArtifactError, ChatConfig, read_json
 from .chat_template import JinjaChatTemplate
+from .compiled_model import CompiledModel
 from .conversation import ConversationTemplate, get_template
-from .engine import CompiledModel
+from .generation import GenerationStep
 from .generation_config import GenerationConfig
-from .sampling import sample
-from .streamer import StopStringFilter, TextStreamer
 
 StreamCallback = Callable[[str], None]
 
@@ -39,13 +37,13 @@ class GenerationStats:
 
 
 def choose_template(
-    model_dir: Path, config: dict, override: str | dict | None = None
+    model_dir: Path, config: ChatConfig, override: str | dict | None = None
 ) -> ConversationTemplate | JinjaChatTemplate:
     """An explicit template, else the one named at build time, else the model's own chat
     template, else raw text (`LM`)."""
-    if override is not None or config.get("conv_template"):
-        return get_template(override if override is not None else config["conv_template"])
-    if config.get("chat_template"):
+    if override is not None or config.conv_template:
+        return get_template(override if override is not None else config.conv_template)
+    if config.chat_template:
         path = model_dir / "tokenizer_config.json"
         tokens = read_json(path, "tokenizer config") if path.is_file() else {}
         special = {
@@ -53,16 +51,15 @@ def choose_template(
             for k, v in tokens.items()
             if k.endswith("_token")
         }
-        return JinjaChatTemplate(config["chat_template"], special)
+        return JinjaChatTemplate(config.chat_template, special)
     return get_template("LM")
 
 
 def stop_token_ids(
-    config: dict, tokenizer: Tokenizer, template: ConversationTemplate | JinjaChatTemplate
+    config: ChatConfig, tokenizer: Tokenizer, template: ConversationTemplate | JinjaChatTemplate
 ) -> set[int]:
     """EOS and the template's stop tokens."""
-    eos = config.get("eos_token_id")
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids = set(config.eos_token_ids)
     for token in template.stop_tokens:
         token_id = tokenizer.token_to_id(token)
         if token_id is not None:
@@ -92,7 +89,7 @@ class ChatModule:
             raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.template = choose_template(self.engine.model_dir, config, conv_template)
-        self.bos_token_id = config.get("bos_token_id")
+        self.bos_token_id = config.bos_token_id
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)
         self.messages: list[dict[str, str]] = []  # the conversation so far
         self.history_ids: list[int] = []  # every token in the KV cache, in order
@@ -114,7 +111,8 @@ class ChatModule:
         callback as they are decoded."""
         if not prompt:
             raise ValueError("the prompt is empty; give some text to respond to")
-        config = (generation_config or GenerationConfig()).resolved(self.chat_config)
+        defaults = self.chat_config.generation_defaults()
+        config = (generation_config or GenerationConfig()).resolved(defaults)
         messages = [*self.messages, {"role": "user", "content": prompt}]
         full_text = self.template.render(messages)
         # Prefill only what the KV cache lacks. A template that rewrites earlier turns (or an
@@ -176,53 +174,41 @@ class ChatModule:
     ) -> str:
         self._interrupted = False
         stats = GenerationStats()
-        rng = np.random.default_rng(config.seed)
-        streamer = TextStreamer(self.tokenizer)
-        stop_filter = StopStringFilter(
-            [] if ignore_stop else [*config.stop, *self.template.stop_str]
-        )
-        stop_ids = set() if ignore_stop else self.stop_token_ids | set(config.stop_token_ids)
-        pieces: list[str] = []
-
-        def emit(piece: str) -> None:
-            if piece:
-                pieces.append(piece)
-                if callback is not None:
-                    callback(piece)
-
         start = time.perf_counter()
         logits = self.engine.prefill(ids)
         self.history_ids.extend(ids)
         stats.prefill_tokens, stats.prefill_seconds = len(ids), time.perf_counter() - start
-        generated: list[int] = []
+        step = GenerationStep(
+            self.tokenizer,
+            config,
+            context_ids=self.history_ids,
+            kv_tokens=self.engine.num_cached_tokens,
+            context_window_size=self.engine.context_window_size,
+            stop_token_ids=() if ignore_stop else self.stop_token_ids,
+            stop_strings=() if ignore_stop else self.template.stop_str,
+        )
+        pieces: list[str] = []
         start = time.perf_counter()
         while True:
-            if len(generated) >= config.max_tokens:
-                stats.finish_reason = "length"
+            if self._interrupted:
+                step.interrupt()
+            out = step.step(logits)
+            if out is None:
                 break
-            token = sample(logits, config, rng, self.history_ids, generated)
-            if token in stop_ids:
-                stats.finish_reason = "stop"
+            if out.text:
+                pieces.append(out.text)
+                if callback is not None:
+                    callback(out.text)
+            if out.finish_reason is not None:
+                # Sampled but never fed: the next turn feeds it first.
+                self._pending = out.sampled if out.appended else None
                 break
-            generated.append(token)
-            emit(stop_filter.put(streamer.put(token)))
-            if stop_filter.stopped:
-                stats.finish_reason = "stop"
-                self._pending = token
-                break
-            room = self.engine.num_cached_tokens < self.engine.context_window_size
-            if len(generated) >= config.max_tokens or self._interrupted or not room:
-                stats.finish_reason = "interrupted" if self._interrupted else "length"
-                self._pending = token
-                break
-            logits = self.engine.decode(token)
-            self.history_ids.append(token)
-            stats.decode_tokens += 1
-        emit(stop_filter.put(streamer.finish()))
-        emit(stop_filter.finish())
+            logits = self.engine.decode(out.sampled)
+            self.history_ids.append(out.sampled)
+        stats.finish_reason = step.finish_reason or ""
         stats.decode_seconds = time.perf_counter() - start
         # Count the final sampled token too: it was produced by the last forward pass.
-        stats.decode_tokens = len(generated)
+        stats.decode_tokens = len(step.generated)
         self.last_stats = stats
-        self.last_output_ids = generated
+        self.last_output_ids = step.generated
         return "".join(pieces)

@@ -1,9 +1,24 @@
-"""`GenerationConfig`: how to sample; unset fields fall back to the model's defaults."""
+"""`GenerationConfig`: how to sample; unset fields fall back to the model's defaults, then to
+`DEFAULTS`, the one place built-in generation defaults are defined (`mlc build` records them in
+the chat config where the model's `generation_config.json` is silent)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": 0.95,
+    "top_k": 40,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "max_tokens": 512,
+    "stop": [],
+    "stop_token_ids": [],
+}
 
 
 @dataclasses.dataclass
@@ -21,24 +36,13 @@ class GenerationConfig:
     stop_token_ids: list[int] | None = None
 
     def resolved(self, defaults: dict[str, Any]) -> GenerationConfig:
-        """This config with each unset field taken from `defaults`, then built-in defaults."""
-        builtin = {
-            "temperature": 0.7,
-            "top_p": 0.95,
-            "top_k": 40,
-            "min_p": 0.0,
-            "repetition_penalty": 1.0,
-            "presence_penalty": 0.0,
-            "frequency_penalty": 0.0,
-            "max_tokens": 512,
-            "stop": [],
-            "stop_token_ids": [],
-        }
+        """This config with each unset field taken from `defaults` (the model's, see
+        `ChatConfig.generation_defaults`), then from `DEFAULTS`."""
         values = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if value is None:
-                value = defaults.get(field.name, builtin.get(field.name))
+                value = defaults.get(field.name, DEFAULTS.get(field.name))
             values[field.name] = value
         config = GenerationConfig(**values)
         config.validate()

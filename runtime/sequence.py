@@ -1,7 +1,6 @@
-"""One generation request inside the batching engine: its prompt, sampler, stop rules and text.
-
-The engine feeds it logits; it samples the next token, detokenizes and decides when to stop,
-exactly as `ChatModule` does for a single conversation.
+"""One generation request inside the batching engine: its prompt, its KV-cache bookkeeping and
+its outputs. The engine feeds it logits; the per-token rules are `GenerationStep`'s, the same
+as `ChatModule`'s for a single conversation.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ from collections.abc import Callable
 import numpy as np
 from tokenizers import Tokenizer
 
+from .generation import GenerationStep
 from .generation_config import GenerationConfig
-from .sampling import sample
-from .streamer import StopStringFilter, TextStreamer
 
 _ids = itertools.count(1)  # sequence 0 is CompiledModel's own single sequence
 
@@ -62,12 +60,15 @@ class Sequence:
         self.config = config
         self.on_output = on_output
         self.top_logprobs = top_logprobs  # None: no logprobs
-        self.stop_token_ids = stop_token_ids | set(config.stop_token_ids)
-        self.rng = np.random.default_rng(config.seed)
-        self.streamer = TextStreamer(tokenizer)
-        self.stop_filter = StopStringFilter([*config.stop, *stop_strings])
-        self.context_window_size = context_window_size
-        self.generated: list[int] = []
+        self.generation = GenerationStep(
+            tokenizer,
+            config,
+            context_ids=self.prompt_ids,
+            kv_tokens=len(self.prompt_ids),
+            context_window_size=context_window_size,
+            stop_token_ids=stop_token_ids,
+            stop_strings=stop_strings,
+        )
         self.num_prefilled = 0  # prompt tokens already in the KV cache
         self.pending_token: int | None = None  # sampled, to be fed by the next decode step
         self.finish_reason: str | None = None
@@ -76,45 +77,29 @@ class Sequence:
         self.max_kv_tokens = min(len(prompt_ids) + config.max_tokens, context_window_size)
 
     @property
+    def generated(self) -> list[int]:
+        return self.generation.generated
+
+    @property
     def prefill_done(self) -> bool:
         return self.num_prefilled == len(self.prompt_ids)
 
-    @property
-    def num_cached_tokens(self) -> int:
-        return len(self.prompt_ids) + max(len(self.generated) - 1, 0)
-
     def append_logits(self, logits: np.ndarray) -> None:
-        """Sample the next token from `logits`, stream its text, and stop when a rule says so."""
-        if self.config.max_tokens == 0:
-            self._finish("length", SequenceOutput())
-            return
-        history = [*self.prompt_ids, *self.generated]
-        token = sample(logits, self.config, self.rng, history, self.generated)
+        """Take one generation step on `logits` and send what it produced."""
+        step = self.generation.step(logits)
         out = SequenceOutput()
-        if self.top_logprobs is not None:
-            out.logprobs.append(_logprob(logits, token, self.top_logprobs))
-        if token in self.stop_token_ids:
-            self._finish("stop", out)
-            return
-        self.generated.append(token)
-        out.token_ids.append(token)
-        out.text = self.stop_filter.put(self.streamer.put(token))
-        if self.stop_filter.stopped:
-            self._finish("stop", out)
-        elif (
-            len(self.generated) >= self.config.max_tokens
-            or self.num_cached_tokens >= self.context_window_size
-        ):
-            self._finish("length", out)
+        if step is not None:
+            out.text = step.text
+            if self.top_logprobs is not None:
+                out.logprobs.append(_logprob(logits, step.sampled, self.top_logprobs))
+            if step.appended:
+                out.token_ids.append(step.sampled)
+        if self.generation.finish_reason is not None:
+            out.finish_reason = self.finish_reason = self.generation.finish_reason
+            self.pending_token = None
         else:
-            self.pending_token = token
-            self.on_output(out)
-
-    def _finish(self, reason: str, out: SequenceOutput) -> None:
-        out.text += self.stop_filter.put(self.streamer.finish())
-        out.text += self.stop_filter.finish()
-        out.finish_reason = self.finish_reason = reason
-        self.pending_token = None
+            assert step is not None
+            self.pending_token = step.sampled
         self.on_output(out)
 
     def fail(self, reason: str, message: str, kind: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlc.runtime.engine import CompiledModel
+from mlc.runtime.compiled_model import CompiledModel
 
 
 def cpu_logits_along(model_dir: Path, prompt: list[int], tokens: list[int]) -> list[np.ndarray]:

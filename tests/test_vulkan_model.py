@@ -20,7 +20,7 @@ from mlc.build import BuildOptions, build
 from mlc.random_model import save_model
 from mlc.runtime import vulkan
 from mlc.runtime.artifact import ArtifactError
-from mlc.runtime.engine import CompiledModel
+from mlc.runtime.compiled_model import CompiledModel
 from mlc.targets import vulkan as vulkan_target
 
 PROMPT = [1, 17, 42, 99, 123, 7, 250]
@@ -102,7 +102,7 @@ def test_no_vulkan_driver_says_what_to_install(builds):
     # A fresh process whose Vulkan loader finds no driver (the plugin is process-wide).
     _, vk_dir = builds["q4f32_1"]
     code = (
-        "from mlc.runtime.engine import CompiledModel\n"
+        "from mlc.runtime.compiled_model import CompiledModel\n"
         f"CompiledModel({str(vk_dir)!r}, device='vulkan')\n"
     )
     env = {**os.environ, "VK_ICD_FILENAMES": "/nonexistent.json", "VK_DRIVER_FILES": ""}

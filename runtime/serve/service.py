@@ -12,10 +12,10 @@ from pathlib import Path
 import jinja2
 from tokenizers import Tokenizer
 
-from ..artifact import CHAT_CONFIG_NAME, ArtifactError, read_json
 from ..batch_engine import BatchEngine, EngineOverloaded, EngineShuttingDown
+from ..chat_config import ArtifactError, ChatConfig
 from ..chat_module import choose_template, stop_token_ids
-from ..engine import CompiledModel
+from ..compiled_model import CompiledModel
 from ..generation_config import GenerationConfig
 from ..sequence import OutputCallback, Sequence, SequenceOutput
 from .errors import APIError
@@ -47,10 +47,9 @@ class ServedModel:
             raise ArtifactError(
                 f"model directory not found: {model_dir} (build one with mlc build)"
             )
-        chat_config = read_json(model_dir / CHAT_CONFIG_NAME, "chat config")
-        built_batch = int(chat_config.get("max_batch_size", 1))
-        batch = options.max_batch_size or built_batch  # CompiledModel refuses more than built
-        context = int(chat_config["context_window_size"])
+        chat_config = ChatConfig.load(model_dir)
+        batch = options.max_batch_size or chat_config.max_batch_size  # more is refused
+        context = chat_config.context_window_size
         kv_tokens = options.kv_cache_tokens or min(batch * context, max(context, DEFAULT_KV_TOKENS))
         self.model = CompiledModel(
             model_dir,
@@ -67,7 +66,7 @@ class ServedModel:
             raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.template = choose_template(model_dir, config, None)
-        self.bos_token_id = config.get("bos_token_id")
+        self.bos_token_id = config.bos_token_id
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)
         self.context_window_size = self.model.context_window_size
         self.vocab_size = self.model.vocab_size
@@ -147,7 +146,8 @@ class ServedModel:
     ) -> Generation:
         """Queue one sequence per (prompt, config); a 429 `APIError` when the queue is full."""
         try:
-            configs = [c.resolved(self.model.chat_config) for c in configs]
+            defaults = self.model.chat_config.generation_defaults()
+            configs = [c.resolved(defaults) for c in configs]
         except ValueError as err:
             raise APIError(400, str(err).removeprefix("GenerationConfig: ")) from err
         generation = Generation(self.engine, asyncio.get_running_loop())

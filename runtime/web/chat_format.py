@@ -14,7 +14,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from ..artifact import CHAT_CONFIG_NAME, ArtifactError, read_json
+from ..chat_config import ArtifactError, ChatConfig
 from ..chat_module import choose_template, stop_token_ids
 from ..chat_template import JinjaChatTemplate
 from ..conversation import ConversationTemplate
@@ -85,7 +85,7 @@ def turn_rules(template: Template) -> dict[str, Any]:
 
 def chat_format(model_dir: Path, conv_template: str | None = None) -> dict[str, Any]:
     """Everything the page needs to prompt the model in `model_dir` as `ChatModule` does."""
-    config = read_json(model_dir / CHAT_CONFIG_NAME, "chat config")
+    config = ChatConfig.load(model_dir)
     template = choose_template(model_dir, config, conv_template)
     tokenizer_path = model_dir / "tokenizer.json"
     if not tokenizer_path.is_file():
@@ -103,7 +103,7 @@ def chat_format(model_dir: Path, conv_template: str | None = None) -> dict[str, 
         "template": template.name,
         **rules,
         "add_bos": template.add_bos,
-        "bos_token_id": config.get("bos_token_id"),
+        "bos_token_id": config.bos_token_id,
         "stop_token_ids": sorted(stop_token_ids(config, tokenizer, template)),
         "stop_str": list(template.stop_str),
     }

@@ -11,7 +11,7 @@
  * module the chat page runs too.
  */
 
-import { fetchJSON, loadModel, requestAdapter, requestDevice } from "./chat/engine.js";
+import { loadModel, readChatConfig, requestAdapter, requestDevice } from "./chat/engine.js";
 import { createWASI } from "./wasi.ts";
 
 interface Args {
@@ -69,7 +69,7 @@ async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
   const tvmjs = await importTVMRuntime(args.tvmWeb);
   const baseUrl = new URL(`file://${Deno.realPathSync(args.model)}/`);
-  const chatConfig = await fetchJSON(new URL("mlc-chat-config.json", baseUrl), "chat config");
+  const chatConfig = await readChatConfig(baseUrl);
   const adapter = await requestAdapter();
   const needF16 = chatConfig.quantization_scheme?.model_dtype === "float16";
   const { device, info } = await requestDevice(adapter, needF16);

@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..artifact import CHAT_CONFIG_NAME, ArtifactError, read_json
+from ..chat_config import ArtifactError, ChatConfig
+from ..tensor_cache import TENSOR_CACHE_NAME
 from .bundle import BUNDLE_NAME, tvmjs_bundle
 from .chat_format import FORMAT_NAME, chat_format
 
@@ -34,18 +35,18 @@ CONTENT_TYPES = {
 }
 
 
-def check_web_build(model_dir: Path) -> dict:
+def check_web_build(model_dir: Path) -> ChatConfig:
     """The build's chat config; ArtifactError unless `model_dir` is a whole `webgpu` build."""
     if not model_dir.is_dir():
         raise ArtifactError(f"model directory not found: {model_dir}")
-    config = read_json(model_dir / CHAT_CONFIG_NAME, "chat config")
-    if config.get("target") != "webgpu":
+    config = ChatConfig.load(model_dir)
+    if config.target != "webgpu":
         raise ArtifactError(
-            f"{model_dir} is a build for the {config.get('target')} target; the chat page needs "
-            f"a webgpu build: mlc build {config.get('source_model', 'MODEL')} --target webgpu "
-            f"--quantization {config.get('quantization', 'q4f32_1')}"
+            f"{model_dir} is a build for the {config.target} target; the chat page needs "
+            f"a webgpu build: mlc build {config.source_model} --target webgpu "
+            f"--quantization {config.quantization}"
         )
-    needed = [config.get("model_lib", ""), "tensor-cache.json", "tokenizer.json"]
+    needed = [config.model_lib, TENSOR_CACHE_NAME, "tokenizer.json"]
     missing = [name for name in needed if not (model_dir / name).is_file()]
     if missing:
         raise ArtifactError(f"{model_dir} lacks {', '.join(missing)}: is the build complete?")

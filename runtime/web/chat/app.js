@@ -5,7 +5,7 @@
  */
 
 import {
-  checkChatConfig,
+  readChatConfig,
   fetchJSON,
   loadModel,
   ModelLoadError,
@@ -70,15 +70,13 @@ async function start() {
   progress({ text: "Looking for a WebGPU adapter", fraction: 0 });
   const adapter = await requestAdapter();
   progress({ text: `Reading ${new URL("mlc-chat-config.json", baseUrl)}`, fraction: 0 });
-  const config = await fetchJSON(new URL("mlc-chat-config.json", baseUrl), "mlc-chat-config.json").catch(
-    (err) => {
-      throw new ModelLoadError(
-        `No model at ${baseUrl.href}: ${err.message} Open the page with ?model= naming the ` +
-          "directory of a `mlc build MODEL --target webgpu` build.",
-      );
-    },
-  );
-  checkChatConfig(config, baseUrl.href);
+  const config = await readChatConfig(baseUrl).catch((err) => {
+    if (!/^(No|Cannot read the) mlc-chat-config\.json /.test(err.message)) throw err;
+    throw new ModelLoadError(
+      `No model at ${baseUrl.href}: ${err.message} Open the page with ?model= naming the ` +
+        "directory of a `mlc build MODEL --target webgpu` build.",
+    );
+  });
   $("model-name").textContent = config.model_lib.replace(/\.wasm$/, "");
   const needF16 = config.quantization_scheme?.model_dtype === "float16";
   const { device, info } = await requestDevice(adapter, needF16);

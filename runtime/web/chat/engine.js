@@ -2,7 +2,7 @@
  * One mlc `webgpu` build on a WebGPU device: the `.wasm` model library, its weight shards
  * (each checked against the size and sha256 that `tensor-cache.json` records) and a paged KV
  * cache holding one sequence. The chat page and the Deno driver (`run_model.ts`) both run it;
- * the calls mirror `mlc/runtime/engine.py` (embed, then prefill or decode between
+ * the calls mirror `mlc/runtime/compiled_model.py` (embed, then prefill or decode between
  * `kv_state_begin_forward` and `kv_state_end_forward`).
  *
  * `tvmjs` is the apache-tvm wheel's TypeScript runtime (bundled to plain JavaScript for a
@@ -12,6 +12,8 @@
 const PAGE_SIZE = 16;
 const SEQUENCE_ID = 0;
 const ARTIFACT_FORMAT_VERSION = 1;
+const CHAT_CONFIG_NAME = "mlc-chat-config.json";
+const CHAT_CONFIG_SCHEMA_NAME = "mlc-chat-config.schema.json";
 
 /** The browser or the machine has no usable WebGPU. */
 export class WebGPUUnavailableError extends Error {}
@@ -121,10 +123,80 @@ async function sha256Hex(data) {
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/**
+ * Where `value` breaks the JSON Schema `schema` (the subset `mlc build` writes: type, const,
+ * anyOf, items, properties, required, additionalProperties false), or null where it fits.
+ */
+export function schemaViolation(value, schema, path = "") {
+  if (schema.anyOf) {
+    return schema.anyOf.some((s) => schemaViolation(value, s, path) === null)
+      ? null
+      : `${path || "the value"} must be ${schema.anyOf.map((s) => s.type).join(" or ")}`;
+  }
+  if ("const" in schema && value !== schema.const) {
+    return `${path} must be ${JSON.stringify(schema.const)}, not ${JSON.stringify(value)}`;
+  }
+  const kinds = {
+    integer: Number.isInteger(value),
+    number: typeof value === "number",
+    string: typeof value === "string",
+    object: value !== null && typeof value === "object" && !Array.isArray(value),
+    array: Array.isArray(value),
+    null: value === null,
+  };
+  if (schema.type && !kinds[schema.type]) {
+    return `${path || "the value"} must be ${schema.type}, not ${JSON.stringify(value)}`;
+  }
+  if (schema.type === "array" && schema.items) {
+    for (const [i, item] of value.entries()) {
+      const problem = schemaViolation(item, schema.items, `${path}[${i}]`);
+      if (problem) return problem;
+    }
+  }
+  if (schema.type === "object") {
+    const missing = (schema.required ?? []).filter((k) => !(k in value));
+    if (missing.length) return `${path || "the object"} lacks the key(s) ${missing.join(", ")}`;
+    const properties = schema.properties ?? {};
+    if (schema.additionalProperties === false) {
+      const unknown = Object.keys(value).filter((k) => !(k in properties));
+      if (unknown.length) return `${path || "the object"} has unknown key(s) ${unknown.join(", ")}`;
+    }
+    for (const [key, sub] of Object.entries(properties)) {
+      if (key in value) {
+        const problem = schemaViolation(value[key], sub, path ? `${path}.${key}` : key);
+        if (problem) return problem;
+      }
+    }
+  }
+  return null;
+}
+
+/**
+ * `mlc-chat-config.json` at `baseUrl`, validated against the JSON Schema the build wrote
+ * beside it (`mlc-chat-config.schema.json`, generated from `mlc/runtime/chat_config.py`).
+ */
+export async function readChatConfig(baseUrl) {
+  const url = (name) => new URL(name, baseUrl).href;
+  const config = await fetchJSON(url(CHAT_CONFIG_NAME), CHAT_CONFIG_NAME);
+  const schema = await fetchJSON(url(CHAT_CONFIG_SCHEMA_NAME), CHAT_CONFIG_SCHEMA_NAME).catch((err) => {
+    throw new ModelLoadError(`${err.message} (builds before the schema existed lack it): ${rebuildHint(config)}`);
+  });
+  checkChatConfig(config, String(baseUrl));
+  const problem = schemaViolation(config, schema);
+  if (problem) {
+    throw new ModelLoadError(`${url(CHAT_CONFIG_NAME)}: ${problem}; ${rebuildHint(config)}`);
+  }
+  return config;
+}
+
+function rebuildHint(config) {
+  return `rebuild it with: mlc build ${config.source_model ?? "MODEL"} --target webgpu ` +
+    `--quantization ${config.quantization ?? "q4f32_1"}`;
+}
+
 /** Refuse anything but a `webgpu` build of the format this code reads. */
 export function checkChatConfig(config, url) {
-  const rebuild = `rebuild it with: mlc build ${config.source_model ?? "MODEL"} --target webgpu ` +
-    `--quantization ${config.quantization ?? "q4f32_1"}`;
+  const rebuild = rebuildHint(config);
   if (config.target !== "webgpu" || !String(config.model_lib ?? "").endsWith(".wasm")) {
     throw new ModelLoadError(
       `The model at ${url} was built for the ${config.target ?? "unknown"} target, not ` +
@@ -162,14 +234,13 @@ function checkMetadata(metadata, config, records, libraryName) {
  * @param {() => object} options.createWASI the WASI imports of a standalone `.wasm`
  * @param {string | URL} options.baseUrl
  * @param {GPUDevice} options.device
- * @param {object} [options.chatConfig] mlc-chat-config.json, when already fetched
+ * @param {object} [options.chatConfig] mlc-chat-config.json, when already read by `readChatConfig`
  * @param {(p: {stage: string, text: string, fraction: number}) => void} [options.onProgress]
  * @param {(m: string) => void} [options.log] the runtime's log messages
  */
 export async function loadModel({ tvmjs, createWASI, baseUrl, device, chatConfig, onProgress = () => {}, log = console.error }) {
   const url = (name) => new URL(name, baseUrl).href;
-  const config = chatConfig ?? (await fetchJSON(url("mlc-chat-config.json"), "mlc-chat-config.json"));
-  checkChatConfig(config, String(baseUrl));
+  const config = chatConfig ?? (await readChatConfig(baseUrl));
   const cache = await fetchJSON(url("tensor-cache.json"), "tensor-cache.json");
   const shards = cache.records;
 

@@ -217,55 +217,98 @@ export class ChatSession {
   async generateFrom(ids, config, onPiece) {
     this.interrupted = false;
     const stats = new GenerationStats();
-    const streamer = new TextStreamer(this.tokenizer);
-    const stopFilter = new StopStringFilter(this.format.stop_str);
     const pieces = [];
-    const emit = (piece) => {
-      if (piece) {
-        pieces.push(piece);
-        onPiece(piece);
-      }
-    };
     let start = performance.now();
     let logits = await this.engine.prefill(ids);
     this.historyIds.push(...ids);
     stats.prefillTokens = ids.length;
     stats.prefillSeconds = (performance.now() - start) / 1000;
-    const generated = [];
+    const step = new GenerationStep(this.tokenizer, config, {
+      contextIds: this.historyIds,
+      kvTokens: this.engine.numCachedTokens,
+      contextWindowSize: this.engine.contextWindowSize,
+      stopTokenIds: this.stopIds,
+      stopStrings: this.format.stop_str,
+    });
     start = performance.now();
     for (;;) {
-      if (generated.length >= config.maxTokens) {
-        stats.finishReason = "length";
+      if (this.interrupted) step.interrupt();
+      const out = step.step(logits);
+      if (out === null) break;
+      if (out.text) {
+        pieces.push(out.text);
+        onPiece(out.text);
+      }
+      if (out.finishReason !== null) {
+        this.pending = out.appended ? out.sampled : null; // sampled, never fed
         break;
       }
-      const token = sample(logits, config, this.historyIds);
-      if (this.stopIds.has(token)) {
-        stats.finishReason = "stop";
-        break;
-      }
-      generated.push(token);
-      emit(stopFilter.put(streamer.put(token)));
-      if (stopFilter.stopped) {
-        stats.finishReason = "stop";
-        this.pending = token;
-        break;
-      }
-      const room = this.engine.numCachedTokens < this.engine.contextWindowSize;
-      if (generated.length >= config.maxTokens || this.interrupted || !room) {
-        stats.finishReason = this.interrupted ? "interrupted" : "length";
-        this.pending = token;
-        break;
-      }
-      logits = await this.engine.decode(token);
-      this.historyIds.push(token);
+      logits = await this.engine.decode(out.sampled);
+      this.historyIds.push(out.sampled);
     }
-    emit(stopFilter.put(streamer.finish()));
-    emit(stopFilter.finish());
+    stats.finishReason = step.finishReason ?? "";
     stats.decodeSeconds = (performance.now() - start) / 1000;
     // Count the final sampled token too: it was produced by the last forward pass.
-    stats.decodeTokens = generated.length;
+    stats.decodeTokens = step.generated.length;
     this.lastStats = stats;
-    this.lastOutputIds = generated;
+    this.lastOutputIds = step.generated;
     return pieces.join("");
+  }
+}
+
+/**
+ * The generation step, a port of `mlc/runtime/generation.py` (`GenerationStep`): the same
+ * rules in the same order, so the page answers as `ChatModule` does. Keep the two in step.
+ */
+export class GenerationStep {
+  constructor(tokenizer, config, { contextIds, kvTokens, contextWindowSize, stopTokenIds, stopStrings }) {
+    this.config = config;
+    this.contextIds = [...contextIds];
+    this.kvTokens = kvTokens;
+    this.contextWindowSize = contextWindowSize;
+    this.stopTokenIds = new Set(stopTokenIds);
+    this.streamer = new TextStreamer(tokenizer);
+    this.stopFilter = new StopStringFilter(stopStrings);
+    this.generated = [];
+    this.finishReason = null;
+    this.interrupted = false;
+  }
+
+  interrupt() {
+    this.interrupted = true;
+  }
+
+  /** @returns {{sampled: number, appended: boolean, text: string, finishReason: string | null} | null} */
+  step(logits) {
+    if (this.finishReason !== null) throw new Error("the answer has finished");
+    if (this.generated.length >= this.config.maxTokens) {
+      this.finish("length");
+      return null;
+    }
+    const token = sample(logits, this.config, [...this.contextIds, ...this.generated]);
+    const out = { sampled: token, appended: false, text: "", finishReason: null };
+    if (this.stopTokenIds.has(token)) {
+      out.text = this.finish("stop");
+      out.finishReason = "stop";
+      return out;
+    }
+    this.generated.push(token);
+    out.appended = true;
+    out.text = this.stopFilter.put(this.streamer.put(token));
+    let reason = null;
+    if (this.stopFilter.stopped) reason = "stop";
+    else if (this.interrupted) reason = "interrupted";
+    else if (this.generated.length >= this.config.maxTokens) reason = "length";
+    else if (this.kvTokens + this.generated.length - 1 >= this.contextWindowSize) reason = "length";
+    if (reason !== null) {
+      out.text += this.finish(reason);
+      out.finishReason = reason;
+    }
+    return out;
+  }
+
+  finish(reason) {
+    this.finishReason = reason;
+    return this.stopFilter.put(this.streamer.finish()) + this.stopFilter.finish();
   }
 }

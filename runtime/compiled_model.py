@@ -8,21 +8,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from .artifact import (
-    CHAT_CONFIG_NAME,
-    METADATA_FUNC,
-    ArtifactError,
-    check_library_metadata,
-    read_json,
-    rebuild_hint,
-)
-from .weights import load_params, param_records, read_tensor_cache
+from .artifact import METADATA_FUNC, check_library_metadata
+from .chat_config import ArtifactError, ChatConfig
+from .tensor_cache import TensorCacheIndex, iter_arrays
 
 # TVM sizes its thread pool once, at the first parallel kernel, from TVM_NUM_THREADS or its own
 # guess, which on some virtual machines is one thread (half the speed on 2 cores). Default to
@@ -61,24 +54,21 @@ def to_device(device: str) -> tvm.runtime.Device:
     return dev
 
 
-def find_library(model_dir: Path, chat_config: dict[str, Any], model_lib: str | None) -> Path:
-    if model_lib is not None:
-        path = Path(model_lib)
-    else:
-        path = model_dir / chat_config.get("model_lib", "")
+def find_library(model_dir: Path, chat_config: ChatConfig, model_lib: str | None) -> Path:
+    path = Path(model_lib) if model_lib is not None else model_dir / chat_config.model_lib
     if not path.is_file():
         raise ArtifactError(
-            f"model library not found: {path}; {rebuild_hint(chat_config, model_dir)}"
+            f"model library not found: {path}; {chat_config.rebuild_hint(model_dir)}"
         )
     return path
 
 
 def check_library_device(
-    chat_config: dict[str, Any], device: tvm.runtime.Device, library_path: Path
+    chat_config: ChatConfig, device: tvm.runtime.Device, library_path: Path
 ) -> None:
     """A `vulkan` library runs on a Vulkan device only, and only it does: its host code
     launches SPIR-V kernels there (CPU libraries run their kernels on the host)."""
-    built_for_vulkan = chat_config.get("target") == "vulkan"
+    built_for_vulkan = chat_config.target == "vulkan"
     if built_for_vulkan != (device.type == "vulkan"):
         fix = (
             "open it with device='vulkan' (--device vulkan)"
@@ -86,7 +76,7 @@ def check_library_device(
             else "build the model with `mlc build --target vulkan` to run it on Vulkan"
         )
         raise ArtifactError(
-            f"{library_path.name} was built for target {chat_config.get('target')!r} and "
+            f"{library_path.name} was built for target {chat_config.target!r} and "
             f"cannot run on {device}: {fix}"
         )
 
@@ -112,34 +102,31 @@ class CompiledModel:
             raise ArtifactError(
                 f"model directory not found: {self.model_dir} (build one with `mlc build`)"
             )
-        self.chat_config = read_json(self.model_dir / CHAT_CONFIG_NAME, "chat config")
+        self.chat_config = ChatConfig.load(self.model_dir)
+        rebuild = self.chat_config.rebuild_hint(self.model_dir)
         self.device = to_device(device)
         library_path = find_library(self.model_dir, self.chat_config, model_lib)
         check_library_device(self.chat_config, self.device, library_path)
-        cache = read_tensor_cache(self.model_dir)
+        index = TensorCacheIndex.load(self.model_dir, rebuild)
         try:
             self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library_path)), self.device)
             metadata = json.loads(self.vm[METADATA_FUNC]())
         except Exception as err:
             raise ArtifactError(
-                f"{library_path} is not a model library this runtime can load ({err}); "
-                f"{rebuild_hint(self.chat_config, self.model_dir)}"
+                f"{library_path} is not a model library this runtime can load ({err}); {rebuild}"
             ) from err
         check_library_metadata(
-            metadata, self.chat_config, param_records(cache), self.model_dir, library_path
+            metadata, self.chat_config, index.records, self.model_dir, library_path
         )
         self.metadata = metadata
-        self.params = load_params(
-            self.model_dir,
-            cache,
-            self.device,
-            rebuild_hint(self.chat_config, self.model_dir),
-            verify=verify_weights,
-        )
-        self.context_window_size = int(self.chat_config["context_window_size"])
-        self.prefill_chunk_size = int(self.chat_config["prefill_chunk_size"])
-        self.vocab_size = int(self.chat_config["vocab_size"])
-        built_batch = int(self.chat_config.get("max_batch_size", 1))
+        self.params = [
+            tvm.runtime.tensor(array, self.device)
+            for array in iter_arrays(self.model_dir, index, rebuild, verify=verify_weights)
+        ]
+        self.context_window_size = self.chat_config.context_window_size
+        self.prefill_chunk_size = self.chat_config.prefill_chunk_size
+        self.vocab_size = self.chat_config.vocab_size
+        built_batch = self.chat_config.max_batch_size
         if not 1 <= max_batch_size <= built_batch:
             raise ValueError(
                 f"max_batch_size {max_batch_size} is outside 1..{built_batch}, the batch size "
