@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mlc.random_model import PRESETS, save_llama
+from mlc.testing.random_model import PRESETS, save_llama
 
 
 def main() -> None:

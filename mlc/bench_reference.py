@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mlc.runtime.host import cache_dir
+
 # The nearest llama.cpp format to each of our codes.
 GGUF_TYPE = {
     "q0f32": "F32",
@@ -30,7 +32,7 @@ GGUF_TYPE = {
     "q4a8_1": "Q4_0",
     "q3f16_1": "Q4_0",  # the gguf package writes no 3-bit type
 }
-CACHE = Path.home() / ".cache" / "mlc" / "bench"
+CACHE = cache_dir("bench")
 
 
 def peak_rss_mb() -> float:

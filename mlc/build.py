@@ -35,6 +35,7 @@ from mlc.runtime.conversation import get_template
 from mlc.runtime.generation_config import DEFAULTS
 from mlc.runtime.tensor_cache import TensorCacheWriter
 from mlc.targets import get_target, target_summary
+from mlc.targets.kv_cache_dispatch import fit_context_to_attention
 
 # Sequences one batched decode step can serve (`mlc serve`); single-sequence chat costs nothing
 # extra: it only raises the planned upper bound of the decode activations.
@@ -91,6 +92,15 @@ def build(opts: BuildOptions) -> Path:
     if opts.prefill_chunk_size or opts.context_window_size:
         chunk = opts.prefill_chunk_size or config.prefill_chunk_size
         config.prefill_chunk_size = min(chunk, config.context_window_size)
+    model = arch.MODEL(config, dtype=quant.model_dtype)
+    # Where the target's kernels cannot compute the attention variant, stay where they agree.
+    config.context_window_size, config.prefill_chunk_size = fit_context_to_attention(
+        preset,
+        model.attention_facts(),
+        config.head_dim,
+        config.context_window_size,
+        config.prefill_chunk_size,
+    )
 
     model_name = checkpoint.model_name
     # The CPU build is `<model>-<quant>`; every other target gets its own folder, so building
@@ -104,10 +114,9 @@ def build(opts: BuildOptions) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{artifact_name}.partial-", dir=output))
     try:
         target = preset.tvm_target()
-        model = arch.MODEL(config, dtype=quant.model_dtype)
         source_names = [name for name, _ in model.named_parameters()]
         model = quant.quantize_model(model)
-        mod, named_params = export_model(model, target)
+        mod, named_params = export_model(model, target, preset)
         param_meta = [
             {"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype}
             for n, p in named_params

@@ -11,15 +11,20 @@ from tvm.relax.frontend import nn
 
 from mlc.pipeline import relax_pipeline
 from mlc.runtime.artifact import METADATA_FUNC
-from mlc.targets import TargetPreset
+from mlc.targets import TargetPreset, get_target
+from mlc.targets.kv_cache_dispatch import dispatch_kv_cache_creation
 
 
 def export_model(
-    model: nn.Module, target: tvm.target.Target
+    model: nn.Module, target: tvm.target.Target, preset: TargetPreset | None = None
 ) -> tuple[tvm.ir.IRModule, list[tuple[str, nn.Parameter]]]:
-    """The model's exported functions and its parameters in calling order."""
+    """The model's exported functions, with the target's KV cache and attention kernels in
+    place of the model's generic ones, and its parameters in calling order. `preset` defaults
+    to the one named like the target's kind."""
+    preset = preset or get_target(target.kind.name)
     with target:
-        return model.export_tvm(spec=model.get_default_spec())
+        mod, params = model.export_tvm(spec=model.get_default_spec())
+    return dispatch_kv_cache_creation(preset, target)(mod), params
 
 
 def attach_shape_bounds(

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 from tvm.relax.frontend import nn
-from tvm.relax.frontend.nn import Tensor, op
 
 # A recipe for one of our parameters: which Hugging Face tensors it is made of, and how.
 Combine = Callable[[Sequence[np.ndarray]], np.ndarray]
@@ -26,31 +25,6 @@ class WeightSource:
             (array,) = arrays
             return array
         return self.combine(arrays)
-
-
-class Embedding(nn.Embedding):
-    """Token embedding that can also serve as the tied LM head."""
-
-    def lm_head_forward(self, x: Tensor) -> Tensor:
-        return op.matmul(x, op.permute_dims(self.weight))
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 whatever the model's dtype: real models carry activations in
-    the tens of thousands (SmolLM2: 22,552), whose squares overflow float16."""
-
-    def __init__(self, hidden_size: int, eps: float, dtype: str):
-        self.weight = nn.Parameter((hidden_size,), dtype)
-        self.eps = eps
-        self.dtype = dtype
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.dtype == "float32":
-            return op.rms_norm(x, self.weight, axes=-1, epsilon=self.eps)
-        out = op.rms_norm(
-            x.astype("float32"), self.weight.astype("float32"), axes=-1, epsilon=self.eps
-        )
-        return out.astype(self.dtype)
 
 
 def concat_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import RMSNorm, WeightSource
+from .base import WeightSource
 from .layers import (
     MLP,
     Attention,
@@ -16,6 +16,7 @@ from .layers import (
     DecoderConfig,
     DecoderLayer,
     LMOptions,
+    RMSNorm,
     decoder_fields,
     llama_style_weights,
 )

@@ -11,14 +11,13 @@ x = 5 with c = 50), with a warning.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
-from .base import RMSNorm, WeightSource
+from .base import WeightSource
 from .gemma import one_plus
 from .layers import (
     MLP,
@@ -26,8 +25,8 @@ from .layers import (
     CausalLM,
     DecoderConfig,
     LMOptions,
+    RMSNorm,
     decoder_fields,
-    kernels_apply_variant,
     llama_style_weights,
     set_sliding_window,
 )
@@ -86,14 +85,7 @@ class Gemma2ForCausalLM(CausalLM):
         super().__init__(config, dtype, layers, final_norm, options)
 
     def attention_softcap(self) -> float | None:
-        cap = self.config.attn_logit_softcapping
-        if cap and not kernels_apply_variant(self.config):
-            warnings.warn(
-                f"gemma2: attention soft-capping ({cap}) is not applied: this target's "
-                "attention kernels cannot do it; logits differ slightly from the reference",
-                stacklevel=2,
-            )
-        return cap
+        return self.config.attn_logit_softcapping
 
     def _logits(self, hidden: Tensor) -> Tensor:
         logits = super()._logits(hidden)

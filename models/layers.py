@@ -13,24 +13,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from tvm import relax as rx
 from tvm import tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
-from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
-from tvm.target import Target
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode
 
 from .base import (
     Combine,
-    Embedding,
     ModelConfig,
-    RMSNorm,
     WeightSource,
     concat_rows,
     export_spec,
     require,
     rope_parameters,
 )
+from .kv_cache import AttentionFacts, KVCacheSpec, generic_kv_cache
 
 # --- config ------------------------------------------------------------------------------------
 
@@ -57,6 +54,7 @@ def decoder_fields(
     model_type: str,
     *,
     norm_eps_key: str = "rms_norm_eps",
+    norm_eps_default: float = 1e-5,
     rotary_fraction: float = 1.0,
     scaling: tuple[str, ...] = (),
 ) -> dict[str, Any]:
@@ -79,7 +77,7 @@ def decoder_fields(
         num_attention_heads=heads,
         num_key_value_heads=hf.get("num_key_value_heads") or heads,
         head_dim=head_dim,
-        norm_eps=float(hf.get(norm_eps_key, 1e-5)),
+        norm_eps=float(hf.get(norm_eps_key, norm_eps_default)),
         hidden_act=check_activation(model_type, hf.get("hidden_act", "silu")),
         rope_theta=theta,
         rotary_dim=int(head_dim * rotary_fraction),
@@ -114,59 +112,6 @@ def sliding_layers(
     return (int(window), layers) if layers else (0, [])
 
 
-def kernels_apply_variant(config: ModelConfig) -> bool:
-    """Whether the attention kernels compute the attention variant (sliding window,
-    soft-capping; see `annotate_attention_kernels`): our CPU kernels do; other targets' kernels
-    attend to every key without capping (the context then stays inside the window, where both
-    agree)."""
-    target = Target.current(allow_none=True)
-    return target is not None and target.kind.name == "llvm" and config.head_dim % 8 == 0
-
-
-def fit_context_to_window(config: ModelConfig) -> None:
-    """Where the kernels cannot slide, stop the context (and each prefill chunk) at the window.
-    Called while exporting (the target is known then; the metadata is written after)."""
-    window = getattr(config, "sliding_window", 0)
-    if window and not kernels_apply_variant(config):
-        config.context_window_size = min(config.context_window_size, window)
-        config.prefill_chunk_size = min(config.prefill_chunk_size, window)
-
-
-def kernel_sm_scale(config: ModelConfig, layer_id: int, sm_scale: float) -> float:
-    """`sm_scale` as the cache's kernels get it: negated in a sliding layer, the only per-layer
-    signal they receive (targets/cpu_attention_common.py)."""
-    sliding = layer_id in getattr(config, "sliding_layers", ())
-    return -sm_scale if sliding and kernels_apply_variant(config) else sm_scale
-
-
-def annotate_attention_kernels(
-    kernels_before: set[str],
-    window: int,
-    softcap: float | None = None,
-    alibi: Sequence[float] | None = None,
-) -> None:
-    """Stamp the attention variant on every kernel the paged KV cache just added (those not in
-    `kernels_before`) as function attributes, for the target's kernels to compute:
-    `mlc.attention_window` (in layers passing a negative `sm_scale`),
-    `mlc.attention_softcap` (`softcap * tanh(score / softcap)` before the softmax) and
-    `mlc.attention_alibi` (one ALiBi slope per query head)."""
-    attrs: dict[str, Any] = {}
-    if window:
-        attrs["mlc.attention_window"] = int(window)
-    if softcap:
-        attrs["mlc.attention_softcap"] = float(softcap)
-    if alibi:
-        attrs["mlc.attention_alibi"] = [float(x) for x in alibi]
-    if not attrs:
-        return
-    bb = rx.BlockBuilder.current()
-    for gvar, func in list(bb.get().functions.items()):
-        if isinstance(func, tirx.PrimFunc) and gvar.name_hint not in kernels_before:
-            for key, value in attrs.items():
-                func = func.with_attr(key, value)
-            bb.update_func(gvar, func)
-
-
 def cached_attention(
     config: ModelConfig,
     kv_cache: PagedKVCache,
@@ -185,11 +130,6 @@ def cached_attention(
     return out.astype(dtype) if kv_dtype != dtype else out
 
 
-def kernel_names() -> set[str]:
-    """The functions the module being exported has so far."""
-    return {gvar.name_hint for gvar in rx.BlockBuilder.current().get().functions}
-
-
 def check_rope_scaling(
     model_type: str, scaling: dict[str, Any] | None, supported: tuple[str, ...]
 ) -> None:
@@ -200,7 +140,32 @@ def check_rope_scaling(
         )
 
 
-# --- norms and activations ---------------------------------------------------------------------
+# --- embeddings, norms and activations ---------------------------------------------------------
+
+
+class Embedding(nn.Embedding):
+    """Token embedding that can also serve as the tied LM head."""
+
+    def lm_head_forward(self, x: Tensor) -> Tensor:
+        return op.matmul(x, op.permute_dims(self.weight))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 whatever the model's dtype: real models carry activations in
+    the tens of thousands (SmolLM2: 22,552), whose squares overflow float16."""
+
+    def __init__(self, hidden_size: int, eps: float, dtype: str):
+        self.weight = nn.Parameter((hidden_size,), dtype)
+        self.eps = eps
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dtype == "float32":
+            return op.rms_norm(x, self.weight, axes=-1, epsilon=self.eps)
+        out = op.rms_norm(
+            x.astype("float32"), self.weight.astype("float32"), axes=-1, epsilon=self.eps
+        )
+        return out.astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -293,8 +258,9 @@ class Attention(nn.Module):
         if self.rotary is not None:
             positions = kv_cache.get_query_positions(b * s)
             qkv = self.rotary(qkv, positions, self.num_q_heads + self.num_kv_heads)
-        sm_scale = kernel_sm_scale(self.config, layer_id, self.sm_scale)
-        out = cached_attention(self.config, kv_cache, layer_id, qkv, self.num_q_heads, sm_scale)
+        out = cached_attention(
+            self.config, kv_cache, layer_id, qkv, self.num_q_heads, self.sm_scale
+        )
         return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * self.head_dim)))
 
 
@@ -438,50 +404,40 @@ class CausalLM(nn.Module):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
+        dims = (max_batch_size, max_total_seq_len, prefill_chunk_size, page_size)
+        return generic_kv_cache(self.kv_cache_spec(), *dims, support_sliding_window)
+
+    def kv_cache_spec(self) -> KVCacheSpec:
         c = self.config
         scaling = dict(c.rope_scaling or {})
         rope_type = scaling.get("rope_type")
-        # Linear scaling divides positions by the factor; the cache multiplies by `rope_scale`.
-        rope_scale = 1.0 / scaling["factor"] if rope_type == "linear" else 1.0
         rope_mode = self.options.rope_mode if c.rotary_dim else RopeMode.NONE
         if rope_mode == RopeMode.NONE:  # no rotary, or the model applies its own
             scaling, rope_type = {}, None
-        fit_context_to_window(c)
-        before = kernel_names()
-        cache = TIRPagedKVCache(
-            attn_kind="mha",
-            max_batch_size=max_batch_size,
-            max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size,
-            page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=rx.ShapeExpr([0, c.num_hidden_layers]),
+        return KVCacheSpec(
             num_hidden_layers=c.num_hidden_layers,
             num_attention_heads=c.num_attention_heads,
             num_key_value_heads=c.num_key_value_heads,
-            qk_head_dim=c.head_dim,
-            v_head_dim=c.head_dim,
-            mla_original_qk_head_dim=0,
-            mla_original_v_head_dim=0,
-            rope_mode=rope_mode,
-            rope_scale=rope_scale,
-            rope_theta=c.rope_theta,
-            rope_scaling=scaling if rope_type == "llama3" else {},
-            rope_ext_factors=rx.prim_value(0),
-            rotary_dim=c.rotary_dim or c.head_dim,
-            enable_disaggregation=False,
+            head_dim=c.head_dim,
             dtype=c.kv_cache_dtype or self.dtype,
-            target=Target.current(),
+            rope_mode=int(rope_mode),
+            rope_theta=c.rope_theta,
+            # Linear scaling divides positions by the factor; the cache multiplies by the scale.
+            rope_scale=1.0 / scaling["factor"] if rope_type == "linear" else 1.0,
+            rope_scaling=scaling if rope_type == "llama3" else {},
+            rotary_dim=c.rotary_dim or c.head_dim,
+            attention=self.attention_facts(),
         )
-        window = c.sliding_window if kernels_apply_variant(c) else 0
-        alibi = self.attention_alibi()
-        if alibi and not kernels_apply_variant(c):
-            raise ValueError(
-                "ALiBi attention is computed by our CPU attention kernels only (head_dim a "
-                f"multiple of 8, here {c.head_dim}): build this model for --target llvm"
-            )
-        annotate_attention_kernels(before, window, self.attention_softcap(), alibi)
-        return cache
+
+    def attention_facts(self) -> AttentionFacts:
+        """The attention variant, as facts (see `models/kv_cache.py`)."""
+        c = self.config
+        return AttentionFacts(
+            sliding_window=c.sliding_window,
+            sliding_layers=tuple(c.sliding_layers) if c.sliding_window else (),
+            softcap=float(self.attention_softcap() or 0.0),
+            alibi=tuple(self.attention_alibi() or ()),
+        )
 
     def attention_softcap(self) -> float | None:
         """The cap of attention scores, if the architecture has one (Gemma 2)."""
@@ -520,6 +476,7 @@ def llama_style_weights(
     norm_bias: bool = False,
     qk_norm: bool = False,
     norm: Callable[[str], WeightSource] = same,
+    mlp_bias: bool = False,
 ) -> dict[str, WeightSource]:
     """The weight map of a model laid out as Hugging Face's Llama is (`model.layers.{i}.self_attn
     .q_proj`, `mlp.gate_proj`, ...). `norm` builds the source of every norm weight."""
@@ -546,10 +503,11 @@ def llama_style_weights(
         if qk_norm:
             for n in ("q_norm", "k_norm"):
                 mapping[f"{ours}.self_attn.{n}.weight"] = norm(f"{hf}.self_attn.{n}.weight")
-        mapping[f"{ours}.mlp.up_proj.weight"] = fused(
-            f"{hf}.mlp.gate_proj.weight", f"{hf}.mlp.up_proj.weight"
-        )
-        mapping[f"{ours}.mlp.down_proj.weight"] = same(f"{hf}.mlp.down_proj.weight")
+        for s in ("weight", "bias") if mlp_bias else ("weight",):
+            mapping[f"{ours}.mlp.up_proj.{s}"] = fused(
+                f"{hf}.mlp.gate_proj.{s}", f"{hf}.mlp.up_proj.{s}"
+            )
+            mapping[f"{ours}.mlp.down_proj.{s}"] = same(f"{hf}.mlp.down_proj.{s}")
     return mapping
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tvm.relax.frontend.nn.llm.kv_cache import RopeMode
 
-from .base import RMSNorm, WeightSource
+from .base import WeightSource
 from .layers import (
     MLP,
     Attention,
@@ -16,6 +16,7 @@ from .layers import (
     DecoderConfig,
     DecoderLayer,
     LMOptions,
+    RMSNorm,
     decoder_fields,
     partial_rotary_factor,
     same,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .base import RMSNorm, WeightSource
+from .base import WeightSource
 from .layers import (
     MLP,
     Attention,
     CausalLM,
     DecoderConfig,
     DecoderLayer,
+    RMSNorm,
     decoder_fields,
     llama_style_weights,
     set_sliding_window,

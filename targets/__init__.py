@@ -8,7 +8,9 @@ from pathlib import Path
 
 from tvm.target import Target, codegen
 
-from .base import TargetPreset, ToolMissingError
+from mlc.runtime.host import ToolMissingError
+
+from .base import TargetPreset
 from .cuda import CUDATarget
 from .llvm import LLVMTarget
 from .metal import IPhoneTarget, MetalTarget

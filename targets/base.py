@@ -11,10 +11,6 @@ import tvm
 from tvm.target import Target
 
 
-class ToolMissingError(RuntimeError):
-    """A tool the target needs (a compiler, a runtime) is not installed; says how to get it."""
-
-
 class TargetPreset(abc.ABC):
     name: str
     description: str
@@ -32,6 +28,11 @@ class TargetPreset(abc.ABC):
         if arch is not None:
             raise ValueError(f"--arch does not apply to the {self.name} target (only to cuda)")
         return self
+
+    def computes_attention_variant(self, head_dim: int) -> bool:
+        """Whether this target's attention kernels compute sliding windows, soft-capping and
+        ALiBi (`models/kv_cache.py: AttentionFacts`) for heads of `head_dim`."""
+        return False
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
         """Passes that schedule the fused TIR kernels; none by default."""

@@ -5,8 +5,6 @@ attention variant (sliding window, soft-capping) the model stamped on them.
 
 from __future__ import annotations
 
-import re
-
 import tvm
 from tvm import tirx
 
@@ -19,19 +17,14 @@ PAGED_PREFILL_KERNELS = ("batch_prefill_paged_kv_cpu", "batch_prefill_paged_kv_c
 DECODE_KERNELS = ("batch_decode_paged_kv_cpu", "batch_decode_paged_kv_cpu_sliding_window")
 
 
-# A buffer parameter in a kernel's printed signature: `name: T.Buffer((dims), "dtype"...`.
-_BUFFER_PARAM = re.compile(r'(\w+): T\.Buffer\(\(([^)]*)\),? ?"?(\w*)"?')
-
-
 def _shape(func: tirx.PrimFunc, param: str) -> tuple[list, str]:
-    """The shape (ints where static, names elsewhere) and dtype of buffer parameter `param`."""
-    signature = func.script().split("):\n", 1)[0]
-    params = {name: (dims, dtype) for name, dims, dtype in _BUFFER_PARAM.findall(signature)}
-    if param not in params:
-        raise RuntimeError(f"unexpected kernel signature (no buffer {param!r}): {signature}")
-    dims, dtype = params[param]
-    shape = [int(d) if d.strip().isdigit() else d.strip() for d in dims.split(",") if d.strip()]
-    return shape, dtype or "float32"
+    """The shape (ints where static, expressions elsewhere) and dtype of buffer `param`."""
+    buffers = {p.name: p for p in func.params if "Buffer" in type(p.ty).__name__}
+    if param not in buffers:
+        raise RuntimeError(f"unexpected kernel signature (no buffer {param!r}): {list(buffers)}")
+    buf = buffers[param]
+    shape = [int(d) if isinstance(d, (int, tirx.IntImm)) else d for d in buf.shape]
+    return shape, str(buf.dtype)
 
 
 def _ours(name: str, func: tirx.PrimFunc) -> tirx.PrimFunc | None:

@@ -6,8 +6,8 @@ the query heads that share it (grouped-query attention), visits only the keys a 
 keeps an online softmax per block of `BLOCK` rows, so that each exponential is computed once per
 score. Output and log-sum-exp (base 2) per query head, as the paged KV cache expects.
 
-The variant (sliding window, score soft-capping, ALiBi) is a model constant the model stamps on
-the cache's kernels as function attributes (see `models/layers.py: annotate_attention_kernels`).
+The variant (sliding window, score soft-capping, ALiBi) is a model constant, stamped on the
+cache's kernels as function attributes by `kv_cache_dispatch.py` from the model's facts.
 Which layers slide is per layer, and the only per-layer value the cache passes to a kernel is
 `sm_scale`: a sliding layer passes `-sm_scale`.
 """

@@ -18,8 +18,9 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
+from mlc.runtime.host import ToolMissingError
+
 from . import device_blob
-from .base import ToolMissingError
 from .gpu import DeviceLimits, GPUTarget
 
 DEFAULT_ARCH = "sm_80"

@@ -141,6 +141,13 @@ def read_device_module(module: bytes) -> tuple[str, dict[str, FunctionInfo], byt
     return fmt, table, code
 
 
+def kernel_sources(source: str) -> dict[str, str]:
+    """A device module's source (the code TVM generates: OpenCL C, WGSL, ...) split per kernel:
+    each `// Function: NAME` chunk stands alone."""
+    chunks = source.split("// Function: ")[1:]
+    return {c.split("\n", 1)[0].strip(): "// Function: " + c for c in chunks}
+
+
 def read_library_blob(library: Path) -> bytes:
     """The device-module blob of an exported library for this host (it is loaded to read it:
     only the data symbol is touched, nothing runs)."""

@@ -10,6 +10,7 @@ from tvm.target import Target, codegen
 
 from .base import TargetPreset
 from .cpu_attention import use_cpu_attention
+from .cpu_attention_common import LANES
 from .cpu_schedules import Elementwise, MatmulNT
 from .x86_kernels import has_avx2, use_x86_kernels
 
@@ -34,6 +35,9 @@ class LLVMTarget(TargetPreset):
                 "fast-math": True,
             }
         )
+
+    def computes_attention_variant(self, head_dim: int) -> bool:
+        return head_dim % LANES == 0  # our CPU kernels; the cache's scalar ones otherwise
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
         kernels = [use_x86_kernels(target)] if has_avx2(target) else []

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .base import ToolMissingError
+from mlc.runtime.host import ToolMissingError
 
 SPIRV_TOOLS_HINT = "install SPIRV-Tools: `apt-get install spirv-tools`"
 CLSPV_HINT = "install clspv's Python bindings: `pip install pyclspv`"

@@ -24,7 +24,6 @@ from tvm.target import Target
 
 from . import device_blob
 from .gpu import GPUTarget
-from .kernel_check import kernel_sources
 from .spirv import KernelInterface, _tool, clspv_compile, compile_kernel
 
 MODULE_KIND = "mlc_vulkan"  # its loader: `ffi.Module.load_from_bytes.mlc_vulkan`
@@ -52,7 +51,7 @@ def kernel_entry(info: device_blob.FunctionInfo, iface: KernelInterface) -> dict
 def spirv_module(opencl_module: bytes) -> tuple[str, bytes]:
     """TVM's OpenCL device module -> (our kind, manifest + SPIR-V of every kernel)."""
     _, table, source = device_blob.read_device_module(opencl_module)
-    sources = kernel_sources(source.decode())
+    sources = device_blob.kernel_sources(source.decode())
     if set(sources) != set(table):
         raise ValueError(
             f"OpenCL source and function table disagree on {sorted(set(sources) ^ set(table))}"

@@ -24,7 +24,7 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
-from .base import ToolMissingError
+from mlc.runtime.host import ToolMissingError, cache_dir
 
 RUNTIME_SOURCES = ("wasm_runtime.cc", "webgpu_runtime.cc", "tvmjs_support.cc")
 SHIMS_DIR = Path(__file__).parent / "web_runtime_shims"
@@ -49,11 +49,6 @@ LINK_FLAGS = (
     "TOTAL_MEMORY=160MB",
 )
 INSTALL_HINT = "install Emscripten with `apt-get install emscripten` (Debian/Ubuntu)"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mlc" / "web_runtime"
 
 
 def find_emcc() -> str:
@@ -117,7 +112,7 @@ def _include_flags(root: Path) -> list[str]:
 def runtime_objects(log: Callable[[str], None] | None = None) -> list[Path]:
     """The web runtime's wasm objects for this TVM and emcc, compiled on first use (minutes)."""
     emcc = find_emcc()
-    done = cache_root() / _cache_key(emcc)
+    done = cache_dir("web_runtime", _cache_key(emcc))
     objects = [done / Path(name).with_suffix(".o").name for name in RUNTIME_SOURCES]
     if all(o.is_file() for o in objects):
         return objects

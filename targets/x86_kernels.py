@@ -37,13 +37,13 @@ from mlc.quantization.int8_activations import (
 TILE_N = 16
 # The micro-kernel: the outputs of 4 tokens x 2 weight rows at a time, so a block's weights are
 # loaded and unpacked once for 4 tokens and a token's activations loaded once for 2 rows
-# (Zen 5, one thread, 2560x2048: 1x1 189, 2x2 240, 4x2 280, 8x1 251, 4x4 210 GMAC/s). Each
+# (the tile shapes measured are in docs/performance.md). Each
 # output is still summed alone, block after block, so a prompt's rows equal decode steps' bit
 # for bit (a test checks it): the int8 activations downstream would round a 1-ulp difference.
 TOKENS, ROWS = 4, 2
 # Scratch buffers are declared in "global" scope: TVM puts small global allocations on the
 # stack, where LLVM keeps them in registers, but serves "local" ones on the CPU with
-# TVMBackendAllocWorkspace, whose pointer LLVM must assume aliases the weights (1.3x slower).
+# TVMBackendAllocWorkspace, whose pointer LLVM must assume aliases the weights (slower).
 
 _MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _MADD_WD = "llvm.x86.avx2.pmadd.wd"

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mlc.build import BuildOptions, build
-from mlc.random_model import save_model
+from mlc.testing.random_model import save_model
 
 
 def _settings_dir(options: tuple[tuple[str, object], ...]) -> str:

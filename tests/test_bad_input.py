@@ -11,8 +11,8 @@ from safetensors.numpy import load_file, save_file
 
 from mlc.build import BuildOptions, build
 from mlc.hf_checkpoint import CheckpointError
-from mlc.random_model import save_llama
 from mlc.runtime import ArtifactError, ChatModule, CompiledModel
+from mlc.testing.random_model import save_llama
 
 GQA = {"num_key_value_heads": 2}
 

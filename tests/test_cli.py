@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlc.cli import main
-from mlc.random_model import save_llama
+from mlc.testing.random_model import save_llama
 
 GQA = {"num_key_value_heads": 2}
 

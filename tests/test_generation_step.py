@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlc.random_model import make_tokenizer
 from mlc.runtime import GenerationConfig
 from mlc.runtime.generation import GenerationStep
+from mlc.testing.random_model import make_tokenizer
 
 VOCAB = 320
 

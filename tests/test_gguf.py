@@ -23,8 +23,8 @@ from mlc.gguf.export import export_gguf
 from mlc.gguf.reader import GGUFError
 from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
-from mlc.random_model import CORPUS, save_llama, save_model
 from mlc.runtime import CompiledModel
+from mlc.testing.random_model import CORPUS, save_llama, save_model
 
 TINY = {"num_key_value_heads": 2, "hidden_size": 128, "intermediate_size": 256}
 TINY_VOCAB = 600  # the SentencePiece vocabulary: 256 byte pieces, characters, merges

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 from mlc.build import BuildOptions, build
 from mlc.cli import main
-from mlc.random_model import save_model
 from mlc.targets import describe_targets, get_target, local_target
+from mlc.testing.random_model import save_model
 
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
 # A global function in `cuobjdump --dump-elf-symbols`: "STT_FUNC STB_GLOBAL STO_ENTRY name"

@@ -6,12 +6,13 @@ import tarfile
 
 import pytest
 
-from mlc.random_model import save_model
 from mlc.targets import ToolMissingError, get_target
-from mlc.targets import kernel_check as kc
-from mlc.targets.opencl_check import OpenCLDevice
+from mlc.targets.device_blob import kernel_sources
+from mlc.testing import kernel_check as kc
+from mlc.testing.opencl_check import OpenCLDevice
+from mlc.testing.random_model import save_model
 
-# Paged-KV-cache kernels run on consistent cache states (mlc.targets.kv_cache_cases), except:
+# Paged-KV-cache kernels run on consistent cache states (mlc.testing.kv_cache_cases), except:
 UNCHECKED = {
     # Tree attention serves speculative decoding (token trees), which mlc does not use; no
     # consistent tree-mask case is written yet.
@@ -62,7 +63,7 @@ def test_every_kernel_matches_cpu(lowered_f32):
 
 
 def test_corrupt_kernel_is_named(lowered_f32):
-    sources = kc.kernel_sources(lowered_f32.source)
+    sources = kernel_sources(lowered_f32.source)
     chunk = sources["rms_norm_kernel"]
     body = chunk.rindex("__kernel void rms_norm_kernel(")  # the definition, after declarations
     # A plausible codegen bug: the mean over 64 channels divides by 32.

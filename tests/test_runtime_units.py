@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from mlc.random_model import make_tokenizer
 from mlc.runtime import TEMPLATES, GenerationConfig, get_template
 from mlc.runtime.sampling import apply_penalties, sample
 from mlc.runtime.streamer import StopStringFilter, TextStreamer
+from mlc.testing.random_model import make_tokenizer
 
 
 def _config(**kwargs) -> GenerationConfig:

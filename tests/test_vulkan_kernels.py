@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from mlc.build import BuildOptions, build
-from mlc.random_model import save_model
 from mlc.targets import ToolMissingError, get_target, spirv
-from mlc.targets import kernel_check as kc
+from mlc.targets.device_blob import kernel_sources
 from mlc.targets.vulkan import read_manifest
-from mlc.targets.vulkan_check import VulkanDevice
+from mlc.testing import kernel_check as kc
+from mlc.testing.random_model import save_model
+from mlc.testing.vulkan_check import VulkanDevice
 
 # As in tests/test_opencl_kernels.py: no tree-attention cases yet; merge_state has a race on
 # S (works on llvmpipe only if its threads happen to run in lockstep, so it is not relied on).
@@ -35,7 +36,7 @@ def vulkan_f16(tiny_builds):
 def test_artifact_spirv_is_valid(vulkan_f16):
     manifest, kernels, lowered = vulkan_f16
     names = {k["name"] for k in manifest["kernels"]}
-    assert names == set(kc.kernel_sources(lowered.source))
+    assert names == set(kernel_sources(lowered.source))
     for name, (code, _) in kernels.items():
         spirv.validate(code, name)
     for k in manifest["kernels"]:  # every argument clspv placed is one TVM passes
@@ -88,7 +89,7 @@ def test_corrupt_kernel_is_named(vulkan_f16):
     _, kernels, lowered = vulkan_f16
     name = next(n for n in lowered.functions() if n.startswith("fused_split"))
     (kernel,) = [c.args[0].value for c in kc.launches(lowered.host(name))]
-    source = kc.kernel_sources(lowered.source)[kernel]
+    source = kernel_sources(lowered.source)[kernel]
     body = source.rindex(f"__kernel void {kernel}(")
     # A plausible codegen bug: silu's sigmoid uses exp(+x) instead of exp(-x).
     corrupted = source[body:].replace("exp((", "exp(-(", 1)

@@ -17,11 +17,11 @@ import pytest
 from cpu_reference import assert_greedy_along, cpu_logits_along
 
 from mlc.build import BuildOptions, build
-from mlc.random_model import save_model
 from mlc.runtime import vulkan
 from mlc.runtime.artifact import ArtifactError
 from mlc.runtime.compiled_model import CompiledModel
 from mlc.targets import vulkan as vulkan_target
+from mlc.testing.random_model import save_model
 
 PROMPT = [1, 17, 42, 99, 123, 7, 250]
 NUM_TOKENS = 12
@@ -108,13 +108,13 @@ def test_no_vulkan_driver_says_what_to_install(builds):
     env = {**os.environ, "VK_ICD_FILENAMES": "/nonexistent.json", "VK_DRIVER_FILES": ""}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode != 0
-    assert "VulkanUnavailable" in run.stderr, run.stderr[-2000:]
+    assert "ToolMissingError" in run.stderr, run.stderr[-2000:]
     assert "apt-get install libvulkan1 mesa-vulkan-drivers" in run.stderr
 
 
 def test_missing_gxx_says_what_to_install(monkeypatch):
     monkeypatch.setattr(vulkan.shutil, "which", lambda _: None)
-    with pytest.raises(vulkan.VulkanUnavailable, match="apt-get install g\\+\\+"):
+    with pytest.raises(vulkan.ToolMissingError, match="apt-get install g\\+\\+"):
         vulkan._build()
 
 

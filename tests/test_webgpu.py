@@ -13,9 +13,9 @@ import pytest
 from cpu_reference import assert_greedy_along, cpu_logits_along
 
 from mlc.build import BuildOptions, build
-from mlc.random_model import save_model
 from mlc.runtime.web import find_deno, run_greedy
 from mlc.targets import ToolMissingError, web_runtime
+from mlc.testing.random_model import save_model
 
 PROMPT = [1, 17, 42, 99, 123, 7, 250]
 NUM_TOKENS = 12

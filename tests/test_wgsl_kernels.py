@@ -1,15 +1,16 @@
 """Every WGSL kernel of a tiny `webgpu` build, run through PyPI `wgpu` on Mesa's software
-Vulkan device and compared with the CPU build kernel by kernel (`targets/kernel_check.py`)."""
+Vulkan device and compared with the CPU build kernel by kernel (`mlc/testing/kernel_check.py`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mlc.random_model import save_model
 from mlc.targets import get_target
-from mlc.targets import kernel_check as kc
-from mlc.targets.wgsl_check import WGSLDevice, fold_grid, pack_scalars
+from mlc.targets.device_blob import kernel_sources
+from mlc.testing import kernel_check as kc
+from mlc.testing.random_model import save_model
+from mlc.testing.wgsl_check import WGSLDevice, fold_grid, pack_scalars
 
 # Tree attention has no consistent random case yet and merge_state races on S (see
 # tests/test_vulkan_kernels.py); every other kernel, paged-KV attention included, is checked.
@@ -59,7 +60,7 @@ def test_every_f16_kernel_matches_cpu(tiny_llama):
 
 
 def test_corrupt_kernel_is_named(lowered_f32):
-    sources = kc.kernel_sources(lowered_f32.source)
+    sources = kernel_sources(lowered_f32.source)
     # A plausible codegen bug: the mean over 64 channels divides by 32.
     corrupted = sources["rms_norm_kernel"].replace("/ 6.400000e+01f", "/ 3.200000e+01f")
     assert corrupted != sources["rms_norm_kernel"]

@@ -34,7 +34,7 @@ class EngineOptions:
     device: str = "cpu"
     model_lib: str | None = None
     # Prompt tokens per engine step: smaller keeps generating requests streaming while a long
-    # prompt is prefilled (SmolLM2-135M on 2 cores: about 2 s per 128 tokens).
+    # prompt is prefilled.
     prefill_chunk_size: int = 128
 
 

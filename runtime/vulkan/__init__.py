@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import tvm
 import tvm_ffi
+
+from ..host import ToolMissingError, cache_dir
 
 SOURCE = Path(__file__).with_name("vulkan_runtime.cc")
 LIBRARY_NAME = "libmlc_vulkan.so"
@@ -33,17 +34,13 @@ HEADERS_HINT = "install the Vulkan headers and loader: `apt-get install libvulka
 _plugin: ctypes.CDLL | None = None
 
 
-class VulkanUnavailable(RuntimeError):
-    """No Vulkan runtime or device on this machine; the message says what to install."""
-
-
 def vulkan_device(index: int = 0) -> tvm.runtime.Device:
-    """Vulkan device `index`, with the plugin loaded; raises VulkanUnavailable."""
+    """Vulkan device `index`, with the plugin loaded; raises ToolMissingError."""
     load_plugin()
     device = tvm.device("vulkan", index)
     if not device.exist:
         status = tvm_ffi.get_global_func("mlc.vulkan.status")() or "too few devices"
-        raise VulkanUnavailable(f"no Vulkan device {index} ({status}): {DRIVER_HINT}")
+        raise ToolMissingError(f"no Vulkan device {index} ({status}): {DRIVER_HINT}")
     return device
 
 
@@ -53,7 +50,7 @@ def load_plugin() -> None:
     if _plugin is not None:
         return
     if tvm.runtime.enabled("vulkan"):
-        raise VulkanUnavailable(
+        raise ToolMissingError(
             "this TVM runtime has its own Vulkan device API, which mlc's plugin would replace; "
             "use the apache-tvm wheel mlc pins (its runtime has none)"
         )
@@ -61,12 +58,7 @@ def load_plugin() -> None:
     try:
         _plugin = ctypes.CDLL(str(path), ctypes.RTLD_GLOBAL)
     except OSError as err:  # libvulkan.so.1 missing
-        raise VulkanUnavailable(f"cannot load the Vulkan runtime ({err}): {DRIVER_HINT}") from err
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mlc" / "vulkan_runtime"
+        raise ToolMissingError(f"cannot load the Vulkan runtime ({err}): {DRIVER_HINT}") from err
 
 
 def _tvm_dirs() -> dict[str, Path]:
@@ -102,11 +94,11 @@ def _cache_key(compiler: str) -> str:
 def _build() -> Path:
     compiler = shutil.which("g++")
     if compiler is None:
-        raise VulkanUnavailable(
+        raise ToolMissingError(
             "the Vulkan runtime plugin is compiled on first use and needs g++: "
             "`apt-get install g++`"
         )
-    done = cache_root() / _cache_key(compiler)
+    done = cache_dir("vulkan_runtime", _cache_key(compiler))
     if (done / LIBRARY_NAME).is_file():
         return done / LIBRARY_NAME
     done.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +110,7 @@ def _build() -> Path:
         if run.returncode != 0:
             log = (run.stdout + run.stderr).strip()
             if "vulkan/vulkan.h" in log or "-lvulkan" in log:
-                raise VulkanUnavailable(f"compiling the Vulkan runtime plugin: {HEADERS_HINT}")
+                raise ToolMissingError(f"compiling the Vulkan runtime plugin: {HEADERS_HINT}")
             raise RuntimeError(f"g++ failed on {SOURCE}:\n{log[-4000:]}")
         try:
             work.rename(done)
@@ -130,4 +122,4 @@ def _build() -> Path:
     return done / LIBRARY_NAME
 
 
-__all__ = ["VulkanUnavailable", "load_plugin", "vulkan_device"]
+__all__ = ["ToolMissingError", "load_plugin", "vulkan_device"]

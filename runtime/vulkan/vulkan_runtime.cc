@@ -144,7 +144,7 @@ class VulkanDevice {
     if (family == count) TVM_FFI_THROW(RuntimeError) << props.deviceName << " cannot compute";
 
     // clspv's kernels use 8/16-bit storage, float16, int64 and variable pointers as the source
-    // needs them: enable every feature the device has, as targets/vulkan_check.py does.
+    // needs them: enable every feature the device has, as mlc/testing/vulkan_check.py does.
     VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
     VkPhysicalDeviceVulkan11Features f11{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES};
     f11.pNext = &f12;

@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .deno import cache_dir, deno_env, find_deno, tvm_web_sources
+from ..host import cache_dir
+from .deno import deno_env, find_deno, tvm_web_sources
 
 BUNDLE_NAME = "tvmjs.js"
 ENTRY = Path(__file__).with_name("tvmjs_entry.ts")
@@ -44,7 +45,7 @@ def _cache_key(deno: Path, sources: Path) -> str:
 def tvmjs_bundle(log: Callable[[str], None] | None = None) -> Path:
     """The bundled runtime, made on first use (a second; esbuild's download the first time)."""
     deno, sources = find_deno(), tvm_web_sources()
-    done = cache_dir().parent / "web_chat" / _cache_key(deno, sources)
+    done = cache_dir("web_chat", _cache_key(deno, sources))
     bundle = done / BUNDLE_NAME
     if bundle.is_file():
         return bundle

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..host import ToolMissingError, cache_dir
+
 DENO_ENV = "MLC_DENO"
 DRIVER = Path(__file__).with_name("run_model.ts")
 NPM_DENO = Path("node_modules") / "@deno" / "linux-x64-glibc" / "deno"
@@ -25,13 +27,8 @@ INSTALL_HINT = (
 )
 
 
-class DenoMissingError(RuntimeError):
-    """No Deno binary was found; says how to install one."""
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mlc" / "deno"
+def deno_dir() -> Path:
+    return cache_dir("deno")
 
 
 def deno_env(runtime_dir: str | None = None) -> dict[str, str]:
@@ -39,7 +36,7 @@ def deno_env(runtime_dir: str | None = None) -> dict[str, str]:
     under ours, no update check (no network at test time), and a writable XDG runtime
     directory, which its WebGPU looks for (absent in CI shells)."""
     env = {**os.environ, "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
-    env.setdefault("DENO_DIR", str(cache_dir() / "deno_dir"))
+    env.setdefault("DENO_DIR", str(deno_dir() / "deno_dir"))
     if runtime_dir is not None:
         env["XDG_RUNTIME_DIR"] = runtime_dir
     return env
@@ -50,12 +47,12 @@ def find_deno() -> Path:
     if os.environ.get(DENO_ENV):
         path = Path(os.environ[DENO_ENV])
         if not path.is_file():
-            raise DenoMissingError(f"{DENO_ENV}={path} is not a file; {INSTALL_HINT}")
+            raise ToolMissingError(f"{DENO_ENV}={path} is not a file; {INSTALL_HINT}")
         return path
-    for path in (cache_dir() / NPM_DENO, shutil.which("deno")):
+    for path in (deno_dir() / NPM_DENO, shutil.which("deno")):
         if path and Path(path).is_file():
             return Path(path)
-    raise DenoMissingError(f"Deno was not found; {INSTALL_HINT}")
+    raise ToolMissingError(f"Deno was not found; {INSTALL_HINT}")
 
 
 def tvm_web_sources() -> Path:

@@ -178,10 +178,10 @@ export function schemaViolation(value, schema, path = "") {
 export async function readChatConfig(baseUrl) {
   const url = (name) => new URL(name, baseUrl).href;
   const config = await fetchJSON(url(CHAT_CONFIG_NAME), CHAT_CONFIG_NAME);
+  checkChatConfig(config, String(baseUrl)); // a build for another target says so first
   const schema = await fetchJSON(url(CHAT_CONFIG_SCHEMA_NAME), CHAT_CONFIG_SCHEMA_NAME).catch((err) => {
     throw new ModelLoadError(`${err.message} (builds before the schema existed lack it): ${rebuildHint(config)}`);
   });
-  checkChatConfig(config, String(baseUrl));
   const problem = schemaViolation(config, schema);
   if (problem) {
     throw new ModelLoadError(`${url(CHAT_CONFIG_NAME)}: ${problem}; ${rebuildHint(config)}`);

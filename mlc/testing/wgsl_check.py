@@ -1,5 +1,5 @@
 """Run TVM's WGSL kernels through PyPI `wgpu` (Mesa's software Vulkan device here) for the
-kernel checker (`kernel_check.py`).
+kernel checker (`kernel_check`).
 
 Each kernel is dispatched the way TVM's JavaScript runtime (`tvm/web/src/webgpu.ts`) does it:
 buffer arguments at bindings 0..n-1 of group 0, then one uniform buffer holding the scalar
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import ToolMissingError
-from .kernel_check import kernel_sources
+from mlc.targets import ToolMissingError
+from mlc.targets.device_blob import kernel_sources
 
 INSTALL_HINT = (
     "install the WebGPU bindings and a Vulkan driver: `pip install wgpu` and "

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ToolMissingError
+from mlc.targets import ToolMissingError
 
 INSTALL_HINT = (
     "install the OpenCL CPU runtime and its Python bindings: "

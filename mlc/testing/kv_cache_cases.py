@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from tvm import tirx
 
-from .kernel_check import KernelCase, free_vars, is_buffer, random_array, scalar_dtype
+from .kernel_case import KernelCase, free_vars, is_buffer, random_array, scalar_dtype
 
 PAGE_SIZE = 16
 KV_LENGTHS = (20, 7)  # tokens per sequence already in the cache (incl. this step's)

@@ -26,6 +26,9 @@ from tvm.tirx import expr as tx
 
 from mlc.targets.base import TargetPreset
 
+from .kernel_case import KernelCase, free_vars, is_buffer, random_array, scalar_dtype
+from .kv_cache_cases import kv_cache_case
+
 # Symbolic dims of the model's functions, small and distinct so index mix-ups show.
 SHAPE_VALUES = {"seq_len": 5, "batch_size": 3, "num_seqs": 2, "total_seq_len": 5}
 DEFAULT_SHAPE_VALUE = 4
@@ -44,15 +47,6 @@ class Device(Protocol):
     def launch(
         self, kernel: str, args: list[Any], grid: tuple[int, ...], block: tuple[int, ...]
     ) -> None: ...
-
-
-@dataclasses.dataclass
-class KernelCase:
-    """Concrete inputs for one PrimFunc: values of its symbolic vars, arrays, scalars."""
-
-    values: dict[str, int | float]
-    arrays: dict[str, np.ndarray]  # by buffer name
-    scalars: dict[str, int | float]  # by scalar parameter name
 
 
 @dataclasses.dataclass
@@ -270,24 +264,6 @@ def evaluate(expr: tvm.ir.Expr, env: dict[tx.Var, Any]) -> Any:
 # -- inputs -----------------------------------------------------------------------------------
 
 
-def is_buffer(param: tx.Var) -> bool:
-    """In TVM 0.27 a buffer parameter is a Var of BufferType (with shape, data, offset)."""
-    return isinstance(param.ty, tvm.tirx.buffer.BufferType)
-
-
-def free_vars(func: tirx.PrimFunc) -> list[tx.Var]:
-    """Symbolic vars of the buffer shapes and offsets, in first-seen order."""
-    seen: dict[str, tx.Var] = {}
-    for param in func.params:
-        if not is_buffer(param):
-            continue
-        buf = param
-        for e in [*buf.shape, buf.elem_offset]:
-            for v in tvm_ffi.get_global_func("tirx.analysis.UndefinedVars")(e, []):
-                seen.setdefault(v.name, v)
-    return list(seen.values())
-
-
 def random_case(func: tirx.PrimFunc, rng: np.random.Generator) -> KernelCase:
     """Small shapes, random floats in [-1, 1], small non-negative integers (valid indices)."""
     values: dict[str, int | float] = {}
@@ -304,15 +280,6 @@ def random_case(func: tirx.PrimFunc, rng: np.random.Generator) -> KernelCase:
         p.name: (0.5 if "float" in scalar_dtype(p) else 1) for p in func.params if not is_buffer(p)
     }
     return KernelCase(values, arrays, scalars)
-
-
-def random_array(shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> np.ndarray:
-    if dtype.startswith("float"):
-        return rng.uniform(-1, 1, shape).astype(dtype)
-    if dtype.startswith("uint"):
-        info = np.iinfo(dtype)
-        return rng.integers(0, info.max, shape, dtype=dtype, endpoint=True)
-    return rng.integers(0, 4, shape).astype(dtype)
 
 
 def _shape_value(dim: tvm.ir.Expr, values: dict[str, int | float]) -> Any:
@@ -417,10 +384,6 @@ def _launch(call: tvm.ir.Call, env: dict, lowered: LoweredModule, device: Device
     device.launch(kernel_name, args, tuple(grid), tuple(block))
 
 
-def scalar_dtype(param: tx.Var) -> str:
-    return str(param.ty.dtype)
-
-
 def _typed(dtype: str, value: int | float) -> np.generic:
     return np.dtype(dtype).type(value)
 
@@ -462,8 +425,6 @@ def check_function(
     host = lowered.host(name)
     kernels = [c.args[0].value for c in launches(host)]
     if case is None:
-        from .kv_cache_cases import kv_cache_case  # it builds on this module
-
         case = kv_cache_case(name, host, seed) or random_case(host, np.random.default_rng(seed))
     expected = run_reference(lowered.reference[name], case)
     if all(np.array_equal(expected[n], case.arrays[n]) for n in expected):
@@ -472,12 +433,6 @@ def check_function(
     err, where = compare(expected, actual)
     message = f"{name} ({', '.join(kernels)}): buffer {where} off by {err:.3g} x tolerance"
     return KernelResult(name, kernels, err, err <= 1.0, message if err > 1.0 else "")
-
-
-def kernel_sources(source: str) -> dict[str, str]:
-    """TVM's device source split per kernel: each `// Function: NAME` chunk stands alone."""
-    chunks = source.split("// Function: ")[1:]
-    return {c.split("\n", 1)[0].strip(): "// Function: " + c for c in chunks}
 
 
 def check_module(

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import ToolMissingError
-from .spirv import KernelInterface
+from mlc.targets import ToolMissingError
+from mlc.targets.spirv import KernelInterface
 
 INSTALL_HINT = (
     "install a Vulkan loader and driver and the Python bindings: `apt-get install libvulkan1 "
