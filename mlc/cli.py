@@ -331,6 +331,33 @@ def web(
         sys.exit(1)
 
 
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--tvm-ffi-wheel",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Take tvm_ffi from this apache-tvm-ffi wheel (a bundle for another Python version).",
+)
+def bundle(out_dir: Path, tvm_ffi_wheel: Path | None) -> None:
+    """Write the runtime without the TVM compiler into the new directory OUT_DIR.
+
+    With OUT_DIR on PYTHONPATH, a Python that has numpy, tokenizers and jinja2 (and no
+    apache-tvm) loads builds and chats: `from mlc import ChatModule`.
+    """
+    from mlc.bundle import bundle_size, write_bundle
+
+    def action() -> None:
+        out = write_bundle(out_dir, tvm_ffi_wheel)
+        click.echo(f"Wrote the runtime bundle {out} ({bundle_size(out) / 2**20:.1f} MiB)")
+
+    try:
+        _run(action)
+    except FileExistsError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+
+
 def _run(action):
     """Report expected failures (bad input, damaged artifacts) as one clear line."""
     from mlc.hf_checkpoint import CheckpointError

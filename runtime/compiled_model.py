@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm.runtime.vm import VirtualMachine
+from tvm_ffi.libinfo import load_lib_ctypes
 
 from .artifact import METADATA_FUNC, check_library_metadata
 from .chat_config import ArtifactError, ChatConfig
+from .host import ToolMissingError
 from .tensor_cache import TensorCacheIndex, iter_arrays
 
 # TVM sizes its thread pool once, at the first parallel kernel, from TVM_NUM_THREADS or its own
@@ -37,10 +39,29 @@ class ContextWindowExceeded(ValueError):
     """The conversation would not fit in the model's context window."""
 
 
+def load_device_runtime(name: str) -> None:
+    """TVM without its compiler library (`mlc bundle`) loads no device runtime by itself: load
+    the wheel's CUDA runtime library (it needs the CUDA runtime, `libcudart.so.13`)."""
+    if name != "cuda" or not getattr(tvm.base, "_RUNTIME_ONLY", False):
+        return
+    lib_dir = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        tvm.base._LOADED_LIBS.setdefault(
+            "tvm_runtime_cuda",
+            load_lib_ctypes("tvm", "tvm_runtime_cuda", "RTLD_LOCAL", extra_lib_paths=[lib_dir]),
+        )
+    except (OSError, RuntimeError) as err:
+        raise ToolMissingError(
+            f"cannot load TVM's CUDA runtime ({err}): it needs the NVIDIA driver (libcuda.so.1) "
+            "and the CUDA 13 runtime (libcudart.so.13) where the dynamic loader finds them"
+        ) from err
+
+
 def to_device(device: str) -> tvm.runtime.Device:
     name, _, index = device.partition(":")
     if name in ("cpu", "llvm"):
         name = "cpu"
+    load_device_runtime(name)
     if name == "vulkan":  # our own runtime plugin: the wheel's TVM has no Vulkan
         from .vulkan import vulkan_device
 
@@ -109,7 +130,7 @@ class CompiledModel:
         check_library_device(self.chat_config, self.device, library_path)
         index = TensorCacheIndex.load(self.model_dir, rebuild)
         try:
-            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library_path)), self.device)
+            self.vm = VirtualMachine(tvm.runtime.load_module(str(library_path)), self.device)
             metadata = json.loads(self.vm[METADATA_FUNC]())
         except Exception as err:
             raise ArtifactError(

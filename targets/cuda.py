@@ -17,11 +17,12 @@ from pathlib import Path
 
 import tvm
 import tvm_ffi
+from tvm.target import Target
 
 from mlc.runtime.host import ToolMissingError
 
 from . import device_blob
-from .gpu import DeviceLimits, GPUTarget
+from .gpu import DeviceLimits, GPUTarget, no_tensorization
 
 DEFAULT_ARCH = "sm_80"
 # Every CUDA GPU since Kepler: 1024 threads per block, 48 KB static shared memory per block
@@ -105,6 +106,9 @@ class CUDATarget(GPUTarget):
     def device_attrs(self) -> dict[str, str]:
         # Kernels are generated for the oldest requested arch: they run on all of them.
         return {"arch": min(self.arches, key=arch_number)}
+
+    def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
+        return [no_tensorization, *super().schedule_passes(target)]
 
     def export(self, executable: tvm.runtime.Executable, path: Path) -> None:
         executable.export_library(str(path), fpack_imports=self._pack_imports)

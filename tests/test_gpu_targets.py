@@ -128,6 +128,17 @@ def test_cuda_embeds_fatbin_for_requested_arches(
         assert launched <= defined, f"{cubin_arch} lacks {sorted(launched - defined)}"
 
 
+def test_cuda_fp16_build_of_a_wider_model_compiles(tiny_builds):
+    """fp16 matmuls of 256 x 512 on sm_90: DLight's tensor-core schedule crashed TVM 0.27's
+    compiler here (a segfault, which would end the whole test run); the cuda preset keeps it
+    off (`targets/gpu.py: no_tensorization`)."""
+    wide = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4}
+    options = {"target": "cuda", "arch": "sm_90"}
+    _, out = tiny_builds.get("llama-wide", "q0f16", build_options=options, **wide)
+    (lib,) = out.glob("*-cuda.so")
+    assert FATBIN_MAGIC in lib.read_bytes()
+
+
 def test_unknown_arch_names_what_nvcc_knows(hf_dir, tmp_path):
     result = CliRunner().invoke(
         main, ["build", str(hf_dir), "--target", "cuda", "--arch", "sm_12", "-o", str(tmp_path)]
