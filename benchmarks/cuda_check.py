@@ -10,7 +10,9 @@ PYTHONPATH=CARRIED/bundle python benchmarks/cuda_check.py CARRIED [--out DIR] [-
    prefill of 128 and 2,000 tokens, decode at batch 1 and 16, against PyTorch fp16 eager on the
    same GPU (and `torch.compile`d, with --compile), and decode against the memory-bandwidth
    limit (4.8 TB/s, the H200's datasheet figure) for the bytes a step reads.
-Prints a table last and writes `cuda_check.json` to --out.
+Prints a table last and writes `cuda_check.json` to --out. With --compile, run the PyTorch part
+in a process of its own (`--skip parity batch speed`): Triton's launcher crashed in a process
+that had loaded TVM's CUDA runtime.
 """
 
 from __future__ import annotations

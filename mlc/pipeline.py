@@ -30,6 +30,7 @@ def relax_pipeline(preset: TargetPreset, target: Target) -> tvm.transform.Pass:
             relax.transform.RemovePurityChecking(),
             relax.transform.CallTIRRewrite(),
             relax.transform.StaticPlanBlockMemory(),
+            *preset.planned_memory_passes(target),
             relax.transform.LowerAllocTensor(),
             relax.transform.KillAfterLastUse(),
             relax.transform.LowerRuntimeBuiltin(),

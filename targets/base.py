@@ -38,6 +38,10 @@ class TargetPreset(abc.ABC):
         """Passes that schedule the fused TIR kernels; none by default."""
         return []
 
+    def planned_memory_passes(self, target: Target) -> list[tvm.transform.Pass]:
+        """Passes run once memory is planned (static buffers known); none by default."""
+        return []
+
     @contextlib.contextmanager
     def compiling(self, target: Target) -> Iterator[None]:
         """Context held while TVM compiles (device compiler hooks)."""

@@ -8,15 +8,18 @@ fatbin replaces the source in the library's device-module blob. Nothing is compi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import tvm
 import tvm_ffi
+from tvm import relax
 from tvm.target import Target
 
 from mlc.runtime.host import ToolMissingError
@@ -109,6 +112,16 @@ class CUDATarget(GPUTarget):
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
         return [no_tensorization, *super().schedule_passes(target)]
+
+    def planned_memory_passes(self, target: Target) -> list[tvm.transform.Pass]:
+        # Lifts the kernel launches between allocations into functions the VM captures as
+        # CUDA graphs on first run and replays after (one graph per shape).
+        return [relax.transform.RewriteCUDAGraph()]
+
+    @contextlib.contextmanager
+    def compiling(self, target: Target) -> Iterator[None]:
+        with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}):
+            yield
 
     def export(self, executable: tvm.runtime.Executable, path: Path) -> None:
         executable.export_library(str(path), fpack_imports=self._pack_imports)
