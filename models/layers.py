@@ -147,7 +147,8 @@ class Embedding(nn.Embedding):
     """Token embedding that can also serve as the tied LM head."""
 
     def lm_head_forward(self, x: Tensor) -> Tensor:
-        return op.matmul(x, op.permute_dims(self.weight))
+        """Logits summed in float32, whatever the model's dtype."""
+        return op.matmul(x, op.permute_dims(self.weight), out_dtype="float32")
 
 
 class RMSNorm(nn.Module):
