@@ -30,7 +30,7 @@ from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
 from mlc.quantization import Quantization, get_quantization
 from mlc.runtime.artifact import library_name
-from mlc.runtime.chat_config import ARTIFACT_FORMAT_VERSION, ChatConfig
+from mlc.runtime.chat_config import ARTIFACT_FORMAT_VERSION, GENERATION_DEFAULT_KEYS, ChatConfig
 from mlc.runtime.conversation import get_template
 from mlc.runtime.generation_config import DEFAULTS
 from mlc.runtime.tensor_cache import TensorCacheWriter
@@ -229,8 +229,7 @@ def _ordered_map(func, items, workers: int) -> Iterator:
 
 def _generation_defaults(gen: dict[str, Any]) -> dict[str, Any]:
     """The model's `generation_config.json` where it sets a value, else `DEFAULTS`."""
-    keys = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
-    defaults = {k: DEFAULTS[k] for k in keys}
+    defaults = {k: DEFAULTS[k] for k in GENERATION_DEFAULT_KEYS}
     for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
         if gen.get(key) is not None:
             defaults[key] = gen[key]

@@ -48,24 +48,24 @@ def write_bundle(out_dir: Path, tvm_ffi_wheel: Path | None = None) -> Path:
         ignore = shutil.ignore_patterns(*_TVM_FFI_LEFT_OUT)
         shutil.copytree(_package_dir("tvm_ffi"), out_dir / "tvm_ffi", ignore=ignore)
     else:
-        _extract_package(Path(tvm_ffi_wheel), "tvm_ffi", out_dir)
+        _extract_package(Path(tvm_ffi_wheel), "tvm_ffi", out_dir, _TVM_FFI_LEFT_OUT)
     (out_dir / "README.txt").write_text(
         "The mlc runtime without the TVM compiler. Run a build with:\n"
-        f"  PYTHONPATH={out_dir} python -c \"from mlc import ChatModule; ...\"\n"
+        f'  PYTHONPATH={out_dir} python -c "from mlc import ChatModule; ..."\n'
         f"It needs these Python packages: {', '.join(REQUIREMENTS)}.\n"
     )
     return out_dir
 
 
-def _extract_package(wheel: Path, package: str, out_dir: Path) -> None:
-    """`package/` from a wheel, less what a bundle leaves out."""
+def _extract_package(wheel: Path, package: str, out_dir: Path, left_out: tuple[str, ...]) -> None:
+    """`package/` from a wheel, less the paths with a part matching a `left_out` pattern."""
     with zipfile.ZipFile(wheel) as archive:
         names = [n for n in archive.namelist() if n.startswith(f"{package}/")]
         if not names:
             raise ValueError(f"{wheel} holds no {package}/ package")
         for name in names:
             parts = name.split("/")
-            if any(fnmatch.fnmatch(p, pat) for p in parts for pat in _TVM_FFI_LEFT_OUT):
+            if any(fnmatch.fnmatch(p, pat) for p in parts for pat in left_out):
                 continue
             archive.extract(name, out_dir)
 

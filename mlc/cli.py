@@ -311,7 +311,6 @@ def web(
     Serves the chat page and the model on http://HOST:PORT/ (WebGPU needs a secure context:
     localhost or https), or with --export writes them out for any static web server.
     """
-    from mlc.runtime.host import ToolMissingError
     from mlc.runtime.web.server import export_site, serve
 
     def on_ready(url: str) -> None:
@@ -326,7 +325,7 @@ def web(
 
     try:
         _run(action)
-    except (ToolMissingError, FileExistsError) as err:
+    except FileExistsError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
 

@@ -30,10 +30,6 @@ class AttentionFacts:
     softcap: float = 0.0  # scores become softcap * tanh(score / softcap); 0: none
     alibi: tuple[float, ...] = ()  # one ALiBi slope per query head; empty: none
 
-    @property
-    def plain(self) -> bool:
-        return not (self.sliding_window or self.softcap or self.alibi)
-
 
 @dataclasses.dataclass(frozen=True)
 class KVCacheSpec:

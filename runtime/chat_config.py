@@ -19,6 +19,8 @@ from typing import Any
 
 CHAT_CONFIG_NAME = "mlc-chat-config.json"
 CHAT_CONFIG_SCHEMA_NAME = "mlc-chat-config.schema.json"
+# The sampling defaults a build records (`GenerationConfig` field names).
+GENERATION_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
 # Bump when the library's calling convention, the weight layout or this schema changes
 # incompatibly; the library records the same number.
 ARTIFACT_FORMAT_VERSION = 1
@@ -128,8 +130,7 @@ class ChatConfig:
 
     def generation_defaults(self) -> dict[str, Any]:
         """The model's sampling defaults, as `GenerationConfig` field values."""
-        keys = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in GENERATION_DEFAULT_KEYS}
 
     def rebuild_hint(self, model_dir: Path | None = None) -> str:
         return _rebuild_hint(self.source_model, self.quantization, self.target, model_dir)

@@ -42,13 +42,13 @@ class ContextWindowExceeded(ValueError):
 def load_device_runtime(name: str) -> None:
     """TVM without its compiler library (`mlc bundle`) loads no device runtime by itself: load
     the wheel's CUDA runtime library (it needs the CUDA runtime, `libcudart.so.13`)."""
-    if name != "cuda" or not getattr(tvm.base, "_RUNTIME_ONLY", False):
+    loaded = tvm.base._LOADED_LIBS
+    if name != "cuda" or not tvm.base._RUNTIME_ONLY or "tvm_runtime_cuda" in loaded:
         return
-    lib_dir = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    lib_dir = Path(loaded["tvm_runtime"]._name).resolve().parent
     try:
-        tvm.base._LOADED_LIBS.setdefault(
-            "tvm_runtime_cuda",
-            load_lib_ctypes("tvm", "tvm_runtime_cuda", "RTLD_LOCAL", extra_lib_paths=[lib_dir]),
+        loaded["tvm_runtime_cuda"] = load_lib_ctypes(
+            "tvm", "tvm_runtime_cuda", "RTLD_LOCAL", extra_lib_paths=[lib_dir]
         )
     except (OSError, RuntimeError) as err:
         raise ToolMissingError(

@@ -25,7 +25,7 @@ from tvm.target import Target
 from mlc.runtime.host import ToolMissingError
 
 from . import device_blob
-from .gpu import DeviceLimits, GPUTarget, no_tensorization
+from .gpu import DeviceLimits, GPUTarget
 
 DEFAULT_ARCH = "sm_80"
 # Every CUDA GPU since Kepler: 1024 threads per block, 48 KB static shared memory per block
@@ -91,6 +91,17 @@ def nvcc_fatbin(code: str, arches: tuple[str, ...]) -> bytes:
         if run.returncode != 0:
             raise RuntimeError(f"nvcc failed on the generated CUDA kernels:\n{run.stderr}")
         return output.read_bytes()
+
+
+@tvm.transform.module_pass(opt_level=0, name="NoTensorization")
+def no_tensorization(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+    """Keep DLight's matmul rule off tensor cores: in apache-tvm 0.27 its fp16 tensorization
+    (CUDA sm_70 and later) crashes the compiler (a segfault in `s_tir::Tensorize`) on fp16
+    matmuls as small as 256 x 256."""
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            mod[gvar] = func.with_attr("dlight.do_not_tensorize", True)
+    return mod
 
 
 @dataclasses.dataclass

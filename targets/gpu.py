@@ -79,14 +79,3 @@ class GPUTarget(TargetPreset):
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
         return [dl.ApplyDefaultSchedule(*self.schedule_rules())]
-
-
-@tvm.transform.module_pass(opt_level=0, name="NoTensorization")
-def no_tensorization(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-    """Keep DLight's matmul rule off tensor cores: in apache-tvm 0.27 its fp16 tensorization
-    (CUDA sm_70 and later) crashes the compiler (a segfault in `s_tir::Tensorize`) on fp16
-    matmuls as small as 256 x 256."""
-    for gvar, func in list(mod.functions.items()):
-        if isinstance(func, tvm.tirx.PrimFunc):
-            mod[gvar] = func.with_attr("dlight.do_not_tensorize", True)
-    return mod

@@ -131,7 +131,7 @@ def test_cuda_embeds_fatbin_for_requested_arches(
 def test_cuda_fp16_build_of_a_wider_model_compiles(tiny_builds):
     """fp16 matmuls of 256 x 512 on sm_90: DLight's tensor-core schedule crashed TVM 0.27's
     compiler here (a segfault, which would end the whole test run); the cuda preset keeps it
-    off (`targets/gpu.py: no_tensorization`)."""
+    off (`targets/cuda.py: no_tensorization`)."""
     wide = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4}
     options = {"target": "cuda", "arch": "sm_90"}
     _, out = tiny_builds.get("llama-wide", "q0f16", build_options=options, **wide)
