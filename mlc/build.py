@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from mlc.gguf.checkpoint import GGUFCheckpoint
 from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
 from mlc.quantization import Quantization, get_quantization
+from mlc.quantization.fidelity import WeightChange, block_quantized_sources, requantization_line
 from mlc.runtime.artifact import library_name
 from mlc.runtime.chat_config import ARTIFACT_FORMAT_VERSION, GENERATION_DEFAULT_KEYS, ChatConfig
 from mlc.runtime.conversation import get_template
@@ -45,7 +47,7 @@ DEFAULT_MAX_BATCH_SIZE = 16
 @dataclasses.dataclass
 class BuildOptions:
     model: Path
-    quantization: str = "q0f32"
+    quantization: str | None = None  # None: `default_quantization`
     target: str = "llvm"
     arch: str | None = None
     output: Path = Path("dist")
@@ -79,8 +81,14 @@ def build(opts: BuildOptions) -> Path:
     model_path = Path(opts.model).resolve()
     checkpoint = open_checkpoint(model_path)
     arch = get_architecture(checkpoint.config)
-    quant = get_quantization(opts.quantization)
     preset = get_target(opts.target).with_options(arch=opts.arch)
+    quant = get_quantization(opts.quantization or default_quantization(checkpoint, preset.name))
+    if quant.name == "gguf" and preset.name != "llvm":
+        raise ValueError(
+            f"--quantization gguf runs on the CPU target (llvm) only; the block-format kernels "
+            f"for {preset.name} are not written yet: use --quantization q4f16_1 (or q4f32_1 "
+            "where the device has no fp16)"
+        )
     # None: the model's own chat template if it has one, else the raw-text `LM` template.
     conv_template = get_template(opts.conv_template).name if opts.conv_template else None
     if opts.max_batch_size < 1:
@@ -115,18 +123,25 @@ def build(opts: BuildOptions) -> Path:
     try:
         target = preset.tvm_target()
         source_names = [name for name, _ in model.named_parameters()]
+        weight_map = arch.hf_weight_map(config)
+        missing = [n for n in source_names if n not in weight_map]
+        if missing:
+            raise ValueError(f"{arch.__name__} maps no Hugging Face weights to: {missing}")
+        ordered = {n: weight_map[n] for n in source_names}
+        quant = quant.for_checkpoint(checkpoint, ordered)
+        for line in quant.summary():
+            _log(opts, f"Weights: {line}")
         model = quant.quantize_model(model)
         mod, named_params = export_model(model, target, preset)
         param_meta = [
             {"name": n, "shape": [int(d) for d in p.shape], "dtype": p.dtype}
             for n, p in named_params
         ]
-        weight_map = arch.hf_weight_map(config)
-        missing = [n for n in source_names if n not in weight_map]
-        if missing:
-            raise ValueError(f"{arch.__name__} maps no Hugging Face weights to: {missing}")
-        ordered = {n: weight_map[n] for n in source_names}
-        _convert_weights(opts, checkpoint, ordered, quant, param_meta, staging)
+        measured = {} if quant.name == "gguf" else block_quantized_sources(checkpoint, ordered)
+        change = _convert_weights(opts, checkpoint, ordered, quant, param_meta, staging, measured)
+        if measured:
+            types = set().union(*measured.values())
+            _log(opts, f"Weights: {requantization_line(quant.name, types, change)}")
 
         lib_name = library_name(model_name, quant.name, preset.name, preset.library_suffix)
         metadata = {
@@ -180,16 +195,25 @@ def _convert_weights(
     quant: Any,
     param_meta: list[dict[str, Any]],
     out_dir: Path,
-) -> None:
-    """Stream every parameter from the checkpoint into the tensor cache, in calling order."""
+    measured: dict[str, Any],
+) -> WeightChange:
+    """Stream every parameter from the checkpoint into the tensor cache, in calling order;
+    returns how far the `measured` parameters moved from the checkpoint's values."""
     writer = TensorCacheWriter(out_dir)
     expected = iter(param_meta)
+    change = WeightChange()
 
     def convert(item: tuple[str, Any]) -> tuple[int, list[tuple[str, np.ndarray]]]:
         our_name, source = item
+        if our_name not in measured:
+            return quant.convert_source(our_name, source, checkpoint)
         array = source.build([checkpoint.get(n) for n in source.hf_names])
-        return array.size, list(quant.convert(our_name, array))
+        tensors = list(quant.convert(our_name, array))
+        with lock:
+            change.add(array, quant.dequantize_stored(tensors, array.shape[-1]))
+        return array.size, tensors
 
+    lock = threading.Lock()
     converted = _ordered_map(convert, weight_map.items(), workers=os.cpu_count() or 1)
     for size, tensors in tqdm(
         converted,
@@ -212,6 +236,13 @@ def _convert_weights(
     if leftover:
         raise ValueError(f"no weights were converted for: {leftover}")
     writer.finish()
+    return change
+
+
+def default_quantization(checkpoint: HFCheckpoint | GGUFCheckpoint, target: str) -> str:
+    """`gguf` for a GGUF file built for the CPU (its weights as the file stores them), else
+    `q0f32`."""
+    return "gguf" if isinstance(checkpoint, GGUFCheckpoint) and target == "llvm" else "q0f32"
 
 
 def _ordered_map(func, items, workers: int) -> Iterator:

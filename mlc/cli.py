@@ -29,7 +29,12 @@ def main() -> None:
     default=None,
     help="cuda only: GPU architectures to compile for, comma-separated (default sm_80).",
 )
-@click.option("--quantization", default="q0f32", show_default=True, help="Weight quantization.")
+@click.option(
+    "--quantization",
+    default=None,
+    help="Weight quantization code (docs/quantization.md lists them); default: gguf for a GGUF "
+    "file built for the CPU (its own formats, bit for bit), else q0f32.",
+)
 @click.option("--conv-template", default=None, help="Conversation template name (default LM).")
 @click.option(
     "-o",
@@ -70,7 +75,7 @@ def build(
     model: Path | None,
     target: str,
     arch: str | None,
-    quantization: str,
+    quantization: str | None,
     conv_template: str | None,
     output: Path,
     context_window_size: int | None,
@@ -192,6 +197,86 @@ def bench(
     _run(
         lambda: print_result(run_bench(model, prompt_len, gen_len, runs, device, compare), as_json)
     )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--text",
+    "text_file",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="UTF-8 text file to score (llama.cpp's reference: wikitext-2 wiki.test.raw).",
+)
+@click.option(
+    "--ctx",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Tokens per chunk (even); the second half of each chunk is scored.",
+)
+@click.option(
+    "--chunks",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Score at most this many chunks (default: all the text holds).",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--kl-against",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reference build (same tokenizer): also report the mean KL divergence from its "
+    "next-token distributions and the top-1 agreement.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def perplexity(
+    model: Path,
+    text_file: Path,
+    ctx: int,
+    chunks: int | None,
+    device: str,
+    kl_against: Path | None,
+    as_json: bool,
+) -> None:
+    """Perplexity of the built model in directory MODEL on a text, as llama.cpp measures it.
+
+    The text is cut into chunks of --ctx tokens, each evaluated from an empty cache (its first
+    token BOS where the model adds BOS); the tokens of each chunk's second half are scored.
+    """
+    import json
+
+    from mlc.lean_runtime import skip_torch
+
+    skip_torch()
+    from tqdm import tqdm
+
+    from mlc.runtime.perplexity import perplexity as run_perplexity
+    from mlc.runtime.perplexity import read_text
+
+    bar = None
+
+    def on_chunk(done: int, total: int, ppl: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="perplexity", unit="chunk", file=sys.stderr)
+        if done:
+            bar.set_postfix_str(f"{ppl:.4f}", refresh=False)
+            bar.update(1)
+
+    def action() -> None:
+        text = read_text(text_file)
+        try:
+            result = run_perplexity(model, text, ctx, chunks, device, kl_against, on_chunk)
+        finally:
+            if bar is not None:
+                bar.close()
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            click.echo(result.summary(text_file.name, str(kl_against)))
+
+    _run(action)
 
 
 @main.command()

@@ -36,6 +36,21 @@ class GenerationStats:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
 
 
+def load_tokenizer(model_dir: Path) -> Tokenizer:
+    """The build's `tokenizer.json`."""
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise ArtifactError(f"tokenizer not found: {path}")
+    return Tokenizer.from_file(str(path))
+
+
+def read_tokenizer_config(model_dir: Path) -> dict:
+    """The build's `tokenizer_config.json` (special tokens, flags), or {} where it has none."""
+    path = Path(model_dir) / "tokenizer_config.json"
+    config = read_json(path, "tokenizer config") if path.is_file() else {}
+    return config if isinstance(config, dict) else {}
+
+
 def choose_template(
     model_dir: Path, config: ChatConfig, override: str | dict | None = None
 ) -> ConversationTemplate | JinjaChatTemplate:
@@ -44,8 +59,7 @@ def choose_template(
     if override is not None or config.conv_template:
         return get_template(override if override is not None else config.conv_template)
     if config.chat_template:
-        path = model_dir / "tokenizer_config.json"
-        tokens = read_json(path, "tokenizer config") if path.is_file() else {}
+        tokens = read_tokenizer_config(model_dir)
         special = {
             k: v if isinstance(v, str) else (v or {}).get("content")
             for k, v in tokens.items()
@@ -84,10 +98,7 @@ class ChatModule:
         self.engine = CompiledModel(model, model_lib, device, verify_weights)
         config = self.engine.chat_config
         self.chat_config = config
-        tokenizer_path = self.engine.model_dir / "tokenizer.json"
-        if not tokenizer_path.is_file():
-            raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer = load_tokenizer(self.engine.model_dir)
         self.template = choose_template(self.engine.model_dir, config, conv_template)
         self.bos_token_id = config.bos_token_id
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)

@@ -1,6 +1,7 @@
 """Hand-written x86 (AVX2) kernels for the kernel kinds the quantization schemes name.
 
-`q4a8_matmul`: `y[rows, N] = Σ_g sw[n, g] · xs[g] · Σ q[n, k] · xq[k] + Σ_g sw[n, g] · xc[g]` with
+`q4a8_matmul`: `y[rows, N] = Σ_g sw[n, g] · xs[g] · Σ q[n, k] · xq[k] + Σ_g sw[n, g] · xc[g]` (with
+per-group minima `m`, `Q4_1`: `+ Σ_g m[n, g] · xc[g]` instead of the last term) with
 4-bit unsigned weights packed 8 per uint32 and int8 activations, both in the layouts of
 `mlc.quantization.int8_activations`. A block of 16 groups is four 64-byte loads of weights
 (word j of each group), each split into low and high nibbles (the even and odd values) and
@@ -49,6 +50,7 @@ _MADD_UBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _MADD_WD = "llvm.x86.avx2.pmadd.wd"
 _DPBUSD = "llvm.x86.avx512.vpdpbusd.256"  # AVX512-VNNI with AVX512VL
 _DPBUSD_512 = "llvm.x86.avx512.vpdpbusd.512"
+_PSIGN = "llvm.x86.avx2.psign.b"
 
 
 def _u8(value: int, lanes: int):
@@ -70,6 +72,53 @@ def _word_dot(acc, w, x_even, x_odd, vnni: bool):
     )
 
 
+def _signed_dot(acc, w, x, vnni: bool):
+    """`acc` + the int32x8 sums of 32 signed weight bytes times 32 int8 activations (four
+    products per lane): `|w|` times `x` with the sign of `w` (`vpsignb`), unsigned by signed as
+    the instructions multiply; `|-128|` is 128 as an unsigned byte, and a pair of products stays
+    within int16 (2 · 128 · 127)."""
+    magnitude = T.reinterpret("uint8x32", T.call_llvm_pure_intrin("int8x32", _PSIGN, w, w))
+    signed_x = T.call_llvm_pure_intrin("int8x32", _PSIGN, x, w)
+    if vnni:
+        return T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, magnitude, signed_x)
+    pairs = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, magnitude, signed_x)
+    return acc + T.call_llvm_pure_intrin("int32x8", _MADD_WD, pairs, T.Broadcast(T.int16(1), 16))
+
+
+def _bytes(qw, n, word):
+    """32 signed weight bytes: 8 words from `word` (`Q8_0`)."""
+    return T.reinterpret("int8x32", qw[n, T.Ramp(word, 1, 8)])
+
+
+def _pair_dot_8(qw, xq, n, i, pair, vnni: bool = False):
+    """`_pair_dot` for byte weights stored in the activations' own layout."""
+    acc = _signed_dot(
+        T.Broadcast(T.int32(0), 8), _bytes(qw, n, pair * 16), xq[i, T.Ramp(pair * 64, 1, 32)], vnni
+    )
+    return _signed_dot(
+        acc, _bytes(qw, n, pair * 16 + 8), xq[i, T.Ramp(pair * 64 + 32, 1, 32)], vnni
+    )
+
+
+def _single_dot_8(qw, xq, n, i, group, vnni: bool = False):
+    """`_single_dot` for byte weights."""
+    x = xq[i, T.Ramp(group * GROUP, 1, 32)]
+    return _signed_dot(T.Broadcast(T.int32(0), 8), _bytes(qw, n, group * 8), x, vnni)
+
+
+def _block_sums_8(qw, xq, n, i, block, vnni: bool = False):
+    """`_block_sums` for byte weights: the block's 512 bytes in eight 64-byte spans, each the
+    same span of `xq`; bytes 4g .. 4g+3 of a span belong to group g."""
+    halves = []
+    for h in range(2):
+        acc = T.Broadcast(T.int32(0), 8)
+        for c in range(8):
+            w = _bytes(qw, n, block * (BLOCK // 4) + 16 * c + 8 * h)
+            acc = _signed_dot(acc, w, xq[i, T.Ramp(block * BLOCK + 64 * c + 32 * h, 1, 32)], vnni)
+        halves.append(acc)
+    return T.Shuffle(halves, list(range(16)))
+
+
 def _pair_dot(qw, xq, n, i, pair, vnni: bool = False):
     """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second."""
     w = T.reinterpret("uint8x32", qw[n, T.Ramp(pair * 8, 1, 8)])
@@ -77,7 +126,7 @@ def _pair_dot(qw, xq, n, i, pair, vnni: bool = False):
     return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, vnni)
 
 
-def _single_dot(qw, xq, n, i, group):
+def _single_dot(qw, xq, n, i, group, vnni: bool = False):
     """int32x8 partial sums of one unpaired group (layout: 16 even values, then 16 odd)."""
     w = T.reinterpret("uint8x16", qw[n, T.Ramp(group * 4, 1, 4)])
     lo = T.bitwise_and(w, _u8(15, 16))
@@ -87,7 +136,7 @@ def _single_dot(qw, xq, n, i, group):
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
 
 
-def _block_sums(qw, xq, n, i, block):
+def _block_sums(qw, xq, n, i, block, vnni: bool = False):
     """int32x16: lane g holds the integer dot product of group g of `block` (AVX2: two halves
     of 8 groups, each word j's 32 bytes of weights against 32 even and 32 odd values)."""
     halves = []
@@ -102,7 +151,7 @@ def _block_sums(qw, xq, n, i, block):
     return T.Shuffle(halves, list(range(16)))
 
 
-def _block_sums_512(qw, xq, n, i, block):
+def _block_sums_512(qw, xq, n, i, block, vnni: bool = True):
     """`_block_sums` on 512-bit registers (AVX512-VNNI `vpdpbusd`): word j of the 16 groups at
     once, the even words and the odd words in two accumulators (two short dependency chains);
     the sums are exact integers, so the result is the AVX2 one."""
@@ -140,46 +189,68 @@ def _lanes_sum(buf, base, lanes):
     return total
 
 
-def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False) -> tirx.PrimFunc:
+def q4a8_matmul_avx2(
+    n: int,
+    k_padded: int,
+    scale_dtype: str,
+    vnni: bool = False,
+    has_min: bool = False,
+    weight_bits: int = 4,
+) -> tirx.PrimFunc:
     """The kernel for `[n, k_padded]` weights; `vnni` uses AVX512-VNNI's `vpdpbusd` for the
-    integer dot products where the CPU has it (512-bit registers for the blocks)."""
+    integer dot products where the CPU has it (512-bit registers for 4-bit blocks); `has_min`
+    takes a per-group minimum (`Q4_1`) that weights `xc`; `weight_bits` 8 takes signed bytes
+    in the activations' layout (`Q8_0`)."""
     groups = k_padded // GROUP
-    words = k_padded // 8
+    words = k_padded // (4 if weight_bits == 8 else 8)
     blocks = groups // BLOCK_GROUPS
     tail_pairs = (groups - blocks * BLOCK_GROUPS) // 2
     single = groups % 2 == 1
     tiles = (n + TILE_N - 1) // TILE_N
-    block_sums = _block_sums_512 if vnni else _block_sums
+    if weight_bits == 8:
+        block_sums, pair_dot, single_dot = _block_sums_8, _pair_dot_8, _single_dot_8
+    else:
+        block_sums = _block_sums_512 if vnni else _block_sums
+        pair_dot, single_dot = _pair_dot, _single_dot
     lanes = BLOCK_GROUPS
 
-    def block_value(qw, qs, xq, xs, xc, row, i, b, acc):
-        """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane."""
-        sw = T.Cast(f"float32x{lanes}", qs[row, T.Ramp(b * BLOCK_GROUPS, 1, lanes)])
-        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b))
-        x_scale = xs[i, T.Ramp(b * BLOCK_GROUPS, 1, lanes)]
-        return _fma(sw, _fma(dot, x_scale, xc[i, T.Ramp(b * BLOCK_GROUPS, 1, lanes)]), acc)
+    def block_value(qw, qs, qm, xq, xs, xc, row, i, b, acc):
+        """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane (with
+        minima: `acc + m · xc + sw · (dot · xs)`)."""
+        groups_at = T.Ramp(b * BLOCK_GROUPS, 1, lanes)
+        sw = T.Cast(f"float32x{lanes}", qs[row, groups_at])
+        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, vnni))
+        if has_min:
+            m = T.Cast(f"float32x{lanes}", qm[row, groups_at])
+            return _fma(sw, dot * xs[i, groups_at], _fma(m, xc[i, groups_at], acc))
+        return _fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc)
 
-    def tail_value(qs, xs, xc, row, i, group, dot, acc):
+    def tail_value(qs, qm, xs, xc, row, i, group, dot, acc):
         sw = T.Cast("float32", qs[row, group])
+        if has_min:
+            m = T.Cast("float32", qm[row, group])
+            return _fma(sw, T.Cast("float32", dot) * xs[i, group], _fma(m, xc[i, group], acc))
         return _fma(sw, _fma(T.Cast("float32", dot), xs[i, group], xc[i, group]), acc)
 
     @T.macro
-    def finish_row(qw, qs, xq, xs, xc, y, acc, base, part, tail, row, i):
+    def finish_row(qw, qs, qm, xq, xs, xc, y, acc, base, part, tail, row, i):
         """The groups after the whole blocks, then the output value of (i, row)."""
         tail[0] = T.float32(0)
         for p in range(tail_pairs):
             pair = blocks * BLOCK_GROUPS // 2 + p
-            part[T.Ramp(0, 1, 8)] = _pair_dot(qw, xq, row, i, pair, vnni)
+            part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, vnni)
             first = blocks * BLOCK_GROUPS + 2 * p
-            tail[0] = tail_value(qs, xs, xc, row, i, first, _lanes_sum(part, 0, 4), tail[0])
-            tail[0] = tail_value(qs, xs, xc, row, i, first + 1, _lanes_sum(part, 4, 4), tail[0])
+            tail[0] = tail_value(qs, qm, xs, xc, row, i, first, _lanes_sum(part, 0, 4), tail[0])
+            tail[0] = tail_value(qs, qm, xs, xc, row, i, first + 1, _lanes_sum(part, 4, 4), tail[0])
         if single:
-            part[T.Ramp(0, 1, 8)] = _single_dot(qw, xq, row, i, groups - 1)
-            tail[0] = tail_value(qs, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0])
+            part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni)
+            tail[0] = tail_value(
+                qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
+            )
         y[i, row] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)])
 
     @T.macro
-    def micro(qw, qs, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows):
+    def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows):
         """Outputs of `tokens` tokens from i0 and `rows` weight rows from r0, block by block,
         so each block's weights are loaded and unpacked once for all the tokens and each
         token's activations once for all the rows. Every output is summed in the same order
@@ -191,6 +262,7 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
                 acc[T.Ramp(o * lanes, 1, lanes)] = block_value(
                     qw,
                     qs,
+                    qm,
                     xq,
                     xs,
                     xc,
@@ -201,19 +273,11 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
                 )
         for o in T.unroll(tokens * rows):
             finish_row(
-                qw, qs, xq, xs, xc, y, acc, o * lanes, part, tail, r0 + o % rows, i0 + o // rows
+                qw, qs, qm, xq, xs, xc, y, acc, o * lanes, part, tail, r0 + o % rows, i0 + o // rows
             )
 
-    @T.prim_func
-    def q4a8_matmul(
-        var_xq: T.handle,
-        var_xs: T.handle,
-        var_xc: T.handle,
-        qw: T.Buffer((n, words), "uint32"),
-        qs: T.Buffer((n, groups), scale_dtype),
-        var_y: T.handle,
-    ):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+    @T.macro
+    def matmul(qw, qs, qm, var_xq, var_xs, var_xc, var_y):
         batch = T.int64()
         seq = T.int64()
         xq_in = T.match_buffer(var_xq, (batch, seq, k_padded), "int8")
@@ -237,17 +301,45 @@ def q4a8_matmul_avx2(n: int, k_padded: int, scale_dtype: str, vnni: bool = False
                 for i in range(rows // TOKENS):
                     for t in range(TILE_N // ROWS):
                         r0 = T.meta_var(tile * TILE_N + t * ROWS)
-                        micro(qw, qs, xq, xs, xc, y, acc, part, tail, i * TOKENS, r0, TOKENS, ROWS)
+                        micro(
+                            qw, qs, qm, xq, xs, xc, y, acc, part, tail, i * TOKENS, r0, TOKENS, ROWS
+                        )
             grouped = T.meta_var(T.if_then_else(whole, rows // TOKENS * TOKENS, T.int64(0)))
             for i in range(grouped, rows):
                 for t in range(T.min(TILE_N, n - tile * TILE_N)):
-                    micro(qw, qs, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
+                    micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
 
-    return q4a8_matmul
+    @T.prim_func
+    def q4a8_matmul(
+        var_xq: T.handle,
+        var_xs: T.handle,
+        var_xc: T.handle,
+        qw: T.Buffer((n, words), "uint32"),
+        qs: T.Buffer((n, groups), scale_dtype),
+        var_y: T.handle,
+    ):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        matmul(qw, qs, qs, var_xq, var_xs, var_xc, var_y)
+
+    @T.prim_func
+    def q4a8_matmul_with_min(
+        var_xq: T.handle,
+        var_xs: T.handle,
+        var_xc: T.handle,
+        qw: T.Buffer((n, words), "uint32"),
+        qs: T.Buffer((n, groups), scale_dtype),
+        qm: T.Buffer((n, groups), scale_dtype),
+        var_y: T.handle,
+    ):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        matmul(qw, qs, qm, var_xq, var_xs, var_xc, var_y)
+
+    return q4a8_matmul_with_min if has_min else q4a8_matmul
 
 
-def quantize_activations_avx2(k: int) -> tirx.PrimFunc:
-    """float32 `x[batch, seq, k]` → (`xq` int8 `[.., Kp]` in the kernel layout, `xs`, `xc`)."""
+def quantize_activations_avx2(k: int, sum_factor: float = -7.0) -> tirx.PrimFunc:
+    """float32 `x[batch, seq, k]` → (`xq` int8 `[.., Kp]` in the kernel layout, `xs`, and
+    `xc = sum_factor · xs · Σ xq`)."""
     groups = (k + GROUP - 1) // GROUP
     k_padded = groups * GROUP
     whole = k // GROUP  # groups with all values inside k; a last partial one is zero-padded
@@ -297,7 +389,7 @@ def quantize_activations_avx2(k: int) -> tirx.PrimFunc:
         total[0] = 0
         for e in range(GROUP):
             total[0] = total[0] + T.Cast("int32", q[e])
-        xc[r, g] = T.float32(-7.0) * xs[r, g] * T.Cast("float32", total[0])
+        xc[r, g] = T.float32(sum_factor) * xs[r, g] * T.Cast("float32", total[0])
 
     @T.macro
     def store_blocked(xq, r, g, q):
@@ -386,9 +478,12 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                 continue
             if a[KERNEL_ATTR] == Q4A8_MATMUL:
                 n, k_padded = int(a["mlc.n"]), int(a["mlc.k_padded"])
-                fast = q4a8_matmul_avx2(n, k_padded, str(a["mlc.scale_dtype"]), vnni=vnni)
+                has_min = bool(a["mlc.has_min"])
+                bits = int(a["mlc.weight_bits"])
+                scale_dtype = str(a["mlc.scale_dtype"])
+                fast = q4a8_matmul_avx2(n, k_padded, scale_dtype, vnni, has_min, bits)
             elif a[KERNEL_ATTR] == QUANTIZE_ACTIVATIONS and str(a["mlc.dtype"]) == "float32":
-                fast = quantize_activations_avx2(int(a["mlc.k"]))
+                fast = quantize_activations_avx2(int(a["mlc.k"]), float(a["mlc.sum_factor"]))
             else:
                 continue
             mod[gvar] = fast.with_attr("global_symbol", gvar.name_hint)

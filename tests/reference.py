@@ -69,10 +69,11 @@ def dequantized_reference(model_dir: Path, code: str):
     return model
 
 
-def quantize_activations_int8(model, group: int = 32):
-    """Make every Linear (and GPT-2 `Conv1D`) of `model` see its input as `q4a8_1` kernels do:
-    per token and per group of `group` values along K, `xs = max|x| / 127`,
-    `x' = round(x · (127 / max|x|)) · xs`, in float32 as the kernels compute it.
+def quantize_activations_int8(model, group: int = 32, only: set[str] | None = None):
+    """Make every Linear (and GPT-2 `Conv1D`) of `model`, or those named in `only`, see its
+    input as `q4a8_1` kernels do: per token and per group of `group` values along K,
+    `xs = max|x| / 127`, `x' = round(x · (127 / max|x|)) · xs`, in float32 as the kernels
+    compute it.
     """
     from transformers.pytorch_utils import Conv1D
 
@@ -88,9 +89,13 @@ def quantize_activations_int8(model, group: int = 32):
         scale = absmax / 127
         return ((q * scale).reshape(padded.shape)[..., :k].to(x.dtype), *rest)
 
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear | Conv1D):
+    hooked = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear | Conv1D) and (only is None or name in only):
             module.register_forward_pre_hook(fake_quantize)
+            hooked.add(name)
+    if only is not None and hooked != set(only):
+        raise ValueError(f"no Linear layers named {sorted(set(only) - hooked)}")
     return model
 
 

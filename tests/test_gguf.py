@@ -149,7 +149,9 @@ def test_architecture_matches_transformers_gguf_loader(model_type, tmp_path):
     reference = hf_logits(reference_model, PROMPT)
     np.testing.assert_allclose(reference, hf_logits(original, PROMPT), atol=1e-5, rtol=0)
 
-    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    built = build(
+        BuildOptions(model=path, quantization="q0f32", output=tmp_path / "dist", quiet=True)
+    )
     assert json.loads((built / "mlc-chat-config.json").read_text())["model_type"] == model_type
     error = max_logit_error(built, reference, PROMPT, split=20)
     print(f"{model_type}: max logit error {error:.2e}")
@@ -182,7 +184,9 @@ def test_gguf_export_import_equals_the_original_model(case, tmp_path):
     model_type, settings = ROUND_TRIPS[case]
     model_dir = save_model(tmp_path / case, model_type=model_type, vector_std=0.1, **settings)
     path = export_gguf(model_dir, tmp_path / f"{case}.gguf", "F32")
-    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    built = build(
+        BuildOptions(model=path, quantization="q0f32", output=tmp_path / "dist", quiet=True)
+    )
     reference = hf_logits(load_hf(model_dir), PROMPT)
     error = max_logit_error(built, reference, PROMPT, split=20)
     print(f"{case}: max logit error {error:.2e}")
@@ -213,7 +217,9 @@ def test_tensor_names_are_llama_cpps(case, tmp_path):
 
 def test_every_writable_type_matches_transformers_gguf_loader(tiny_hf, tmp_path):
     path = export_gguf(tiny_hf, tmp_path / "tiny-mixed.gguf", "Q8_0", overrides=WRITABLE_TYPES)
-    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    built = build(
+        BuildOptions(model=path, quantization="q0f32", output=tmp_path / "dist", quiet=True)
+    )
     prompt = list(range(7, 30))
     max_logit_error(built, hf_logits(load_gguf_reference(path), prompt), prompt, split=18)
 
@@ -295,7 +301,9 @@ def test_sentencepiece_tokenizer_matches_references(sentencepiece_gguf, tmp_path
     from transformers import AutoTokenizer
 
     path, sp = sentencepiece_gguf
-    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    built = build(
+        BuildOptions(model=path, quantization="q0f32", output=tmp_path / "dist", quiet=True)
+    )
     ours = Tokenizer.from_file(str(built / "tokenizer.json"))
     hf = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     samples = [*tokenizer_samples(), "<|user|> hi <|im_start|>x", "x <|user|>y", "\n\n  \t"]

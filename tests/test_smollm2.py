@@ -27,11 +27,12 @@ CONVERSATION = [
     {"role": "user", "content": "And of Italy? Ünïcödé, tabs\tand  spaces."},
 ]
 # Perplexity of a quantized build may exceed the q0f32 one by at most this factor on the text.
-# Measured (windows of 512): q0f32 19.05, q4f32_1 33.18, q4f16_1 33.19, q4a8_1 33.60 (int8
-# activations cost almost nothing on top of the 4-bit weights), q3f16_1 495.9. Symmetric
-# re-quantization of a 135M model that was already Q4_1 costs a lot; 3 bits is ruinous at this
-# size. The bounds catch regressions and garbage (a uniform guess scores 49,152).
-PERPLEXITY_BOUND = {"q4f32_1": 2.0, "q4f16_1": 2.0, "q4a8_1": 2.0, "q3f16_1": 40.0}
+# Measured (windows of 512): q0f32 19.05, gguf 19.23 (the file's own Q4_1/Q8_0 blocks; only the
+# int8 activations differ from q0f32), q4f32_1 33.18, q4f16_1 33.19, q4a8_1 33.60, q3f16_1
+# 495.9. Symmetric re-quantization of a 135M model that was already Q4_1 costs a lot; 3 bits
+# is ruinous at this size. The bounds catch regressions and garbage (a uniform guess scores
+# 49,152).
+PERPLEXITY_BOUND = {"gguf": 1.03, "q4f32_1": 2.0, "q4f16_1": 2.0, "q4a8_1": 2.0, "q3f16_1": 40.0}
 
 
 @pytest.fixture(scope="module")

@@ -53,10 +53,26 @@ class GGUFCheckpoint:
         return iter(self._sources)
 
     def get(self, name: str) -> np.ndarray:
+        gguf_name, fix = self._source(name)
+        return fix(self.file.get(gguf_name))
+
+    def tensor_type(self, name: str) -> str:
+        """The ggml type the file stores Hugging Face tensor `name` in (`Q4_1`, `F32`, ...)."""
+        return self.file.tensors[self._source(name)[0]].type_name
+
+    def get_blocks(self, name: str) -> np.ndarray | None:
+        """Tensor `name` as the file's own blocks, uint8 `[rows, blocks, bytes]`, with its rows
+        in Hugging Face order; None where the layout change to Hugging Face is not a
+        reordering of whole rows (a transpose), so that its blocks cannot be kept."""
+        gguf_name, fix = self._source(name)
+        blocks = self.file.blocks(gguf_name)
+        order = row_order(fix, blocks.shape[0])
+        return None if order is None else blocks[order]
+
+    def _source(self, name: str) -> tuple[str, Transform]:
         if name not in self._sources:
             raise GGUFError(f"{self.path} has no tensor for {name!r}")
-        gguf_name, fix = self._sources[name]
-        return fix(self.file.get(gguf_name))
+        return self._sources[name]
 
     def write_tokenizer(self, out_dir: Path) -> list[str]:
         """`tokenizer.json` and `tokenizer_config.json` (with the chat template, if any)."""
@@ -80,3 +96,17 @@ class GGUFCheckpoint:
             config["chat_template"] = meta["tokenizer.chat_template"]
         (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         return ["tokenizer.json", "tokenizer_config.json"]
+
+
+def row_order(fix: Transform, rows: int) -> np.ndarray | None:
+    """The row permutation `fix` applies to a `[rows, K]` tensor, or None if it does something
+    else (found by applying it to row numbers, each row carried in two columns)."""
+    probe = np.stack([np.arange(rows), -1 - np.arange(rows)], axis=1).astype(np.float64)
+    try:
+        moved = np.asarray(fix(probe))
+    except (ValueError, IndexError):
+        return None
+    if moved.shape != probe.shape or not np.array_equal(moved[:, 1], -1 - moved[:, 0]):
+        return None
+    order = moved[:, 0].astype(np.int64)
+    return order if np.array_equal(np.sort(order), np.arange(rows)) else None

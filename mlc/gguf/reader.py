@@ -112,13 +112,26 @@ class GGUFFile:
     def get(self, name: str) -> np.ndarray:
         """The tensor dequantized to float32 (float tensors keep F32/F16 as float32)."""
         tensor = self.tensors[name]
+        return dequantize(self.raw(name), tensor.ggml_type, tensor.shape)
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as the file stores them (uint8)."""
+        tensor = self.tensors[name]
         if tensor.ggml_type not in GGML_TYPES:
             raise GGUFError(
                 f"{self.path}: tensor {name} has ggml type {tensor.type_name}, which mlc cannot "
                 f"read yet (supported: {', '.join(t.name for t in GGML_TYPES.values())})"
             )
-        raw = np.fromfile(self.path, dtype=np.uint8, count=tensor.nbytes, offset=tensor.offset)
-        return dequantize(raw, tensor.ggml_type, tensor.shape)
+        return np.fromfile(self.path, dtype=np.uint8, count=tensor.nbytes, offset=tensor.offset)
+
+    def blocks(self, name: str) -> np.ndarray:
+        """A 2-D tensor's bytes as uint8 `[rows, blocks per row, bytes per block]`."""
+        tensor = self.tensors[name]
+        kind = GGML_TYPES.get(tensor.ggml_type)
+        if kind is None or len(tensor.shape) != 2 or tensor.shape[1] % kind.block_size:
+            raise GGUFError(f"{self.path}: tensor {name} is not a 2-D tensor of whole blocks")
+        rows, k = tensor.shape
+        return self.raw(name).reshape(rows, k // kind.block_size, kind.type_size)
 
 
 def _read(f: BinaryIO, fmt: str) -> tuple:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from tvm.relax.frontend import nn
@@ -14,6 +15,15 @@ class Quantization:
     name: str
     model_dtype: str  # dtype of activations and of unquantized weights
 
+    def for_checkpoint(self, checkpoint: Any, weight_map: dict[str, Any]) -> Quantization:
+        """The scheme for one checkpoint (`weight_map`: our parameter → its `WeightSource`);
+        schemes that follow the source's own storage bind to it here."""
+        return self
+
+    def summary(self) -> list[str]:
+        """Lines for the build log about what the scheme chose for this checkpoint."""
+        return []
+
     def quantize_model(self, model: nn.Module) -> nn.Module:
         """Swap layers for their quantized twins; the default leaves the model as it is."""
         return model
@@ -21,6 +31,20 @@ class Quantization:
     def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
         """The stored tensors for one parameter of the unquantized model."""
         raise NotImplementedError
+
+    def convert_source(
+        self, name: str, source: Any, checkpoint: Any
+    ) -> tuple[int, list[tuple[str, np.ndarray]]]:
+        """(values of the parameter, its stored tensors), read from `checkpoint` through its
+        `WeightSource`; by default from the float tensors, through `convert`."""
+        array = source.build([checkpoint.get(n) for n in source.hf_names])
+        return array.size, list(self.convert(name, array))
+
+    def dequantize_stored(self, tensors: list[tuple[str, np.ndarray]], k: int) -> np.ndarray:
+        """The values a parameter's stored tensors (from `convert`) stand for, float32, its
+        last axis `k` long; by default the one stored tensor itself."""
+        ((_, array),) = tensors
+        return array.astype(np.float32)
 
     @property
     def kv_cache_dtype(self) -> str:

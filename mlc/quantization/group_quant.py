@@ -118,6 +118,12 @@ class GroupQuantization(Quantization):
         else:
             yield name, array
 
+    def dequantize_stored(self, tensors: list[tuple[str, np.ndarray]], k: int) -> np.ndarray:
+        if len(tensors) == 2:
+            stored = {name.rsplit(".", 1)[-1]: array for name, array in tensors}
+            return self.dequantize_weight(stored["q_weight"], stored["q_scale"], k)
+        return super().dequantize_stored(tensors, k)
+
     # --- the model rewrite -----------------------------------------------------------------
 
     def quantize_model(self, model: nn.Module) -> nn.Module:

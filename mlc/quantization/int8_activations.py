@@ -24,7 +24,9 @@ place and are "pair-interleaved" in `xq`: a pair's 64 values as [even values of 
 even of the second, odd of the first, odd of the second] (16 each); a last unpaired group as
 [its 16 even, its 16 odd values].
 `xc[g] = -7 · xs[g] · Σ xq[g]` carries the zero point, so kernels multiply the unsigned nibbles
-directly.
+directly. The same kernels compute llama.cpp's 4-bit blocks (`ggml_blocks`): `Q4_0`'s zero point
+8 makes `xc = -8 · xs · Σ xq`, and `Q4_1`'s per-group minimum `m` (`w = d · q + m`) takes
+`xc = xs · Σ xq`, the group's activation sum, which the kernel multiplies by `m` instead of `d`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,26 @@ def source_index(position: int | tirx.PrimExpr, num_groups: int):
     return tirx.Select(position < whole, blocked, tail)
 
 
+def stored_position(k, num_groups: int):
+    """Where activation index `k` is stored in `xq` (numpy or TIR): the inverse of
+    `source_index`."""
+    whole = num_groups // BLOCK_GROUPS * BLOCK
+    offset = k % BLOCK
+    g, j, c, odd = offset // GROUP, (offset % GROUP) // 8, (k % 8) // 2, k % 2
+    blocked = BLOCK * (k // BLOCK) + 4 * BLOCK_GROUPS * (2 * j + odd) + 4 * g + c
+    e = k % GROUP
+    paired = 2 * GROUP * (k // (2 * GROUP)) + 16 * ((k // GROUP) % 2 + 2 * (e % 2)) + e // 2
+    single = GROUP * (k // GROUP) + 16 * (e % 2) + e // 2
+    pair_complete = 2 * (k // (2 * GROUP)) + 1 < num_groups
+    if isinstance(k, np.ndarray):
+        return np.where(k < whole, blocked, np.where(pair_complete, paired, single))
+    if isinstance(k, int):
+        if k < whole:
+            return blocked
+        return paired if pair_complete else single
+    return tirx.Select(k < whole, blocked, tirx.Select(pair_complete, paired, single))
+
+
 def activation_layout(k_padded: int) -> np.ndarray:
     """`perm` with `xq[..., p] = x[..., perm[p]]` (numpy reference of `source_index`)."""
     groups = k_padded // GROUP
@@ -110,12 +132,20 @@ class Int8ActivationQuantization(GroupQuantization):
     def stored_word(self, word, words: int):
         return stored_word(word, words)
 
+    @property
+    def sum_factor(self) -> float:
+        """`xc = sum_factor · xs · Σ xq`: minus the zero point of the unsigned weights."""
+        return -float(self.max_int)
+
     def quantize_model(self, model: nn.Module) -> nn.Module:
         return _SwapLayers(self, Int8ActivationLinear, Int8ActivationEmbedding).visit("", model)
 
 
-def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """`x[..., k]` float → (`xq` int8 `[..., Kp]` in the kernel layout, `xs`, `xc` `[..., G]`)."""
+def quantize_activations(
+    x: Tensor, k: int, sum_factor: float = -7.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`x[..., k]` float → (`xq` int8 `[..., Kp]` in the kernel layout, `xs`, and
+    `xc = sum_factor · xs · Σ xq` `[..., G]`)."""
     groups = (k + GROUP - 1) // GROUP
 
     def compute(x: te.Tensor):
@@ -158,7 +188,7 @@ def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         )
         xc = te.compute(
             total.shape,
-            lambda *i: tirx.const(-7.0) * xs[i] * total[i].astype("float32"),
+            lambda *i: tirx.const(sum_factor) * xs[i] * total[i].astype("float32"),
             name="xc",
         )
         return [xq, xs, xc]
@@ -170,6 +200,7 @@ def quantize_activations(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         attrs={
             KERNEL_ATTR: QUANTIZE_ACTIVATIONS,
             "mlc.k": k,
+            "mlc.sum_factor": float(sum_factor),
             "mlc.dtype": x.dtype,
             "mlc.ndim": len(x.shape),
             "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
@@ -186,11 +217,15 @@ def q4a8_matmul(
     q_weight: Tensor,
     q_scale: Tensor,
     n: int,
+    q_min: Tensor | None = None,
+    weight_bits: int = 4,
 ) -> Tensor:
     """`y[..., n]` float32; the portable reference every target may replace with its own
-    kernel (the attribute `mlc.kernel` names it)."""
+    kernel (the attribute `mlc.kernel` names it). With `q_min` (per-group minima, `Q4_1`) the
+    `xc` term is weighted by the minima instead of the scales. `weight_bits` 8 takes signed
+    bytes (`Q8_0`), four per word, each row's bytes in the layout of `xq` itself."""
 
-    def compute(xq, xs, xc, q_weight, q_scale):
+    def compute(xq, xs, xc, q_weight, q_scale, q_min=None):
         lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
         per_word = scheme.elems_per_word
@@ -202,27 +237,39 @@ def q4a8_matmul(
             shift = ((k % per_word) * scheme.bits).astype("uint32")
             return ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
 
+        def signed_byte(j, p):
+            byte = (q_weight[j, p // 4] >> ((p % 4) * 8).astype("uint32")) & tirx.const(
+                255, "uint32"
+            )
+            high = (byte & tirx.const(128, "uint32")) << tirx.const(1, "uint32")
+            return (byte.astype("int32") - high.astype("int32")).astype("float32")
+
         def term(row, j, p):
             k = source_index(p, groups)
             scale = q_scale[j, k // GROUP].astype("float32") * xs[(*row, k // GROUP)]
-            return nibble(j, k) * xq[(*row, p)].astype("float32") * scale
+            w = signed_byte(j, p) if weight_bits == 8 else nibble(j, k)
+            return w * xq[(*row, p)].astype("float32") * scale
 
         dots = te.compute(
             (*lead, n), lambda *i: te.sum(term(i[:-1], i[-1], p), axis=p), name="dots"
         )
+        offsets = q_scale if q_min is None else q_min
         zero = te.compute(
             (*lead, n),
-            lambda *i: te.sum(q_scale[i[-1], g].astype("float32") * xc[(*i[:-1], g)], axis=g),
+            lambda *i: te.sum(offsets[i[-1], g].astype("float32") * xc[(*i[:-1], g)], axis=g),
             name="zero_point",
         )
         return te.compute((*lead, n), lambda *i: dots[i] + zero[i], name=Q4A8_MATMUL)
 
+    inputs = [xq, xs, xc, q_weight, q_scale] + ([] if q_min is None else [q_min])
     return op.tensor_expr_op(
         compute,
         Q4A8_MATMUL,
-        [xq, xs, xc, q_weight, q_scale],
+        inputs,
         attrs={
             KERNEL_ATTR: Q4A8_MATMUL,
+            "mlc.has_min": q_min is not None,
+            "mlc.weight_bits": weight_bits,
             "mlc.n": n,
             "mlc.k_padded": int(q_scale.shape[1]) * GROUP,
             "mlc.scale_dtype": scheme.scale_dtype,
@@ -233,7 +280,7 @@ def q4a8_matmul(
 
 
 def _linear(scheme, x: Tensor, q_weight, q_scale, k: int, n: int) -> Tensor:
-    xq, xs, xc = quantize_activations(x, k)
+    xq, xs, xc = quantize_activations(x, k, scheme.sum_factor)
     return q4a8_matmul(scheme, xq, xs, xc, q_weight, q_scale, n)
 
 

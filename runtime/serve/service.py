@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jinja2
-from tokenizers import Tokenizer
 
 from ..batch_engine import BatchEngine, EngineOverloaded, EngineShuttingDown
 from ..chat_config import ArtifactError, ChatConfig
-from ..chat_module import choose_template, stop_token_ids
+from ..chat_module import choose_template, load_tokenizer, stop_token_ids
 from ..compiled_model import CompiledModel
 from ..generation_config import GenerationConfig
 from ..sequence import OutputCallback, Sequence, SequenceOutput
@@ -61,10 +60,7 @@ class ServedModel:
         self.name = name or model_dir.name
         self.created = int(time.time())
         config = self.model.chat_config
-        tokenizer_path = model_dir / "tokenizer.json"
-        if not tokenizer_path.is_file():
-            raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer = load_tokenizer(model_dir)
         self.template = choose_template(model_dir, config, None)
         self.bos_token_id = config.bos_token_id
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)

@@ -12,10 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-
-from ..chat_config import ArtifactError, ChatConfig
-from ..chat_module import choose_template, stop_token_ids
+from ..chat_config import ChatConfig
+from ..chat_module import choose_template, load_tokenizer, stop_token_ids
 from ..chat_template import JinjaChatTemplate
 from ..conversation import ConversationTemplate
 
@@ -87,9 +85,7 @@ def chat_format(model_dir: Path, conv_template: str | None = None) -> dict[str, 
     """Everything the page needs to prompt the model in `model_dir` as `ChatModule` does."""
     config = ChatConfig.load(model_dir)
     template = choose_template(model_dir, config, conv_template)
-    tokenizer_path = model_dir / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise ArtifactError(f"tokenizer not found: {tokenizer_path}")
+    tokenizer = load_tokenizer(model_dir)
     try:
         rules = turn_rules(template)
     except ChatFormatError as err:
@@ -97,7 +93,6 @@ def chat_format(model_dir: Path, conv_template: str | None = None) -> dict[str, 
             f"the chat page cannot use this model's chat template: {err}; choose a built-in "
             "one with --conv-template"
         ) from err
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
     return {
         "format_version": FORMAT_VERSION,
         "template": template.name,

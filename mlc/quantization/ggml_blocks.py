@@ -1,0 +1,310 @@
+"""llama.cpp's block formats `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1` and `Q8_0`, kept as the GGUF file has
+them and computed by our kernels.
+
+Each format stores a row of K values in blocks of 32 with a float16 scale `d` per block; `Q4_1`
+and `Q5_1` add a float16 minimum `m`, so that `w = d · q + m`; the others subtract a zero point,
+`w = d · (q - z)` (`z` = 8 for `Q4_0`, 16 for `Q5_0`; `Q8_0`'s `q` is a signed byte, `z` = 0).
+
+We store the same bits, moved (a lossless permutation, `to_ggml_blocks` puts them back):
+- `q_weight` uint32 `[N, K / 8]` (4- and 5-bit: the low nibbles, 8 per word, value `8j + e` of
+  a row in bits `4e` of its word `j`; 4-bit words in `q4a8_1`'s block-transposed order, since
+  its int8-activation kernels compute `Q4_0`/`Q4_1`) or `[N, K / 4]` (`Q8_0`: the signed bytes,
+  four per word, least significant first, each row's bytes in the order the int8 kernels store
+  activations, `int8_activations.source_index`, so that weights and activations meet lane by
+  lane);
+- `q_scale` float16 `[N, K / 32]`; `q_min` float16 `[N, K / 32]` (`Q4_1`, `Q5_1`);
+- `q_high` uint32 `[N, K / 32]` (`Q5_0`, `Q5_1`): the block's 32 fifth bits, bit i for value i,
+  the GGUF block's own `qh` word.
+
+`Q4_0`, `Q4_1` and `Q8_0` layers multiply int8-quantized activations (the `q4a8_1` kernels, as
+llama.cpp multiplies them with its `Q8_0`/`Q8_1` activations); `Q5_0` and `Q5_1` dequantize
+inside a float matmul.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+
+from .int8_activations import (
+    Int8ActivationQuantization,
+    activation_layout,
+    q4a8_matmul,
+    quantize_activations,
+    stored_position,
+    stored_word,
+)
+
+BLOCK = 32
+# The layout (4-bit words in blocks of 16 groups) and the kernel kind the int8 path shares.
+_Q4_LAYOUT = Int8ActivationQuantization("q4a8_1", "float32", bits=4, group_size=BLOCK)
+
+
+@dataclasses.dataclass(frozen=True)
+class GGMLFormat:
+    name: str
+    type_size: int  # bytes per block of 32 values in the GGUF file
+    bits: int  # 4, 5 or 8
+    has_min: bool
+    zero: int  # subtracted from the stored integer (formats without a minimum)
+
+    @property
+    def int8_activations(self) -> bool:
+        """Computed by the int8-activation kernels (the 4- and 8-bit formats)."""
+        return self.bits in (4, 8)
+
+    @property
+    def per_word(self) -> int:
+        return 4 if self.bits == 8 else 8
+
+    @property
+    def sum_factor(self) -> float:
+        """`xc = sum_factor · xs · Σ xq` for the int8 kernels: the activation sum, weighted by
+        the minima, or minus the zero point, weighted by the scales."""
+        if self.has_min:
+            return 1.0
+        return -float(self.zero) if self.zero else 0.0
+
+    # --- numpy: GGUF blocks ↔ stored tensors, and the reference dequantization -------------
+
+    def from_ggml_blocks(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """GGUF blocks uint8 `[N, K / 32, type_size]` → the stored tensors by suffix."""
+        n, nb, size = blocks.shape
+        if size != self.type_size:
+            raise ValueError(f"{self.name} blocks have {self.type_size} bytes, got {size}")
+        fields = _Fields(blocks)
+        out = {"q_scale": fields.f16(0)}
+        if self.has_min:
+            out["q_min"] = fields.f16(2)
+        if self.bits == 8:
+            natural = blocks[..., 2:].reshape(n, nb * BLOCK)
+            permuted = np.ascontiguousarray(natural[:, activation_layout(nb * BLOCK)])
+            out["q_weight"] = permuted.view(np.uint32)
+            return _ordered(out)
+        if self.bits == 5:
+            out["q_high"] = fields.u32(4 if self.has_min else 2)
+        qs = blocks[..., self.type_size - 16 :]
+        nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, nb * BLOCK)
+        out["q_weight"] = _pack_nibbles(nibbles, self.int8_activations)
+        return _ordered(out)
+
+    def to_ggml_blocks(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """The inverse of `from_ggml_blocks`: the GGUF file's bytes, bit for bit."""
+        words = stored["q_weight"]
+        n = words.shape[0]
+        nb = stored["q_scale"].shape[1]
+        parts = [stored["q_scale"].astype(np.float16).view(np.uint8).reshape(n, nb, 2)]
+        if self.has_min:
+            parts.append(stored["q_min"].astype(np.float16).view(np.uint8).reshape(n, nb, 2))
+        if self.bits == 8:
+            parts.append(_natural_bytes(words).view(np.uint8).reshape(n, nb, BLOCK))
+            return np.concatenate(parts, axis=-1)
+        if self.bits == 5:
+            high = np.ascontiguousarray(stored["q_high"], dtype=np.uint32)
+            parts.append(high.view(np.uint8).reshape(n, nb, 4))
+        nibbles = _unpack_nibbles(words, self.int8_activations).reshape(n, nb, BLOCK)
+        parts.append((nibbles[..., :16] | (nibbles[..., 16:] << 4)).astype(np.uint8))
+        return np.concatenate(parts, axis=-1)
+
+    def dequantize(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """`w` float32 `[N, K]` from the stored tensors."""
+        words = stored["q_weight"]
+        if self.bits == 8:
+            q = _natural_bytes(words).view(np.int8).astype(np.float32)
+        else:
+            q = _unpack_nibbles(words, self.int8_activations).astype(np.int32)
+            if self.bits == 5:
+                high = np.ascontiguousarray(stored["q_high"], dtype=np.uint32)
+                bits = (high[..., None] >> np.arange(BLOCK, dtype=np.uint32)) & 1
+                q = q | (bits.reshape(q.shape).astype(np.int32) << 4)
+            q = q.astype(np.float32)
+        d = np.repeat(stored["q_scale"].astype(np.float32), BLOCK, axis=1)
+        if self.has_min:
+            return d * q + np.repeat(stored["q_min"].astype(np.float32), BLOCK, axis=1)
+        return d * (q - self.zero)
+
+    # --- the model's parameters and their dequantized values in kernels ----------------------
+
+    def params(self, rows: int, k: int) -> dict[str, nn.Parameter]:
+        groups = k // BLOCK
+        out = {
+            "q_weight": nn.Parameter((rows, k // self.per_word), "uint32"),
+            "q_scale": nn.Parameter((rows, groups), "float16"),
+        }
+        if self.has_min:
+            out["q_min"] = nn.Parameter((rows, groups), "float16")
+        if self.bits == 5:
+            out["q_high"] = nn.Parameter((rows, groups), "uint32")
+        return _ordered(out)
+
+    def value(self, tensors: dict[str, te.Tensor], n, k) -> tirx.PrimExpr:
+        """`w[n, k]` in float32, read from the stored tensors inside a kernel."""
+        words = tensors["q_weight"]
+        g = k // BLOCK
+        if self.bits == 8:
+            p = stored_position(k, int(words.shape[1]) // 8)
+            byte = (words[n, p // 4] >> ((p % 4) * 8).astype("uint32")) & tirx.const(255, "uint32")
+            signed = byte.astype("int32") - ((byte & tirx.const(128, "uint32")) << 1).astype(
+                "int32"
+            )
+            q = signed.astype("float32")
+        else:
+            word_index = k // 8
+            if self.int8_activations:
+                word_index = stored_word(word_index, int(words.shape[1]))
+            q = (words[n, word_index] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
+            if self.bits == 5:
+                high = tensors["q_high"][n, g] >> (k % BLOCK).astype("uint32")
+                q = q | ((high & tirx.const(1, "uint32")) << tirx.const(4, "uint32"))
+            q = q.astype("float32")
+        d = tensors["q_scale"][n, g].astype("float32")
+        if self.has_min:
+            return d * q + tensors["q_min"][n, g].astype("float32")
+        return d * (q - tirx.const(float(self.zero), "float32"))
+
+
+FORMATS: dict[str, GGMLFormat] = {
+    f.name: f
+    for f in (
+        GGMLFormat("Q4_0", 18, 4, has_min=False, zero=8),
+        GGMLFormat("Q4_1", 20, 4, has_min=True, zero=0),
+        GGMLFormat("Q5_0", 22, 5, has_min=False, zero=16),
+        GGMLFormat("Q5_1", 24, 5, has_min=True, zero=0),
+        GGMLFormat("Q8_0", 34, 8, has_min=False, zero=0),
+    )
+}
+_ORDER = ("q_weight", "q_scale", "q_min", "q_high")
+
+
+def _ordered(tensors: dict) -> dict:
+    """The stored tensors in one order: the tensor cache and the parameters list them alike."""
+    return {key: tensors[key] for key in _ORDER if key in tensors}
+
+
+class _Fields:
+    """Little-endian fields at a byte offset of every block, as `[N, K / 32]` arrays."""
+
+    def __init__(self, blocks: np.ndarray):
+        self.blocks = blocks
+
+    def f16(self, start: int) -> np.ndarray:
+        raw = np.ascontiguousarray(self.blocks[..., start : start + 2])
+        return raw.view(np.float16)[..., 0]
+
+    def u32(self, start: int) -> np.ndarray:
+        raw = np.ascontiguousarray(self.blocks[..., start : start + 4])
+        return raw.view(np.uint32)[..., 0]
+
+
+def _natural_bytes(words: np.ndarray) -> np.ndarray:
+    """`Q8_0` words `[N, K / 4]` → the row's bytes `[N, K]` in their natural order."""
+    stored = np.ascontiguousarray(words).view(np.uint8)
+    natural = np.empty_like(stored)
+    natural[:, activation_layout(stored.shape[1])] = stored
+    return natural
+
+
+def _pack_nibbles(values: np.ndarray, transposed: bool) -> np.ndarray:
+    """uint values `[N, K]` (< 16) → words `[N, K / 8]`, value `8j + e` in bits `4e` of word j
+    (stored at `stored_word(j)` when `transposed`)."""
+    n, k = values.shape
+    lanes = values.reshape(n, k // 8, 8).astype(np.uint32)
+    shifts = (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
+    logical = np.bitwise_or.reduce(lanes << shifts, axis=-1).astype(np.uint32)
+    if not transposed:
+        return logical
+    words = np.empty_like(logical)
+    words[:, stored_word(np.arange(logical.shape[1]), logical.shape[1])] = logical
+    return words
+
+
+def _unpack_nibbles(words: np.ndarray, transposed: bool) -> np.ndarray:
+    if transposed:
+        words = words[:, stored_word(np.arange(words.shape[1]), words.shape[1])]
+    shifts = (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
+    return ((words[..., None] >> shifts) & np.uint32(15)).reshape(words.shape[0], -1)
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+def block_matmul(fmt: GGMLFormat, x: Tensor, tensors: dict[str, Tensor], k: int, n: int) -> Tensor:
+    """`x[..., K] @ w[N, K]^T` in float32: int8 activations for the 4- and 8-bit formats,
+    else one kernel that dequantizes inside the reduction."""
+    if fmt.int8_activations:
+        xq, xs, xc = quantize_activations(x, k, fmt.sum_factor)
+        q_weight, q_scale, q_min = tensors["q_weight"], tensors["q_scale"], tensors.get("q_min")
+        return q4a8_matmul(_Q4_LAYOUT, xq, xs, xc, q_weight, q_scale, n, q_min, fmt.bits)
+    keys = list(tensors)
+
+    def compute(x: te.Tensor, *arrays: te.Tensor) -> te.Tensor:
+        stored = dict(zip(keys, arrays, strict=True))
+        r = te.reduce_axis((0, k), name="k")
+        return te.compute(
+            (*x.shape[:-1], n),
+            lambda *i: te.sum(
+                x[(*i[:-1], r)].astype("float32") * fmt.value(stored, i[-1], r), axis=r
+            ),
+            name="dequantize_matmul",
+        )
+
+    return op.tensor_expr_op(compute, "dequantize_matmul", [x, *tensors.values()])
+
+
+class BlockLinear(nn.Module):
+    """A Linear layer whose weight is in one GGML block format."""
+
+    def __init__(self, fmt: GGMLFormat, in_features: int, out_features: int, bias: bool, dtype):
+        self.fmt, self.in_features, self.out_features = fmt, in_features, out_features
+        params = fmt.params(out_features, in_features)
+        for key, param in params.items():
+            setattr(self, key, param)
+        self.stored_keys = tuple(params)
+        self.bias = nn.Parameter((out_features,), dtype) if bias else None
+        self.dtype = dtype
+
+    def stored(self) -> dict[str, Tensor]:
+        return {key: getattr(self, key) for key in self.stored_keys}
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = block_matmul(self.fmt, x, self.stored(), self.in_features, self.out_features)
+        if self.dtype != "float32":
+            y = y.astype(self.dtype)
+        return y + self.bias if self.bias is not None else y
+
+
+class BlockEmbedding(nn.Module):
+    """A token embedding in one GGML block format: dequantizes the rows it looks up; as the
+    tied LM head, a `BlockLinear` over the whole table."""
+
+    def __init__(self, fmt: GGMLFormat, num: int, dim: int, dtype: str):
+        self.fmt, self.num, self.dim, self.dtype = fmt, num, dim, dtype
+        params = fmt.params(num, dim)
+        for key, param in params.items():
+            setattr(self, key, param)
+        self.stored_keys = tuple(params)
+
+    def stored(self) -> dict[str, Tensor]:
+        return {key: getattr(self, key) for key in self.stored_keys}
+
+    def forward(self, ids: Tensor) -> Tensor:
+        fmt, dim, dtype = self.fmt, self.dim, self.dtype
+        stored = self.stored()
+        keys = list(stored)
+
+        def lookup(ids: te.Tensor, *arrays: te.Tensor) -> te.Tensor:
+            tensors = dict(zip(keys, arrays, strict=True))
+            return te.compute(
+                (*ids.shape, dim),
+                lambda *i: fmt.value(tensors, ids[i[:-1]], i[-1]).astype(dtype),
+                name="dequantize_take",
+            )
+
+        return op.tensor_expr_op(lookup, "dequantize_take", [ids, *stored.values()])
+
+    def lm_head_forward(self, x: Tensor) -> Tensor:
+        return block_matmul(self.fmt, x, self.stored(), self.dim, self.num)

@@ -1,0 +1,105 @@
+"""`gguf`: a GGUF file's weights as the file stores them, each tensor in its own format.
+
+Every Linear and Embedding weight stored in a block format our kernels compute
+(`ggml_blocks.FORMATS`) keeps its blocks, bits unchanged; every other tensor (norms, biases,
+F32/F16/BF16 weights, block formats without a kernel yet) is stored as float32, which holds
+their values exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one
+format, else it is stored as float32 too. The model's activations are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from tvm.relax.frontend import nn
+
+from mlc.models.base import concat_rows
+
+from .base import Quantization
+from .ggml_blocks import FORMATS, BlockEmbedding, BlockLinear
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFNative(Quantization):
+    # (our parameter, its block format) for the weights kept in blocks, once bound to a file.
+    formats: tuple[tuple[str, str], ...] = ()
+    # What the file stores and where each kind went, for the build log and the chat config.
+    tensor_formats: tuple[tuple[str, str], ...] = ()
+
+    def for_checkpoint(self, checkpoint: Any, weight_map: dict[str, Any]) -> GGUFNative:
+        if not hasattr(checkpoint, "get_blocks"):
+            raise ValueError(
+                f"--quantization {self.name} keeps a GGUF file's own formats, and "
+                f"{getattr(checkpoint, 'path', checkpoint)} is not a GGUF file; choose a code "
+                "that quantizes, e.g. --quantization q4a8_1 (CPU) or q4f16_1 (GPU)"
+            )
+        kept, stored_as = {}, {}
+        for ours, source in weight_map.items():
+            types = {checkpoint.tensor_type(h) for h in source.hf_names}
+            only = next(iter(types)) if len(types) == 1 else None
+            rows_only = source.combine is None or source.combine is concat_rows
+            if only in FORMATS and ours.endswith(".weight") and rows_only:
+                if all(checkpoint.get_blocks(h) is not None for h in source.hf_names):
+                    kept[ours] = only
+                    stored_as[ours] = only
+                    continue
+            stored_as[ours] = "float32 (from " + "+".join(sorted(types)) + ")"
+        return dataclasses.replace(
+            self, formats=tuple(kept.items()), tensor_formats=tuple(stored_as.items())
+        )
+
+    def describe(self) -> dict:
+        groups: dict[str, Counter] = {}
+        for name, fmt in self.tensor_formats:
+            groups.setdefault(re.sub(r"\.\d+\.", ".*.", name), Counter())[fmt] += 1
+        return {
+            **super().describe(),
+            "storage": "each weight in the GGUF file's own block format, bits unchanged",
+            "tensor_formats": {group: dict(counts) for group, counts in groups.items()},
+        }
+
+    def summary(self) -> list[str]:
+        """One build-log line per stored format: how many tensors."""
+        counts = Counter(fmt for _, fmt in self.tensor_formats)
+        return [f"{count} tensors as {fmt}" for fmt, count in sorted(counts.items())]
+
+    def quantize_model(self, model: nn.Module) -> nn.Module:
+        return _KeepBlocks(dict(self.formats), self.model_dtype).visit("", model)
+
+    def convert_source(
+        self, name: str, source: Any, checkpoint: Any
+    ) -> tuple[int, list[tuple[str, np.ndarray]]]:
+        fmt = dict(self.formats).get(name)
+        if fmt is None:
+            return super().convert_source(name, source, checkpoint)
+        blocks = source.build([checkpoint.get_blocks(h) for h in source.hf_names])
+        stored = FORMATS[fmt].from_ggml_blocks(blocks)
+        prefix = name.removesuffix(".weight")
+        size = blocks.shape[0] * blocks.shape[1] * 32
+        return size, [(f"{prefix}.{key}", array) for key, array in stored.items()]
+
+    def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        if np.issubdtype(array.dtype, np.floating):
+            array = array.astype(self.model_dtype, copy=False)
+        yield name, array
+
+
+class _KeepBlocks(nn.Mutator):
+    """Replaces each Linear and Embedding whose weight keeps its blocks with its block twin."""
+
+    def __init__(self, formats: dict[str, str], dtype: str):
+        self.formats, self.dtype = formats, dtype
+
+    def visit_module(self, name: str, node: nn.Module):
+        fmt = FORMATS.get(self.formats.get(f"{name}.weight", ""))
+        if fmt is not None and isinstance(node, nn.Linear):
+            bias = node.bias is not None
+            return BlockLinear(fmt, node.in_features, node.out_features, bias, self.dtype)
+        if fmt is not None and isinstance(node, nn.Embedding):
+            return BlockEmbedding(fmt, node.num, node.dim, self.dtype)
+        return self.visit(name, node)

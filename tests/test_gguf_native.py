@@ -1,0 +1,303 @@
+"""`gguf`: a GGUF file's block formats kept as the file has them. The stored layout against the
+`gguf` package bit for bit, the kernels against exact integer arithmetic, and a mixed file's
+build against `transformers` reading the same file, its int8-activation layers rounded as ours."""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+import tvm
+from click.testing import CliRunner
+from reference import hf_logits, quantize_activations_int8
+from test_gguf import load_gguf_reference, max_logit_error
+from tvm.relax.frontend import nn
+
+from mlc.build import BuildOptions, build
+from mlc.cli import main
+from mlc.gguf.export import export_gguf
+from mlc.quantization import get_quantization
+from mlc.quantization.ggml_blocks import BLOCK, FORMATS, BlockLinear
+from mlc.quantization.int8_activations import (
+    GROUP,
+    activation_layout,
+    source_index,
+    stored_position,
+)
+from mlc.targets import get_target
+from mlc.targets.x86_kernels import (
+    has_avx2,
+    has_avx512_vnni,
+    q4a8_matmul_avx2,
+    quantize_activations_avx2,
+)
+from mlc.testing.random_model import save_llama
+
+INT8_FORMATS = [name for name, fmt in FORMATS.items() if fmt.int8_activations]
+# Every tail of the kernels: whole blocks of 16 groups, leftover pairs, a last single group,
+# output rows that do not fill a tile.
+SHAPES = [(64, 512, 1), (37, 96, 3), (48, 576, 5), (130, 1056, 4), (16, 32, 2)]
+
+
+def _quantized(name: str, n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Normal weights quantized by the `gguf` package: blocks uint8 `[n, k / 32, type_size]`."""
+    w = np.random.default_rng(seed).normal(size=(n, k)).astype(np.float32)
+    raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType[name])
+    return raw.reshape(n, k // BLOCK, FORMATS[name].type_size)
+
+
+def _random_bytes(name: str, n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Any bit pattern (Q8_0's -128 included), with finite float16 scales and minima."""
+    fmt = FORMATS[name]
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(n, k // BLOCK, fmt.type_size), dtype=np.uint8)
+    for offset in (0, 2) if fmt.has_min else (0,):
+        values = rng.uniform(-1, 1, size=(n, k // BLOCK)).astype(np.float16)
+        blocks[..., offset : offset + 2] = values.view(np.uint8).reshape(n, k // BLOCK, 2)
+    return blocks
+
+
+def _reference_dequantize(name: str, blocks: np.ndarray) -> np.ndarray:
+    n = blocks.shape[0]
+    raw = blocks.reshape(-1)
+    return gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[name]).reshape(n, -1)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("make", [_quantized, _random_bytes], ids=["quantized", "any-bits"])
+def test_stored_blocks_are_the_files_bits(name, make):
+    fmt = FORMATS[name]
+    blocks = make(name, 24, 352)  # 11 blocks: pairs and a single group for the 4-bit order
+    stored = fmt.from_ggml_blocks(blocks)
+    assert sum(a.nbytes for a in stored.values()) == blocks.nbytes  # nothing added
+    np.testing.assert_array_equal(fmt.to_ggml_blocks(stored), blocks)
+    expected = _reference_dequantize(name, blocks)
+    np.testing.assert_array_equal(fmt.dequantize(stored), expected)
+    # The comparison can fail: one bit of the stored weights changes a value.
+    stored["q_weight"] = stored["q_weight"].copy()
+    stored["q_weight"][3, 2] ^= np.uint32(1 << 9)
+    assert (fmt.dequantize(stored) != expected).sum() == 1
+    assert (fmt.to_ggml_blocks(stored) != blocks).sum() == 1
+
+
+def test_stored_position_inverts_the_activation_layout():
+    for kp in (32, 64, 96, 352, 512, 544, 576, 1056):
+        groups = kp // GROUP
+        positions = stored_position(np.arange(kp), groups)
+        np.testing.assert_array_equal(positions[activation_layout(kp)], np.arange(kp))
+        assert [stored_position(k, groups) for k in range(kp)] == list(positions)
+        assert [source_index(int(p), groups) for p in positions] == list(range(kp))
+
+
+def _run(func, target, arrays: list[np.ndarray], outputs: int = 1) -> list[np.ndarray]:
+    lib = tvm.compile(func.with_attr("global_symbol", "kernel"), target=target)
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    lib["kernel"](*args)
+    return [a.numpy() for a in args[-outputs:]]
+
+
+def _x86_target(vnni: bool):
+    target = get_target("llvm").tvm_target()
+    if not has_avx2(target):
+        pytest.fail("this machine has no AVX2; run the test where the kernel can run")
+    if vnni and not has_avx512_vnni(target):
+        pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
+    return target
+
+
+def _problem(name: str, n: int, k: int, rows: int, seed: int = 0):
+    """Stored weights, activations quantized by the x86 kernel, and the exact float64 product
+    of the int8 activations with the `gguf` package's dequantized weights."""
+    fmt = FORMATS[name]
+    blocks = _quantized(name, n, k, seed)
+    stored = fmt.from_ggml_blocks(blocks)
+    x = np.random.default_rng(seed + 1).normal(size=(1, rows, k)).astype(np.float32)
+    groups = k // GROUP
+    outputs = [np.zeros((1, rows, k), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
+    target = _x86_target(vnni=False)
+    xq, xs, xc = _run(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    natural = np.empty_like(xq[0])
+    natural[:, activation_layout(k)] = xq[0]
+    w = _reference_dequantize(name, blocks).astype(np.float64)
+    exact = (natural.astype(np.float64) * np.repeat(xs[0], GROUP, axis=1)) @ w.T
+    params = [stored[key] for key in ("q_weight", "q_scale", "q_min") if key in stored]
+    return x, [xq, xs, xc, *params], exact
+
+
+@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
+@pytest.mark.parametrize("name", INT8_FORMATS)
+@pytest.mark.parametrize("n,k,rows", SHAPES)
+def test_x86_kernel_is_exact(name, n, k, rows, vnni):
+    target = _x86_target(vnni)
+    fmt = FORMATS[name]
+    _, inputs, exact = _problem(name, n, k, rows)
+    kernel = q4a8_matmul_avx2(n, k, "float16", vnni, fmt.has_min, fmt.bits)
+    (out,) = _run(kernel, target, [*inputs, np.zeros((1, rows, n), "f4")])
+    # Integer dot products are exact; only the float scaling and the final sums round.
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(out[0], exact, rtol=0, atol=1e-6 * scale)
+    # The comparison can fail: the zero point or minimum term left out shows.
+    if fmt.sum_factor:
+        inputs[2] = np.zeros_like(inputs[2])
+        (wrong,) = _run(kernel, target, [*inputs, np.zeros((1, rows, n), "f4")])
+        assert np.abs(wrong[0] - exact).max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
+@pytest.mark.parametrize("name", INT8_FORMATS)
+def test_x86_kernel_rows_are_independent(name, vnni):
+    """A prompt's rows come out bit for bit as when each is the only row (a decode step)."""
+    target = _x86_target(vnni)
+    fmt = FORMATS[name]
+    n, k, rows = 40, 1056, 5
+    _, (xq, xs, xc, *params), _ = _problem(name, n, k, rows)
+    kernel = q4a8_matmul_avx2(n, k, "float16", vnni, fmt.has_min, fmt.bits)
+
+    def run(r: slice) -> np.ndarray:
+        tokens = [a[:, r] for a in (xq, xs, xc)]
+        out = np.zeros((1, tokens[0].shape[1], n), "f4")
+        return _run(kernel, target, [*tokens, *params, out])[0][0]
+
+    together = run(slice(0, rows))
+    alone = np.concatenate([run(slice(i, i + 1)) for i in range(rows)])
+    np.testing.assert_array_equal(together, alone)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_portable_kernels_match_the_definition(name):
+    """The TE kernels every other target starts from, compiled for a CPU without AVX2 so that
+    no hand-written kernel replaces them: int8 activations for the 4- and 8-bit formats, a
+    float dequantize-matmul for the 5-bit ones."""
+    n, k, rows = 37, 576, 3
+    fmt = FORMATS[name]
+    blocks = _quantized(name, n, k)
+    stored = fmt.from_ggml_blocks(blocks)
+    w = _reference_dequantize(name, blocks).astype(np.float64)
+    x = np.random.default_rng(1).normal(size=(rows, k)).astype(np.float32)
+    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
+    assert not has_avx2(generic)
+    layer = BlockLinear(fmt, k, n, bias=False, dtype="float32")
+    spec = {
+        "forward": {
+            "x": nn.spec.Tensor(["rows", k], "float32"),
+            "$": {"param_mode": "packed", "effect_mode": "none"},
+        }
+    }
+    with generic:
+        mod, params = layer.export_tvm(spec=spec)
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, generic), tvm.cpu())
+    weights = [tvm.runtime.tensor(stored[p.split(".")[-1]]) for p, _ in params]
+    out = vm["forward"](tvm.runtime.tensor(x), weights).numpy()
+    if fmt.int8_activations:  # activations rounded per group of 32 as the kernels round them
+        groups = x.reshape(rows, -1, GROUP)
+        absmax = np.abs(groups).max(-1, keepdims=True)
+        q = np.round(groups * (np.float32(127) / absmax))
+        x = (q * (absmax / np.float32(127))).reshape(rows, k)
+    exact = x.astype(np.float64) @ w.T
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+
+# A file mixing every format: Q4_1 q/k/v fused (kept), Q4_0 o_proj, Q5_0 gate/up, Q5_1 down;
+# layer 1: Q8_0 q/k/v, F16 o_proj, gate Q4_0 with up Q8_0 (a fused weight of two formats:
+# float32), Q4_1 down over K = 544 (a block of 16 groups and a single one); the Q8_0 token
+# embedding is also the tied LM head.
+TYPES = {
+    "token_embd.weight": "Q8_0",
+    **{f"blk.0.attn_{p}.weight": "Q4_1" for p in "qkv"},
+    "blk.0.attn_output.weight": "Q4_0",
+    "blk.0.ffn_gate.weight": "Q5_0",
+    "blk.0.ffn_up.weight": "Q5_0",
+    "blk.0.ffn_down.weight": "Q5_1",
+    **{f"blk.1.attn_{p}.weight": "Q8_0" for p in "qkv"},
+    "blk.1.attn_output.weight": "F16",
+    "blk.1.ffn_gate.weight": "Q4_0",
+    "blk.1.ffn_up.weight": "Q8_0",
+    "blk.1.ffn_down.weight": "Q4_1",
+}
+# The transformers modules our build computes with int8 activations.
+INT8_LAYERS = {
+    *(f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"),
+    *(f"model.layers.1.self_attn.{p}_proj" for p in "qkv"),
+    "model.layers.1.mlp.down_proj",
+    "lm_head",
+}
+MODEL = {
+    "num_key_value_heads": 2,
+    "hidden_size": 128,
+    "intermediate_size": 544,
+    "tie_word_embeddings": True,
+}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """(the mixed GGUF file, its default build)."""
+    root = tmp_path_factory.mktemp("gguf_native")
+    hf_dir = save_llama(root / "tiny", **MODEL)
+    path = export_gguf(hf_dir, root / "tiny-mixed.gguf", "F32", overrides=TYPES)
+    return path, build(BuildOptions(model=path, output=root / "dist", quiet=True))
+
+
+def test_a_gguf_file_builds_in_its_own_formats_by_default(mixed):
+    path, built = mixed
+    assert built.name == "tiny-mixed-gguf"
+    config = json.loads((built / "mlc-chat-config.json").read_text())
+    formats = config["quantization_scheme"]["tensor_formats"]
+    assert formats["layers.*.self_attn.qkv_proj.weight"] == {"Q4_1": 1, "Q8_0": 1}
+    assert formats["layers.*.mlp.up_proj.weight"] == {  # gate and up, fused
+        "Q5_0": 1,
+        "float32 (from Q4_0+Q8_0)": 1,
+    }
+    assert formats["embed_tokens.weight"] == {"Q8_0": 1}
+    assert formats["layers.*.self_attn.o_proj.weight"] == {"Q4_0": 1, "float32 (from F16)": 1}
+    # The tensor cache holds the file's bytes of each kept tensor.
+    reader = gguf.GGUFReader(path)
+    file_bytes = {t.name: t.n_bytes for t in reader.tensors}
+    cache = json.loads((built / "tensor-cache.json").read_text())
+    stored = {r["name"]: r["nbytes"] for shard in cache["records"] for r in shard["records"]}
+    prefix = "layers.0.mlp.down_proj."
+    assert (
+        sum(v for k, v in stored.items() if k.startswith(prefix))
+        == (file_bytes["blk.0.ffn_down.weight"])
+    )
+
+
+def test_mixed_file_matches_transformers_reading_it(mixed):
+    path, built = mixed
+    prompt = list(range(7, 40))
+    reference = load_gguf_reference(path, tie_word_embeddings=True)
+    plain = hf_logits(reference, prompt)
+    expected = hf_logits(quantize_activations_int8(reference, only=INT8_LAYERS), prompt)
+    # Prefill, then decode step by step: within 1e-4 of the reference at every position.
+    max_logit_error(built, expected, prompt, split=20)
+    # The comparison can fail: without the int8 activations the logits move far more.
+    assert np.abs(plain - expected).max() > 1e-2
+
+
+def test_requantizing_a_gguf_file_says_it_is_lossy(mixed, tmp_path):
+    path, _ = mixed
+    run = CliRunner().invoke(
+        main, ["build", str(path), "--quantization", "q4a8_1", "-o", str(tmp_path)]
+    )
+    assert run.exit_code == 0, run.output
+    (line,) = [ln for ln in run.stderr.splitlines() if "lossy" in ln]
+    assert "keeps the file's own formats" in line and "--quantization gguf" in line
+
+
+def test_gguf_needs_a_gguf_file(tiny_builds, tmp_path):
+    hf_dir, _ = tiny_builds.get("gqa", num_key_value_heads=2)
+    with pytest.raises(ValueError, match="is not a GGUF file; choose a code that quantizes"):
+        build(BuildOptions(model=hf_dir, quantization="gguf", output=tmp_path, quiet=True))
+    assert get_quantization("gguf").name == "gguf"
+
+
+def test_gguf_is_refused_for_gpu_targets(mixed, tmp_path):
+    path, _ = mixed
+    options = BuildOptions(
+        model=path, quantization="gguf", target="vulkan", output=tmp_path, quiet=True
+    )
+    with pytest.raises(ValueError, match="gguf runs on the CPU target .* use --quantization q4f16"):
+        build(options)
+    assert not list(tmp_path.iterdir())
