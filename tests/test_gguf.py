@@ -21,6 +21,7 @@ from mlc.gguf.architectures import ARCHITECTURES, SUPPORTED_ARCHITECTURES, for_m
 from mlc.gguf.dequantize import GGML_TYPES, dequantize
 from mlc.gguf.export import export_gguf
 from mlc.gguf.reader import GGUFError
+from mlc.gguf.rope_factors import llama3_rope_factors, llama3_scaling
 from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
 from mlc.runtime import CompiledModel
@@ -164,6 +165,21 @@ ROUND_TRIPS = {
     "llama": ("llama", TINY),
     # Falcon-40B's layout: KV groups, a norm for attention and one for the MLP.
     "falcon-40b": ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}),
+    # Llama 3.1's RoPE scaling: `rope_freqs` divisors as llama.cpp's converter writes them, read
+    # back as `rope_scaling` (head_dim 32, theta 1e4: 2 frequencies kept, 3 smoothed, 11 / 8).
+    "llama3-rope": (
+        "llama",
+        {
+            **TINY,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        },
+    ),
     # Phi-3-128k's LongRoPE: factors as tensors, the prompt past the original window.
     "phi3-longrope": (
         "phi3",
@@ -190,6 +206,13 @@ def test_gguf_export_import_equals_the_original_model(case, tmp_path):
     reference = hf_logits(load_hf(model_dir), PROMPT)
     error = max_logit_error(built, reference, PROMPT, split=20)
     print(f"{case}: max logit error {error:.2e}")
+    if "rope_scaling" in settings:  # the scaling shows: without it the logits move far
+        config = json.loads((model_dir / "config.json").read_text())
+        for key in ("rope_scaling", "rope_parameters"):
+            config.pop(key, None)
+        (model_dir / "config.json").write_text(json.dumps(config))
+        unscaled = hf_logits(load_hf(model_dir), PROMPT)
+        assert np.abs(unscaled - reference).max() > 1e-2
 
 
 EVERY_LAYOUT = {
@@ -245,7 +268,7 @@ def test_unsupported_architecture(tiny_hf, tmp_path):
 @pytest.mark.parametrize(
     ("tensor", "message"),
     [
-        ("rope_freqs.weight", "rope_freqs .* not supported"),
+        ("rope_freqs.weight", "rope_freqs.weight: rope_freqs has 8 values; a head of 32 needs 16"),
         ("blk.0.attn_mystery.weight", "blk.0.attn_mystery.weight are not part of the llama"),
     ],
 )
@@ -324,3 +347,45 @@ def test_sentencepiece_tokenizer_matches_references(sentencepiece_gguf, tmp_path
     assert config["add_bos_token"] is True and config["bos_token"] == "<s>"
     cm = ChatModule(str(built), conv_template="LM")
     assert cm.generate("Once upon a time", GenerationConfig(max_tokens=4, temperature=0))
+
+
+# Llama 3.1 8B and Llama 3.2 1B/3B's `rope_scaling`, and the tiny test model's.
+LLAMA3_SCALINGS = [
+    (500000.0, 128, 8.0, 8192),
+    (500000.0, 64, 32.0, 8192),
+    (10000.0, 32, 8.0, 64),
+]
+
+
+@pytest.mark.parametrize(("theta", "head_dim", "factor", "context"), LLAMA3_SCALINGS)
+def test_llama3_rope_scaling_is_recovered_from_rope_freqs(theta, head_dim, factor, context):
+    scaling = {
+        "factor": factor,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": context,
+    }
+    divisors = llama3_rope_factors(theta, head_dim, scaling)
+    assert divisors[0] == 1.0 and divisors[-1] == factor  # both regimes and a smooth middle
+    assert ((divisors > 1) & (divisors < factor)).sum() >= 3
+    recovered = llama3_scaling(divisors, theta, head_dim)
+    # Up to a common scale of the context and the two thresholds, which changes no divisor.
+    scale = recovered["original_max_position_embeddings"] / context
+    assert recovered["factor"] == factor
+    assert recovered["low_freq_factor"] == pytest.approx(scale, rel=1e-6)
+    assert recovered["high_freq_factor"] == pytest.approx(4 * scale, rel=1e-6)
+    np.testing.assert_allclose(llama3_rope_factors(theta, head_dim, recovered), divisors, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r[::-1], "does not rise from 1"),
+        (lambda r: np.ones_like(r), "does not rise from 1 to a factor > 1"),
+        (lambda r: np.where(r == r.max(), r, r * 1.01), "does not follow Llama 3's"),
+    ],
+)
+def test_rope_freqs_that_are_not_llama3s_are_refused(change, message):
+    divisors = llama3_rope_factors(500000.0, 128, {"factor": 8.0})
+    with pytest.raises(ValueError, match=message):
+        llama3_scaling(change(divisors.astype(np.float64)), 500000.0, 128)

@@ -4,6 +4,7 @@ build against `transformers` reading the same file, its int8-activation layers r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gguf
@@ -301,3 +302,25 @@ def test_gguf_is_refused_for_gpu_targets(mixed, tmp_path):
     with pytest.raises(ValueError, match="gguf runs on the CPU target .* use --quantization q4f16"):
         build(options)
     assert not list(tmp_path.iterdir())
+
+
+def test_build_log_names_the_formats_stored_as_float32():
+    scheme = dataclasses.replace(
+        get_quantization("gguf"),
+        tensor_formats=(
+            ("a.weight", "Q4_1"),
+            ("b.weight", "float32 (from Q4_0+Q8_0)"),
+            ("c.weight", "float32 (from Q6_K)"),
+            ("d.weight", "float32 (from Q6_K)"),
+            ("e.weight", "float32 (from F32)"),
+        ),
+    )
+    lines = scheme.summary()
+    assert lines[:4] == [
+        "1 tensors as Q4_1",
+        "1 tensors as float32 (from F32)",
+        "1 tensors as float32 (from Q4_0+Q8_0)",
+        "2 tensors as float32 (from Q6_K)",
+    ]
+    assert lines[4].startswith("Q6_K have no kernel here yet")
+    assert lines[5].startswith("1 fused weights (q/k/v, gate/up) have parts in different formats")

@@ -23,6 +23,7 @@ from mlc.models.falcon import FalconConfig, grouped_to_fused
 from mlc.models.layers import partial_rotary_factor
 
 from .reader import GGUFError, GGUFFile
+from .rope_factors import LLAMA3_ORIGINAL_CONTEXT, llama3_rope_factors, llama3_scaling
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -253,11 +254,13 @@ def _rope_scaling(m: Metadata) -> dict[str, Any]:
     return {"rope_scaling": {"rope_type": kind, "factor": float(m.need("rope.scaling.factor"))}}
 
 
-def _rope_scaling_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+def _rope_scaling_metadata(hf: dict[str, Any], llama3: bool = False) -> dict[str, Any]:
+    """`rope.scaling.*` keys; `llama3`: the architecture writes Llama 3's scaling as the
+    `rope_freqs` tensor instead (`_llama3_factor_tensors`)."""
     _, scaling = rope_parameters(hf)
-    if scaling is None:
+    if scaling is None or (llama3 and scaling["rope_type"] == "llama3"):
         return {}
-    if scaling["rope_type"] != "linear":  # llama3's factors would go in a `rope_freqs` tensor
+    if scaling["rope_type"] != "linear":
         raise ValueError(f"GGUF export of {scaling['rope_type']!r} RoPE scaling is not supported")
     return {"rope.scaling.type": "linear", "rope.scaling.factor": float(scaling["factor"])}
 
@@ -265,9 +268,10 @@ def _rope_scaling_metadata(hf: dict[str, Any]) -> dict[str, Any]:
 # --- llama (and Mistral, which the converter writes as llama) ----------------------------------
 
 
+_ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1/3.2's RoPE scaling, as per-frequency divisors
+
+
 def _llama_config(m: Metadata) -> dict[str, Any]:
-    if m.has("rope_freqs.weight"):
-        raise m.fail("rope_freqs (Llama 3.1 RoPE scaling stored as factors) is not supported yet")
     config = _base_config(m, "llama")
     config["head_dim"] = _head_dim(m, config)
     if _rotary_dims(m, config["head_dim"]) != config["head_dim"]:
@@ -275,17 +279,36 @@ def _llama_config(m: Metadata) -> dict[str, Any]:
     config["rms_norm_eps"] = float(m.get("attention.layer_norm_rms_epsilon", 1e-5))
     config["attention_bias"] = m.has("blk.0.attn_q.bias")
     config["mlp_bias"] = m.has("blk.0.ffn_up.bias")
+    if m.has(_ROPE_FREQS):
+        context = int(m.get("rope.scaling.original_context_length", LLAMA3_ORIGINAL_CONTEXT))
+        factors = m.file.get(_ROPE_FREQS)
+        try:
+            scaling = llama3_scaling(factors, config["rope_theta"], config["head_dim"], context)
+        except ValueError as err:
+            raise m.fail(f"{_ROPE_FREQS}: {err}") from err
+        return {**config, "rope_scaling": scaling}
     return {**config, **_rope_scaling(m)}
 
 
 def _llama_metadata(hf: dict[str, Any]) -> dict[str, Any]:
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     return {
         **_rms_metadata(hf),
-        **_rope_scaling_metadata(hf),
+        **_rope_scaling_metadata(hf, llama3=True),
         "vocab_size": hf["vocab_size"],
-        "rope.dimension_count": head_dim,
+        "rope.dimension_count": _llama_head_dim(hf),
     }
+
+
+def _llama_head_dim(hf: dict[str, Any]) -> int:
+    return hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+
+
+def _llama3_factor_tensors(hf: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Llama 3's `rope_scaling` as the `rope_freqs` divisors llama.cpp's converter writes."""
+    theta, scaling = rope_parameters(hf)
+    if scaling is None or scaling["rope_type"] != "llama3":
+        return {}
+    return {_ROPE_FREQS: llama3_rope_factors(theta, _llama_head_dim(hf), scaling)}
 
 
 def _llama_tensors(c: ModelConfig) -> list[TensorRule]:
@@ -614,7 +637,13 @@ ARCHITECTURES: dict[str, GGUFArchitecture] = {
     a.name: a
     for a in (
         GGUFArchitecture(
-            "llama", ("llama", "mistral"), _llama_config, _llama_metadata, _llama_tensors
+            "llama",
+            ("llama", "mistral"),
+            _llama_config,
+            _llama_metadata,
+            _llama_tensors,
+            config_tensors=(_ROPE_FREQS,),
+            extra_tensors=_llama3_factor_tensors,
         ),
         GGUFArchitecture(
             "qwen2", ("qwen2",), _qwen_config("qwen2"), _qwen_metadata, _unpermuted_llama_tensors

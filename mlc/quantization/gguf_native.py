@@ -21,6 +21,7 @@ from tvm.relax.frontend import nn
 from mlc.models.base import concat_rows
 
 from .base import Quantization
+from .fidelity import FLOAT_TYPES
 from .ggml_blocks import FORMATS, BlockEmbedding, BlockLinear
 
 
@@ -64,9 +65,29 @@ class GGUFNative(Quantization):
         }
 
     def summary(self) -> list[str]:
-        """One build-log line per stored format: how many tensors."""
+        """One build-log line per stored format: how many tensors; and a line naming the
+        quantized formats stored as float32 for want of a kernel."""
         counts = Counter(fmt for _, fmt in self.tensor_formats)
-        return [f"{count} tensors as {fmt}" for fmt, count in sorted(counts.items())]
+        lines = [f"{count} tensors as {fmt}" for fmt, count in sorted(counts.items())]
+        sources = [
+            fmt.removeprefix("float32 (from ").removesuffix(")").split("+")
+            for fmt in counts
+            if fmt.startswith("float32 (from ")
+        ]
+        unkept = sorted({kinds[0] for kinds in sources if len(kinds) == 1} - FLOAT_TYPES)
+        if unkept:
+            lines.append(
+                f"{', '.join(unkept)} have no kernel here yet: those tensors are stored as "
+                "float32 (exact, but several times larger and slower than in the file); "
+                "--quantization q4a8_1 is smaller and faster, and lossy"
+            )
+        mixed = sum(counts[f"float32 (from {'+'.join(k)})"] for k in sources if len(k) > 1)
+        if mixed:
+            lines.append(
+                f"{mixed} fused weights (q/k/v, gate/up) have parts in different formats: "
+                "stored as float32 (exact)"
+            )
+        return lines
 
     def quantize_model(self, model: nn.Module) -> nn.Module:
         return _KeepBlocks(dict(self.formats), self.model_dtype).visit("", model)
