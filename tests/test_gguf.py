@@ -81,13 +81,16 @@ def tiny_hf(tmp_path_factory):
 def load_gguf_reference(path, **config):
     """`transformers` reading the GGUF file itself, in float64 with eager attention, as
     `reference.load_hf` runs a model directory; `config` sets fields its loader does not read."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     model = AutoModelForCausalLM.from_pretrained(
         path.parent,
         gguf_file=path.name,
         dtype=torch.float64,
         attn_implementation="eager",
+        # Every weight dequantized into a dense float64 model, not computed in GGUF blocks by
+        # float32 kernels.
+        quantization_config=GgufConfig(dequantize=True),
         **config,
     )
     return model.eval()

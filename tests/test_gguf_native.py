@@ -20,13 +20,14 @@ from mlc.build import BuildOptions, build
 from mlc.cli import main
 from mlc.gguf.export import export_gguf
 from mlc.quantization import get_quantization
-from mlc.quantization.ggml_blocks import BLOCK, FORMATS, BlockLinear
+from mlc.quantization.ggml_blocks import BLOCK, FORMATS, BlockEmbedding, BlockLinear
 from mlc.quantization.int8_activations import (
     GROUP,
     activation_layout,
     source_index,
     stored_position,
 )
+from mlc.quantization.kquant_blocks import K_FORMATS
 from mlc.targets import get_target
 from mlc.targets.x86_kernels import (
     has_avx2,
@@ -324,3 +325,114 @@ def test_build_log_names_the_formats_stored_as_float32():
     ]
     assert lines[4].startswith("Q6_K have no kernel here yet")
     assert lines[5].startswith("1 fused weights (q/k/v, gate/up) have parts in different formats")
+
+
+# --- K-quants: the file's super-blocks byte for byte, decoded inside float32 kernels ---------
+
+# Where each K-quant keeps its fp16 super-block scales (d, and dmin where it has one).
+K_SCALES = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _k_blocks(name: str, n: int, k: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """Random super-blocks (any bit pattern) with finite fp16 scales of magnitude <= `scale`;
+    the `gguf` package has no K-quant quantizer to make them from weights."""
+    fmt = K_FORMATS[name]
+    rng = np.random.default_rng(seed)
+    nb = k // 256
+    blocks = rng.integers(0, 256, size=(n, nb, fmt.type_size), dtype=np.uint8)
+    for offset in K_SCALES[name]:
+        values = (rng.uniform(-scale, scale, size=(n, nb))).astype(np.float16)
+        blocks[..., offset : offset + 2] = values.view(np.uint8).reshape(n, nb, 2)
+    return blocks
+
+
+@pytest.mark.parametrize("name", sorted(K_FORMATS))
+def test_k_quants_are_stored_as_the_file_has_them(name):
+    fmt = K_FORMATS[name]
+    blocks = _k_blocks(name, 6, 768)
+    stored = fmt.from_ggml_blocks(blocks)
+    assert stored["q_blocks"].dtype == np.uint8 and stored["q_blocks"].nbytes == blocks.nbytes
+    np.testing.assert_array_equal(fmt.to_ggml_blocks(stored), blocks)
+    expected = _reference_dequantize(name, blocks)
+    np.testing.assert_array_equal(fmt.dequantize(stored), expected)
+    assert np.isfinite(expected).all() and np.abs(expected).max() > 0
+
+
+@pytest.mark.parametrize("name", sorted(K_FORMATS))
+def test_k_quant_kernels_decode_every_value(name):
+    """The embedding lookup returns every value of the `gguf` package's dequantization exactly
+    (each decoded from the bytes inside the kernel); the Linear layer's float32 matmul equals
+    the float64 product within 1e-5 of its range."""
+    fmt = K_FORMATS[name]
+    n, k, rows = 24, 512, 3
+    blocks = _k_blocks(name, n, k, scale=1e-2)
+    stored = fmt.from_ggml_blocks(blocks)
+    w = _reference_dequantize(name, blocks)
+    x = np.random.default_rng(1).normal(size=(rows, k)).astype(np.float32)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
+
+    def run(layer, spec, *inputs):
+        with target:
+            mod, params = layer.export_tvm(
+                spec={"forward": {**spec, "$": {"param_mode": "packed", "effect_mode": "none"}}}
+            )
+        vm = tvm.relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+        weights = [tvm.runtime.tensor(stored["q_blocks"]) for _ in params]
+        return vm["forward"](*[tvm.runtime.tensor(a) for a in inputs], weights).numpy()
+
+    ids = np.arange(n, dtype=np.int32)
+    table = run(BlockEmbedding(fmt, n, k, "float32"), {"ids": nn.spec.Tensor([n], "int32")}, ids)
+    np.testing.assert_array_equal(table, w)
+    linear = BlockLinear(fmt, k, n, bias=False, dtype="float32")
+    out = run(linear, {"x": nn.spec.Tensor(["rows", k], "float32")}, x)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+
+# A Q4_K_M-like file: Q4_K attention and gate/up, Q6_K down and LM head, Q5_K in layer 1's
+# attention, F32 norms.
+K_TYPES = {
+    **{f"blk.{i}.attn_{p}.weight": "Q4_K" for i in (0, 1) for p in "qkv"},
+    **{f"blk.1.attn_{p}.weight": "Q5_K" for p in "qkv"},
+    "blk.0.attn_output.weight": "Q4_K",
+    "blk.1.attn_output.weight": "Q5_K",
+    **{f"blk.{i}.ffn_{p}.weight": "Q4_K" for i in (0, 1) for p in ("gate", "up")},
+    **{f"blk.{i}.ffn_down.weight": "Q6_K" for i in (0, 1)},
+    "output.weight": "Q6_K",
+    "token_embd.weight": "Q4_K",
+}
+
+
+def test_k_quant_file_matches_transformers_reading_it(tmp_path, monkeypatch):
+    """transformers dequantizes the file with the `gguf` package and runs in float64; our
+    build keeps the super-blocks and decodes them in its kernels: logits within 1e-4."""
+    hf_dir = save_llama(
+        tmp_path / "tiny", num_key_value_heads=2, hidden_size=256, intermediate_size=512
+    )
+    real = gguf.quants.quantize
+
+    def k_quantize(array, qtype):  # the package writes no K-quants: random super-blocks
+        if qtype.name not in K_FORMATS:
+            return real(array, qtype)
+        n, k = array.shape
+        return _k_blocks(qtype.name, n, k, seed=n + k, scale=3e-4).reshape(n, -1)
+
+    monkeypatch.setattr(gguf.quants, "quantize", k_quantize)
+    path = export_gguf(hf_dir, tmp_path / "tiny-k.gguf", "F32", overrides=K_TYPES)
+    monkeypatch.undo()
+    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    formats = json.loads((built / "mlc-chat-config.json").read_text())["quantization_scheme"]
+    assert formats["tensor_formats"]["layers.*.mlp.down_proj.weight"] == {"Q6_K": 2}
+    assert formats["tensor_formats"]["lm_head.weight"] == {"Q6_K": 1}
+    prompt = list(range(7, 40))
+    reference = hf_logits(load_gguf_reference(path), prompt)
+    max_logit_error(built, reference, prompt, split=20)
+    # The comparison can fail: one super-block scale changed in the file shows in the logits.
+    data = bytearray(path.read_bytes())
+    reader = gguf.GGUFReader(path)
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    data[tensor.data_offset + 208 : tensor.data_offset + 210] = np.float16(0.5).tobytes()
+    changed = tmp_path / "changed.gguf"
+    changed.write_bytes(bytes(data))
+    other = hf_logits(load_gguf_reference(changed), prompt)
+    assert np.abs(other - reference).max() > 1e-3

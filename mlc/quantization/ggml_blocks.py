@@ -52,6 +52,8 @@ class GGMLFormat:
     has_min: bool
     zero: int  # subtracted from the stored integer (formats without a minimum)
 
+    block_size = BLOCK
+
     @property
     def int8_activations(self) -> bool:
         """Computed by the int8-activation kernels (the 4- and 8-bit formats)."""

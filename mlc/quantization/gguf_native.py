@@ -1,10 +1,11 @@
 """`gguf`: a GGUF file's weights as the file stores them, each tensor in its own format.
 
-Every Linear and Embedding weight stored in a block format our kernels compute
-(`ggml_blocks.FORMATS`) keeps its blocks, bits unchanged; every other tensor (norms, biases,
-F32/F16/BF16 weights, block formats without a kernel yet) is stored as float32, which holds
-their values exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one
-format, else it is stored as float32 too. The model's activations are float32.
+Every Linear and Embedding weight stored in a block format our kernels compute (`FORMATS`:
+`ggml_blocks`' Q4_0 … Q8_0 and `kquant_blocks`' Q4_K, Q5_K, Q6_K) keeps its blocks, bits
+unchanged; every other tensor (norms, biases, F32/F16/BF16 weights, block formats without a
+kernel yet) is stored as float32, which holds their values exactly. A fused weight (q/k/v,
+gate/up) keeps its blocks when its parts share one format, else it is stored as float32 too.
+The model's activations are float32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from mlc.models.base import concat_rows
 
 from .base import Quantization
 from .fidelity import FLOAT_TYPES
-from .ggml_blocks import FORMATS, BlockEmbedding, BlockLinear
+from .ggml_blocks import FORMATS as LEGACY_FORMATS
+from .ggml_blocks import BlockEmbedding, BlockLinear
+from .kquant_blocks import K_FORMATS
+
+# Every block format kept as the file stores it.
+FORMATS = {**LEGACY_FORMATS, **K_FORMATS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +107,7 @@ class GGUFNative(Quantization):
         blocks = source.build([checkpoint.get_blocks(h) for h in source.hf_names])
         stored = FORMATS[fmt].from_ggml_blocks(blocks)
         prefix = name.removesuffix(".weight")
-        size = blocks.shape[0] * blocks.shape[1] * 32
+        size = blocks.shape[0] * blocks.shape[1] * FORMATS[fmt].block_size
         return size, [(f"{prefix}.{key}", array) for key, array in stored.items()]
 
     def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:

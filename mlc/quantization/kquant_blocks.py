@@ -1,0 +1,122 @@
+"""llama.cpp's K-quants `Q4_K`, `Q5_K` and `Q6_K`, stored as the GGUF file has them: each row's
+super-blocks of 256 values, byte for byte, as one uint8 tensor `q_blocks` `[N, K / 256 ·
+type_size]`. Kernels decode the values they read straight from those bytes:
+
+- `Q4_K` (144 bytes): fp16 `d` and `dmin`, 12 bytes of eight 6-bit scales `sc` and minima `m`
+  (one per run of 32 values), 128 bytes of nibbles (per 32-byte chunk c, the low nibbles are
+  run 2c and the high ones run 2c + 1): `w = d · sc · q - dmin · m`;
+- `Q5_K` (176 bytes): as `Q4_K` with 32 bytes of fifth bits before the nibbles (bit r of byte
+  e: value e of run r);
+- `Q6_K` (210 bytes): 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, sixteen int8
+  scales (one per 16 values) and fp16 `d`: `w = d · sc · (q - 32)`.
+
+The byte offsets follow llama.cpp's `block_q4_K` / `block_q5_K` / `block_q6_K`; `mlc.gguf.
+dequantize` decodes the same bytes in numpy. These formats dequantize inside a float32 matmul;
+int8-activation kernels for them are not written yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+
+from mlc.gguf.dequantize import GGML_TYPES
+
+SUPER_BLOCK = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class KQuantFormat:
+    name: str
+    type_size: int  # bytes per super-block of 256 values
+
+    block_size = SUPER_BLOCK
+    int8_activations = False
+
+    # --- numpy: GGUF blocks ↔ stored tensors, and the reference dequantization -------------
+
+    def from_ggml_blocks(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """GGUF blocks uint8 `[N, K / 256, type_size]` → `{"q_blocks": [N, K / 256 · size]}`."""
+        n, nb, size = blocks.shape
+        if size != self.type_size:
+            raise ValueError(f"{self.name} blocks have {self.type_size} bytes, got {size}")
+        return {"q_blocks": np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, nb * size)}
+
+    def to_ggml_blocks(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        data = stored["q_blocks"]
+        return data.reshape(data.shape[0], -1, self.type_size)
+
+    def dequantize(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """`w` float32 `[N, K]` (`mlc.gguf.dequantize`'s decoder)."""
+        blocks = self.to_ggml_blocks(stored)
+        n, nb, _ = blocks.shape
+        decode = next(t.decode for t in GGML_TYPES.values() if t.name == self.name)
+        return decode(blocks.reshape(n * nb, self.type_size)).reshape(n, nb * SUPER_BLOCK)
+
+    # --- the model's parameters and their dequantized values in kernels ----------------------
+
+    def params(self, rows: int, k: int) -> dict[str, nn.Parameter]:
+        if k % SUPER_BLOCK:
+            raise ValueError(f"{self.name} needs rows of whole super-blocks of 256, not {k}")
+        return {"q_blocks": nn.Parameter((rows, k // SUPER_BLOCK * self.type_size), "uint8")}
+
+    def value(self, tensors: dict[str, te.Tensor], n, k) -> tirx.PrimExpr:
+        """`w[n, k]` in float32, decoded from the row's bytes inside a kernel."""
+        data = tensors["q_blocks"]
+        base = (k // SUPER_BLOCK) * self.type_size
+        i = k % SUPER_BLOCK
+
+        def byte(offset):
+            return data[n, base + offset].astype("uint32")
+
+        def f16(offset):
+            bits = (byte(offset) | (byte(offset + 1) << tirx.const(8, "uint32"))).astype("uint16")
+            return tirx.reinterpret("float16", bits).astype("float32")
+
+        def bits(value, shift, mask: int):
+            return (value >> shift.astype("uint32")) & tirx.const(mask, "uint32")
+
+        if self.name == "Q6_K":
+            run, e = i // 32, i % 32
+            half, t = run // 4, run % 4
+            low = bits(byte(64 * half + 32 * (t % 2) + e), 4 * (t // 2), 15)
+            high = bits(byte(128 + 32 * half + e), 2 * t, 3)
+            q = (low | (high << tirx.const(4, "uint32"))).astype("int32") - 32
+            scale = byte(192 + i // 16).astype("int32")
+            scale = scale - ((scale & 128) << 1)  # the int8 scale, sign-extended
+            d = f16(208) * scale.astype("float32")
+            return d * q.astype("float32")
+
+        run, e = i // 32, i % 32
+        qs = 16 if self.name == "Q4_K" else 48
+        q = bits(byte(qs + 32 * (run // 2) + e), 4 * (run % 2), 15)
+        if self.name == "Q5_K":
+            q = q | (bits(byte(16 + e), run, 1) << tirx.const(4, "uint32"))
+        sc, m = _scale_min(byte, run)
+        d = f16(0) * sc.astype("float32")
+        dmin = f16(2) * m.astype("float32")
+        return d * q.astype("float32") - dmin
+
+
+def _scale_min(byte, run):
+    """Run `run`'s 6-bit scale and minimum from the 12 scale bytes at offset 4 (llama.cpp's
+    `get_scale_min_k4`)."""
+    six, four = tirx.const(63, "uint32"), tirx.const(15, "uint32")
+    two_high = tirx.const(6, "uint32")
+    low_sc, low_m = byte(4 + run % 4) & six, byte(8 + run % 4) & six
+    mixed = byte(12 + run % 4)
+    high_sc = (mixed & four) | ((byte(4 + run % 4) >> two_high) << tirx.const(4, "uint32"))
+    high_m = (mixed >> tirx.const(4, "uint32")) | (
+        (byte(8 + run % 4) >> two_high) << tirx.const(4, "uint32")
+    )
+    first = run < 4
+    return tirx.Select(first, low_sc, high_sc), tirx.Select(first, low_m, high_m)
+
+
+K_FORMATS: dict[str, KQuantFormat] = {
+    f.name: f
+    for f in (KQuantFormat("Q4_K", 144), KQuantFormat("Q5_K", 176), KQuantFormat("Q6_K", 210))
+}
