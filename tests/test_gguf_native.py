@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from reference import hf_logits, quantize_activations_int8
 from test_gguf import load_gguf_reference, max_logit_error
 from tvm.relax.frontend import nn
+from x86_kernel_runner import run_kernel, x86_target
 
 from mlc.build import BuildOptions, build
 from mlc.cli import main
@@ -28,10 +29,8 @@ from mlc.quantization.int8_activations import (
     stored_position,
 )
 from mlc.quantization.kquant_blocks import K_FORMATS
-from mlc.targets import get_target
 from mlc.targets.x86_kernels import (
     has_avx2,
-    has_avx512_vnni,
     q4a8_matmul_avx2,
     quantize_activations_avx2,
 )
@@ -93,22 +92,6 @@ def test_stored_position_inverts_the_activation_layout():
         assert [source_index(int(p), groups) for p in positions] == list(range(kp))
 
 
-def _run(func, target, arrays: list[np.ndarray], outputs: int = 1) -> list[np.ndarray]:
-    lib = tvm.compile(func.with_attr("global_symbol", "kernel"), target=target)
-    args = [tvm.runtime.tensor(a) for a in arrays]
-    lib["kernel"](*args)
-    return [a.numpy() for a in args[-outputs:]]
-
-
-def _x86_target(vnni: bool):
-    target = get_target("llvm").tvm_target()
-    if not has_avx2(target):
-        pytest.fail("this machine has no AVX2; run the test where the kernel can run")
-    if vnni and not has_avx512_vnni(target):
-        pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
-    return target
-
-
 def _problem(name: str, n: int, k: int, rows: int, seed: int = 0):
     """Stored weights, activations quantized by the x86 kernel, and the exact float64 product
     of the int8 activations with the `gguf` package's dequantized weights."""
@@ -118,8 +101,8 @@ def _problem(name: str, n: int, k: int, rows: int, seed: int = 0):
     x = np.random.default_rng(seed + 1).normal(size=(1, rows, k)).astype(np.float32)
     groups = k // GROUP
     outputs = [np.zeros((1, rows, k), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
-    target = _x86_target(vnni=False)
-    xq, xs, xc = _run(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    target = x86_target(vnni=False)
+    xq, xs, xc = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
     natural = np.empty_like(xq[0])
     natural[:, activation_layout(k)] = xq[0]
     w = _reference_dequantize(name, blocks).astype(np.float64)
@@ -132,18 +115,18 @@ def _problem(name: str, n: int, k: int, rows: int, seed: int = 0):
 @pytest.mark.parametrize("name", INT8_FORMATS)
 @pytest.mark.parametrize("n,k,rows", SHAPES)
 def test_x86_kernel_is_exact(name, n, k, rows, vnni):
-    target = _x86_target(vnni)
+    target = x86_target(vnni)
     fmt = FORMATS[name]
     _, inputs, exact = _problem(name, n, k, rows)
     kernel = q4a8_matmul_avx2(n, k, "float16", vnni, fmt.has_min, fmt.bits)
-    (out,) = _run(kernel, target, [*inputs, np.zeros((1, rows, n), "f4")])
+    (out,) = run_kernel(kernel, target, [*inputs, np.zeros((1, rows, n), "f4")])
     # Integer dot products are exact; only the float scaling and the final sums round.
     scale = np.abs(exact).max()
     np.testing.assert_allclose(out[0], exact, rtol=0, atol=1e-6 * scale)
     # The comparison can fail: the zero point or minimum term left out shows.
     if fmt.sum_factor:
         inputs[2] = np.zeros_like(inputs[2])
-        (wrong,) = _run(kernel, target, [*inputs, np.zeros((1, rows, n), "f4")])
+        (wrong,) = run_kernel(kernel, target, [*inputs, np.zeros((1, rows, n), "f4")])
         assert np.abs(wrong[0] - exact).max() > 1e-3 * scale
 
 
@@ -151,7 +134,7 @@ def test_x86_kernel_is_exact(name, n, k, rows, vnni):
 @pytest.mark.parametrize("name", INT8_FORMATS)
 def test_x86_kernel_rows_are_independent(name, vnni):
     """A prompt's rows come out bit for bit as when each is the only row (a decode step)."""
-    target = _x86_target(vnni)
+    target = x86_target(vnni)
     fmt = FORMATS[name]
     n, k, rows = 40, 1056, 5
     _, (xq, xs, xc, *params), _ = _problem(name, n, k, rows)
@@ -160,11 +143,24 @@ def test_x86_kernel_rows_are_independent(name, vnni):
     def run(r: slice) -> np.ndarray:
         tokens = [a[:, r] for a in (xq, xs, xc)]
         out = np.zeros((1, tokens[0].shape[1], n), "f4")
-        return _run(kernel, target, [*tokens, *params, out])[0][0]
+        return run_kernel(kernel, target, [*tokens, *params, out])[0][0]
 
     together = run(slice(0, rows))
     alone = np.concatenate([run(slice(i, i + 1)) for i in range(rows)])
     np.testing.assert_array_equal(together, alone)
+
+
+def _run_portable(layer: nn.Module, inputs: dict, stored: dict, *arrays: np.ndarray):
+    """`layer.forward` compiled for an x86 CPU without AVX2 (so that no hand-written kernel
+    replaces the portable ones), its parameters from `stored`, called on `arrays`."""
+    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
+    assert not has_avx2(generic)
+    spec = {"forward": {**inputs, "$": {"param_mode": "packed", "effect_mode": "none"}}}
+    with generic:
+        mod, params = layer.export_tvm(spec=spec)
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, generic), tvm.cpu())
+    weights = [tvm.runtime.tensor(stored[name.split(".")[-1]]) for name, _ in params]
+    return vm["forward"](*[tvm.runtime.tensor(a) for a in arrays], weights).numpy()
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
@@ -178,20 +174,8 @@ def test_portable_kernels_match_the_definition(name):
     stored = fmt.from_ggml_blocks(blocks)
     w = _reference_dequantize(name, blocks).astype(np.float64)
     x = np.random.default_rng(1).normal(size=(rows, k)).astype(np.float32)
-    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
-    assert not has_avx2(generic)
     layer = BlockLinear(fmt, k, n, bias=False, dtype="float32")
-    spec = {
-        "forward": {
-            "x": nn.spec.Tensor(["rows", k], "float32"),
-            "$": {"param_mode": "packed", "effect_mode": "none"},
-        }
-    }
-    with generic:
-        mod, params = layer.export_tvm(spec=spec)
-    vm = tvm.relax.VirtualMachine(tvm.compile(mod, generic), tvm.cpu())
-    weights = [tvm.runtime.tensor(stored[p.split(".")[-1]]) for p, _ in params]
-    out = vm["forward"](tvm.runtime.tensor(x), weights).numpy()
+    out = _run_portable(layer, {"x": nn.spec.Tensor(["rows", k], "float32")}, stored, x)
     if fmt.int8_activations:  # activations rounded per group of 32 as the kernels round them
         groups = x.reshape(rows, -1, GROUP)
         absmax = np.abs(groups).max(-1, keepdims=True)
@@ -369,22 +353,12 @@ def test_k_quant_kernels_decode_every_value(name):
     stored = fmt.from_ggml_blocks(blocks)
     w = _reference_dequantize(name, blocks)
     x = np.random.default_rng(1).normal(size=(rows, k)).astype(np.float32)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
-
-    def run(layer, spec, *inputs):
-        with target:
-            mod, params = layer.export_tvm(
-                spec={"forward": {**spec, "$": {"param_mode": "packed", "effect_mode": "none"}}}
-            )
-        vm = tvm.relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
-        weights = [tvm.runtime.tensor(stored["q_blocks"]) for _ in params]
-        return vm["forward"](*[tvm.runtime.tensor(a) for a in inputs], weights).numpy()
-
     ids = np.arange(n, dtype=np.int32)
-    table = run(BlockEmbedding(fmt, n, k, "float32"), {"ids": nn.spec.Tensor([n], "int32")}, ids)
+    embedding = BlockEmbedding(fmt, n, k, "float32")
+    table = _run_portable(embedding, {"ids": nn.spec.Tensor([n], "int32")}, stored, ids)
     np.testing.assert_array_equal(table, w)
     linear = BlockLinear(fmt, k, n, bias=False, dtype="float32")
-    out = run(linear, {"x": nn.spec.Tensor(["rows", k], "float32")}, x)
+    out = _run_portable(linear, {"x": nn.spec.Tensor(["rows", k], "float32")}, stored, x)
     exact = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
 

@@ -15,6 +15,7 @@ from reference import (
     round_like_fp16_kv_cache,
 )
 from tvm.relax.frontend import nn
+from x86_kernel_runner import run_kernel, x86_target
 
 from mlc import ChatModule, GenerationConfig
 from mlc.quantization import get_quantization
@@ -26,10 +27,8 @@ from mlc.quantization.int8_activations import (
     stored_word,
 )
 from mlc.runtime import CompiledModel
-from mlc.targets import get_target
 from mlc.targets.x86_kernels import (
     has_avx2,
-    has_avx512_vnni,
     q4a8_matmul_avx2,
     quantize_activations_avx2,
 )
@@ -84,37 +83,17 @@ def test_activation_layout_pairs_nibbles_with_their_values():
     assert list(perm[64:80]) == list(range(64, 96, 2)) and list(perm[80:]) == list(range(65, 96, 2))
 
 
-def _run(
-    func: tvm.tirx.PrimFunc, target: tvm.target.Target, arrays: list[np.ndarray], outputs: int = 1
-) -> list[np.ndarray]:
-    """Compile `func`, call it on `arrays`, and return the last `outputs` of them."""
-    lib = tvm.compile(func.with_attr("global_symbol", "kernel"), target=target)
-    args = [tvm.runtime.tensor(a) for a in arrays]
-    lib["kernel"](*args)
-    return [a.numpy() for a in args[-outputs:]]
-
-
-def _x86_target(vnni: bool):
-    """This CPU's target, where the x86 kernel (with `vnni`, its AVX512-VNNI form) can run."""
-    target = get_target("llvm").tvm_target()
-    if not has_avx2(target):
-        pytest.fail("this machine has no AVX2; run the test where the kernel can run")
-    if vnni and not has_avx512_vnni(target):
-        pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
-    return target
-
-
 @pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
 @pytest.mark.parametrize("n,k,rows", SHAPES)
 def test_x86_kernel_is_exact(n, k, rows, vnni):
-    target = _x86_target(vnni)
+    target = x86_target(vnni)
     _, inputs, exact = _int8_problem(n, k, rows)
     kp = inputs[0].shape[1]
     kernel = q4a8_matmul_avx2(n, kp, "float16", vnni=vnni)
     # The kernel takes [batch, seq, ...] activations: here one sequence of `rows` tokens.
     xq, xs, xc, q_weight, q_scale = inputs
     tokens = [a[None] for a in (xq, xs, xc)]
-    (out,) = _run(kernel, target, [*tokens, q_weight, q_scale, np.zeros((1, rows, n), "f4")])
+    (out,) = run_kernel(kernel, target, [*tokens, q_weight, q_scale, np.zeros((1, rows, n), "f4")])
     # Integer dot products are exact; only the float scaling and the final sums round.
     np.testing.assert_allclose(out[0], exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
@@ -123,7 +102,7 @@ def test_x86_kernel_is_exact(n, k, rows, vnni):
 def test_x86_kernel_rows_are_independent(vnni):
     """A prompt's rows come out bit for bit as when each is the only row (a decode step): the
     int8 activations downstream would round differently on a 1-ulp difference."""
-    target = _x86_target(vnni)
+    target = x86_target(vnni)
     n, k, rows = 40, 1056, 5
     _, (xq, xs, xc, q_weight, q_scale), _ = _int8_problem(n, k, rows)
     kernel = q4a8_matmul_avx2(n, xq.shape[1], "float16", vnni=vnni)
@@ -131,7 +110,7 @@ def test_x86_kernel_rows_are_independent(vnni):
     def run(r: slice) -> np.ndarray:
         tokens = [a[None, r] for a in (xq, xs, xc)]
         out = np.zeros((1, len(xq[r]), n), "f4")
-        return _run(kernel, target, [*tokens, q_weight, q_scale, out])[0][0]
+        return run_kernel(kernel, target, [*tokens, q_weight, q_scale, out])[0][0]
 
     together = run(slice(0, rows))
     alone = np.concatenate([run(slice(i, i + 1)) for i in range(rows)])
@@ -143,12 +122,12 @@ def test_x86_kernel_rows_are_independent(vnni):
 @pytest.mark.parametrize("k", [500, 250, 40, 300, 200, 96, 576, 1056])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_x86_activation_quantization_matches_the_definition(k, rows):
-    target = _x86_target(vnni=False)
+    target = x86_target(vnni=False)
     x, inputs, _ = _int8_problem(8, k, rows, seed=k)
     kp = inputs[0].shape[1]
     groups = kp // GROUP
     outputs = [np.zeros((1, rows, kp), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
-    xq, xs, xc = _run(quantize_activations_avx2(k), target, [x[None], *outputs], outputs=3)
+    xq, xs, xc = run_kernel(quantize_activations_avx2(k), target, [x[None], *outputs], outputs=3)
     np.testing.assert_array_equal(xq[0], inputs[0])
     np.testing.assert_allclose(xs[0], inputs[1], rtol=1e-6)
     np.testing.assert_allclose(xc[0], inputs[2], rtol=1e-5, atol=1e-6)
