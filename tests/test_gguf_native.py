@@ -292,13 +292,14 @@ def test_gguf_is_refused_for_gpu_targets(mixed, tmp_path):
 def test_build_log_names_the_formats_stored_as_float32():
     scheme = dataclasses.replace(
         get_quantization("gguf"),
-        tensor_formats=(
-            ("a.weight", "Q4_1"),
-            ("b.weight", "float32 (from Q4_0+Q8_0)"),
-            ("c.weight", "float32 (from Q6_K)"),
-            ("d.weight", "float32 (from Q6_K)"),
-            ("e.weight", "float32 (from F32)"),
+        file_types=(
+            ("a.weight", ("Q4_1",)),
+            ("b.weight", ("Q4_0", "Q8_0")),
+            ("c.weight", ("Q6_K",)),
+            ("d.weight", ("Q6_K",)),
+            ("e.weight", ("F32",)),
         ),
+        formats=(("a.weight", "Q4_1"),),
     )
     lines = scheme.summary()
     assert lines[:4] == [

@@ -60,14 +60,20 @@ class GGUFCheckpoint:
         """The ggml type the file stores Hugging Face tensor `name` in (`Q4_1`, `F32`, ...)."""
         return self.file.tensors[self._source(name)[0]].type_name
 
-    def get_blocks(self, name: str) -> np.ndarray | None:
-        """Tensor `name` as the file's own blocks, uint8 `[rows, blocks, bytes]`, with its rows
-        in Hugging Face order; None where the layout change to Hugging Face is not a
-        reordering of whole rows (a transpose), so that its blocks cannot be kept."""
+    def block_rows(self, name: str) -> np.ndarray | None:
+        """The order in which tensor `name`'s rows in the file become Hugging Face's; None
+        where the layout change is not a reordering of whole rows (a transpose), so that its
+        blocks cannot be kept. Reads no tensor data."""
         gguf_name, fix = self._source(name)
-        blocks = self.file.blocks(gguf_name)
-        order = row_order(fix, blocks.shape[0])
-        return None if order is None else blocks[order]
+        return row_order(fix, self.file.tensors[gguf_name].shape[0])
+
+    def get_blocks(self, name: str) -> np.ndarray:
+        """Tensor `name` as the file's own blocks, uint8 `[rows, blocks, bytes]`, with its rows
+        in Hugging Face order (`block_rows` must not be None)."""
+        order = self.block_rows(name)
+        if order is None:
+            raise GGUFError(f"{self.path}: {name!r} is not stored as whole rows of blocks")
+        return self.file.blocks(self._source(name)[0])[order]
 
     def _source(self, name: str) -> tuple[str, Transform]:
         if name not in self._sources:

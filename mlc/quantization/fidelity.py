@@ -11,6 +11,11 @@ import numpy as np
 FLOAT_TYPES = frozenset({"F64", "F32", "F16", "BF16"})
 
 
+def source_types(checkpoint: Any, source: Any) -> set[str]:
+    """The ggml types of the GGUF tensors a parameter's `WeightSource` is built from."""
+    return {checkpoint.tensor_type(h) for h in source.hf_names}
+
+
 def block_quantized_sources(checkpoint: Any, weight_map: dict[str, Any]) -> dict[str, set[str]]:
     """Our parameter → the file's quantized types it is built from, for the parameters built
     from at least one block-quantized tensor (none for a Hugging Face checkpoint)."""
@@ -18,7 +23,7 @@ def block_quantized_sources(checkpoint: Any, weight_map: dict[str, Any]) -> dict
         return {}
     out = {}
     for ours, source in weight_map.items():
-        types = {checkpoint.tensor_type(h) for h in source.hf_names} - FLOAT_TYPES
+        types = source_types(checkpoint, source) - FLOAT_TYPES
         if types:
             out[ours] = types
     return out

@@ -35,6 +35,7 @@ from .int8_activations import (
     activation_layout,
     q4a8_matmul,
     quantize_activations,
+    signed_byte,
     stored_position,
     stored_word,
 )
@@ -148,12 +149,7 @@ class GGMLFormat:
         words = tensors["q_weight"]
         g = k // BLOCK
         if self.bits == 8:
-            p = stored_position(k, int(words.shape[1]) // 8)
-            byte = (words[n, p // 4] >> ((p % 4) * 8).astype("uint32")) & tirx.const(255, "uint32")
-            signed = byte.astype("int32") - ((byte & tirx.const(128, "uint32")) << 1).astype(
-                "int32"
-            )
-            q = signed.astype("float32")
+            q = signed_byte(words, n, stored_position(k, int(words.shape[1]) // 8))
         else:
             word_index = k // 8
             if self.int8_activations:
@@ -257,20 +253,28 @@ def block_matmul(fmt: GGMLFormat, x: Tensor, tensors: dict[str, Tensor], k: int,
     return op.tensor_expr_op(compute, "dequantize_matmul", [x, *tensors.values()])
 
 
-class BlockLinear(nn.Module):
-    """A Linear layer whose weight is in one GGML block format."""
+class _BlockWeight(nn.Module):
+    """A `[rows, k]` weight held as its format's stored tensors, one parameter each."""
 
-    def __init__(self, fmt: GGMLFormat, in_features: int, out_features: int, bias: bool, dtype):
-        self.fmt, self.in_features, self.out_features = fmt, in_features, out_features
-        params = fmt.params(out_features, in_features)
+    def _add_weight(self, fmt, rows: int, k: int) -> None:
+        self.fmt = fmt
+        params = fmt.params(rows, k)
         for key, param in params.items():
             setattr(self, key, param)
         self.stored_keys = tuple(params)
-        self.bias = nn.Parameter((out_features,), dtype) if bias else None
-        self.dtype = dtype
 
     def stored(self) -> dict[str, Tensor]:
         return {key: getattr(self, key) for key in self.stored_keys}
+
+
+class BlockLinear(_BlockWeight):
+    """A Linear layer whose weight is in one GGML block format."""
+
+    def __init__(self, fmt: GGMLFormat, in_features: int, out_features: int, bias: bool, dtype):
+        self.in_features, self.out_features = in_features, out_features
+        self._add_weight(fmt, out_features, in_features)
+        self.bias = nn.Parameter((out_features,), dtype) if bias else None
+        self.dtype = dtype
 
     def forward(self, x: Tensor) -> Tensor:
         y = block_matmul(self.fmt, x, self.stored(), self.in_features, self.out_features)
@@ -279,19 +283,13 @@ class BlockLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
-class BlockEmbedding(nn.Module):
+class BlockEmbedding(_BlockWeight):
     """A token embedding in one GGML block format: dequantizes the rows it looks up; as the
     tied LM head, a `BlockLinear` over the whole table."""
 
     def __init__(self, fmt: GGMLFormat, num: int, dim: int, dtype: str):
-        self.fmt, self.num, self.dim, self.dtype = fmt, num, dim, dtype
-        params = fmt.params(num, dim)
-        for key, param in params.items():
-            setattr(self, key, param)
-        self.stored_keys = tuple(params)
-
-    def stored(self) -> dict[str, Tensor]:
-        return {key: getattr(self, key) for key in self.stored_keys}
+        self.num, self.dim, self.dtype = num, dim, dtype
+        self._add_weight(fmt, num, dim)
 
     def forward(self, ids: Tensor) -> Tensor:
         fmt, dim, dtype = self.fmt, self.dim, self.dtype

@@ -22,7 +22,7 @@ from tvm.relax.frontend import nn
 from mlc.models.base import concat_rows
 
 from .base import Quantization
-from .fidelity import FLOAT_TYPES
+from .fidelity import FLOAT_TYPES, source_types
 from .ggml_blocks import FORMATS as LEGACY_FORMATS
 from .ggml_blocks import BlockEmbedding, BlockLinear
 from .kquant_blocks import K_FORMATS
@@ -33,32 +33,43 @@ FORMATS = {**LEGACY_FORMATS, **K_FORMATS}
 
 @dataclasses.dataclass(frozen=True)
 class GGUFNative(Quantization):
-    # (our parameter, its block format) for the weights kept in blocks, once bound to a file.
+    # Once bound to a file: each parameter's ggml types in the file (sorted), and the block
+    # format of those kept in blocks.
+    file_types: tuple[tuple[str, tuple[str, ...]], ...] = ()
     formats: tuple[tuple[str, str], ...] = ()
-    # What the file stores and where each kind went, for the build log and the chat config.
-    tensor_formats: tuple[tuple[str, str], ...] = ()
 
     def for_checkpoint(self, checkpoint: Any, weight_map: dict[str, Any]) -> GGUFNative:
-        if not hasattr(checkpoint, "get_blocks"):
+        if not hasattr(checkpoint, "block_rows"):
             raise ValueError(
                 f"--quantization {self.name} keeps a GGUF file's own formats, and "
                 f"{getattr(checkpoint, 'path', checkpoint)} is not a GGUF file; choose a code "
                 "that quantizes, e.g. --quantization q4a8_1 (CPU) or q4f16_1 (GPU)"
             )
-        kept, stored_as = {}, {}
+        file_types, kept = {}, {}
         for ours, source in weight_map.items():
-            types = {checkpoint.tensor_type(h) for h in source.hf_names}
-            only = next(iter(types)) if len(types) == 1 else None
+            types = tuple(sorted(source_types(checkpoint, source)))
+            file_types[ours] = types
             rows_only = source.combine is None or source.combine is concat_rows
-            if only in FORMATS and ours.endswith(".weight") and rows_only:
-                if all(checkpoint.get_blocks(h) is not None for h in source.hf_names):
-                    kept[ours] = only
-                    stored_as[ours] = only
-                    continue
-            stored_as[ours] = "float32 (from " + "+".join(sorted(types)) + ")"
+            if (
+                len(types) == 1
+                and types[0] in FORMATS
+                and ours.endswith(".weight")
+                and rows_only
+                and all(checkpoint.block_rows(h) is not None for h in source.hf_names)
+            ):
+                kept[ours] = types[0]
         return dataclasses.replace(
-            self, formats=tuple(kept.items()), tensor_formats=tuple(stored_as.items())
+            self, file_types=tuple(file_types.items()), formats=tuple(kept.items())
         )
+
+    @property
+    def tensor_formats(self) -> list[tuple[str, str]]:
+        """(parameter, how it is stored): its block format, or float32 from the file's types."""
+        kept = dict(self.formats)
+        return [
+            (name, kept.get(name) or f"float32 (from {'+'.join(types)})")
+            for name, types in self.file_types
+        ]
 
     def describe(self) -> dict:
         groups: dict[str, Counter] = {}
@@ -71,23 +82,21 @@ class GGUFNative(Quantization):
         }
 
     def summary(self) -> list[str]:
-        """One build-log line per stored format: how many tensors; and a line naming the
-        quantized formats stored as float32 for want of a kernel."""
+        """One build-log line per stored format: how many tensors; and lines naming the
+        quantized formats stored as float32 for want of a kernel, and the fused weights whose
+        parts differ in format."""
         counts = Counter(fmt for _, fmt in self.tensor_formats)
         lines = [f"{count} tensors as {fmt}" for fmt, count in sorted(counts.items())]
-        sources = [
-            fmt.removeprefix("float32 (from ").removesuffix(")").split("+")
-            for fmt in counts
-            if fmt.startswith("float32 (from ")
-        ]
-        unkept = sorted({kinds[0] for kinds in sources if len(kinds) == 1} - FLOAT_TYPES)
-        if unkept:
+        kept = dict(self.formats)
+        unkept = [types for name, types in self.file_types if name not in kept]
+        no_kernel = sorted({types[0] for types in unkept if len(types) == 1} - FLOAT_TYPES)
+        if no_kernel:
             lines.append(
-                f"{', '.join(unkept)} have no kernel here yet: those tensors are stored as "
+                f"{', '.join(no_kernel)} have no kernel here yet: those tensors are stored as "
                 "float32 (exact, but several times larger and slower than in the file); "
                 "--quantization q4a8_1 is smaller and faster, and lossy"
             )
-        mixed = sum(counts[f"float32 (from {'+'.join(k)})"] for k in sources if len(k) > 1)
+        mixed = sum(len(types) > 1 for types in unkept)
         if mixed:
             lines.append(
                 f"{mixed} fused weights (q/k/v, gate/up) have parts in different formats: "

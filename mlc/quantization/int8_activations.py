@@ -107,6 +107,16 @@ def stored_position(k, num_groups: int):
     return tirx.Select(k < whole, blocked, tirx.Select(pair_complete, paired, single))
 
 
+def signed_byte(words, row, position) -> tirx.PrimExpr:
+    """Byte `position` of `words[row]` (uint32, four bytes each, least significant first) as a
+    signed value, float32."""
+    byte = (words[row, position // 4] >> ((position % 4) * 8).astype("uint32")) & tirx.const(
+        255, "uint32"
+    )
+    high = (byte & tirx.const(128, "uint32")) << tirx.const(1, "uint32")
+    return (byte.astype("int32") - high.astype("int32")).astype("float32")
+
+
 def activation_layout(k_padded: int) -> np.ndarray:
     """`perm` with `xq[..., p] = x[..., perm[p]]` (numpy reference of `source_index`)."""
     groups = k_padded // GROUP
@@ -237,17 +247,10 @@ def q4a8_matmul(
             shift = ((k % per_word) * scheme.bits).astype("uint32")
             return ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
 
-        def signed_byte(j, p):
-            byte = (q_weight[j, p // 4] >> ((p % 4) * 8).astype("uint32")) & tirx.const(
-                255, "uint32"
-            )
-            high = (byte & tirx.const(128, "uint32")) << tirx.const(1, "uint32")
-            return (byte.astype("int32") - high.astype("int32")).astype("float32")
-
         def term(row, j, p):
             k = source_index(p, groups)
             scale = q_scale[j, k // GROUP].astype("float32") * xs[(*row, k // GROUP)]
-            w = signed_byte(j, p) if weight_bits == 8 else nibble(j, k)
+            w = signed_byte(q_weight, j, p) if weight_bits == 8 else nibble(j, k)
             return w * xq[(*row, p)].astype("float32") * scale
 
         dots = te.compute(
