@@ -333,6 +333,12 @@ def perplexity(
     default="info",
     show_default=True,
 )
+@click.option(
+    "--lenient",
+    is_flag=True,
+    help="Ignore request fields this server does not know instead of refusing them (400). "
+    "Fields of the OpenAI API it does not implement (tools, audio, ...) are refused either way.",
+)
 def serve(
     model: Path | None,
     host: str,
@@ -348,6 +354,7 @@ def serve(
     max_body_bytes: int,
     shutdown_timeout: float,
     log_level: str,
+    lenient: bool,
 ) -> None:
     """Serve the built model in directory MODEL over an OpenAI-compatible HTTP API.
 
@@ -363,7 +370,9 @@ def serve(
         from mlc.default_model import default_model_dir
 
         model = _run(default_model_dir)
-    server = ServerOptions(host, port, api_key, max_body_bytes, shutdown_timeout, log_level)
+    server = ServerOptions(
+        host, port, api_key, max_body_bytes, shutdown_timeout, log_level, lenient
+    )
     engine = EngineOptions(
         max_batch_size,
         kv_cache_tokens,

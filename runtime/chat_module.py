@@ -15,6 +15,7 @@ from .compiled_model import CompiledModel
 from .conversation import ConversationTemplate, get_template
 from .generation import GenerationStep
 from .generation_config import GenerationConfig
+from .grammar import Grammars, TokenConstraint
 
 StreamCallback = Callable[[str], None]
 
@@ -25,6 +26,7 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_tokens: int = 0
     decode_seconds: float = 0.0
+    forced_tokens: int = 0  # answer tokens a grammar forced (fed without sampling)
     finish_reason: str = ""
 
     @property
@@ -105,7 +107,8 @@ class ChatModule:
         self.messages: list[dict[str, str]] = []  # the conversation so far
         self.history_ids: list[int] = []  # every token in the KV cache, in order
         self._kv_text = ""  # the text of those tokens (and of the pending one)
-        self._pending: int | None = None  # sampled last, not yet in the KV cache
+        self._pending: list[int] = []  # the last answer's final tokens, not yet in the KV cache
+        self._grammars: Grammars | None = None  # compiled on first structured-output request
         self._interrupted = False
         self.last_stats = GenerationStats()
         self.last_output_ids: list[int] = []  # the tokens of the last answer
@@ -124,6 +127,8 @@ class ChatModule:
             raise ValueError("the prompt is empty; give some text to respond to")
         defaults = self.chat_config.generation_defaults()
         config = (generation_config or GenerationConfig()).resolved(defaults)
+        config.check_vocabulary(self.engine.vocab_size)
+        constraint = self._constraint(config)
         messages = [*self.messages, {"role": "user", "content": prompt}]
         full_text = self.template.render(messages)
         # Prefill only what the KV cache lacks. A template that rewrites earlier turns (or an
@@ -134,13 +139,13 @@ class ChatModule:
         fresh = not incremental or not self.messages
         if fresh and self.template.add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
-        if incremental and self._pending is not None:
-            ids = [self._pending, *ids]
+        if incremental:
+            ids = [*self._pending, *ids]
         self.engine.check_fits(len(ids), fresh=not incremental)
         if not incremental:
             self.reset_chat()
-        self._pending = None
-        answer = self._generate_from(ids, config, progress_callback, ignore_stop=False)
+        self._pending = []
+        answer = self._generate_from(ids, config, progress_callback, False, constraint)
         self.messages = [*messages, {"role": "assistant", "content": answer}]
         self._kv_text = full_text + answer
         return answer
@@ -165,7 +170,7 @@ class ChatModule:
         self.messages = []
         self.history_ids = []
         self._kv_text = ""
-        self._pending = None
+        self._pending = []
 
     def stats(self) -> str:
         s = self.last_stats
@@ -176,12 +181,22 @@ class ChatModule:
 
     # --- generation loop --------------------------------------------------------------------
 
+    def _constraint(self, config: GenerationConfig) -> TokenConstraint | None:
+        """The answer's grammar state, when the config asks for structured output."""
+        constraint = config.constraint()
+        if constraint is None:
+            return None
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer, self.engine.vocab_size, self.stop_token_ids)
+        return self._grammars.start(constraint, self.stop_token_ids)
+
     def _generate_from(
         self,
         ids: list[int],
         config: GenerationConfig,
         callback: StreamCallback | None,
         ignore_stop: bool,
+        constraint: TokenConstraint | None = None,
     ) -> str:
         self._interrupted = False
         stats = GenerationStats()
@@ -197,6 +212,8 @@ class ChatModule:
             context_window_size=self.engine.context_window_size,
             stop_token_ids=() if ignore_stop else self.stop_token_ids,
             stop_strings=() if ignore_stop else self.template.stop_str,
+            constraint=constraint,
+            jump_forward=True,
         )
         pieces: list[str] = []
         start = time.perf_counter()
@@ -206,16 +223,21 @@ class ChatModule:
             out = step.step(logits)
             if out is None:
                 break
+            stats.forced_tokens += len(out.forced)
             if out.text:
                 pieces.append(out.text)
                 if callback is not None:
                     callback(out.text)
             if out.finish_reason is not None:
-                # Sampled but never fed: the next turn feeds it first.
-                self._pending = out.sampled if out.appended else None
+                # Appended but never fed: the next turn feeds them first.
+                self._pending = out.to_feed
                 break
-            logits = self.engine.decode(out.sampled)
-            self.history_ids.append(out.sampled)
+            feed = out.to_feed
+            if len(feed) == 1:
+                logits = self.engine.decode(feed[0])
+            else:  # tokens the grammar forced: fed together
+                logits = self.engine.prefill(feed)
+            self.history_ids.extend(feed)
         stats.finish_reason = step.finish_reason or ""
         stats.decode_seconds = time.perf_counter() - start
         # Count the final sampled token too: it was produced by the last forward pass.

@@ -1,11 +1,14 @@
-"""`GenerationConfig`: how to sample; unset fields fall back to the model's defaults, then to
-`DEFAULTS`, the one place built-in generation defaults are defined (`mlc build` records them in
-the chat config where the model's `generation_config.json` is silent)."""
+"""`GenerationConfig`: how to sample and what the answer must match; unset fields fall back to
+the model's defaults, then to `DEFAULTS`, the one place built-in generation defaults are defined
+(`mlc build` records them in the chat config where the model's `generation_config.json` is
+silent). An unknown keyword is a `TypeError`, as for any dataclass."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+from .grammar import Constraint, constraint_of
 
 DEFAULTS: dict[str, Any] = {
     "temperature": 0.7,
@@ -34,6 +37,12 @@ class GenerationConfig:
     seed: int | None = None
     stop: list[str] | None = None
     stop_token_ids: list[int] | None = None
+    logit_bias: dict[int, float] | None = None  # added to the logits first, as in the OpenAI API
+    # Structured output (at most one; see `runtime/grammar.py`): {"type": "json_object"} or
+    # {"type": "json_schema", "schema": {...}}; an EBNF grammar; a regular expression.
+    response_format: dict | None = None
+    grammar: str | None = None
+    regex: str | None = None
 
     def resolved(self, defaults: dict[str, Any]) -> GenerationConfig:
         """This config with each unset field taken from `defaults` (the model's, see
@@ -63,3 +72,31 @@ class GenerationConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"GenerationConfig: {message}")
+        for token, bias in (self.logit_bias or {}).items():
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                raise ValueError(f"GenerationConfig: logit_bias keys are token ids, not {token!r}")
+            number = isinstance(bias, int | float) and not isinstance(bias, bool)
+            if not number or not -100 <= bias <= 100:
+                raise ValueError(
+                    f"GenerationConfig: logit_bias of token {token} must be a number in "
+                    f"[-100, 100], not {bias!r}"
+                )
+        try:
+            self.constraint()
+        except ValueError as err:
+            raise ValueError(f"GenerationConfig: {err}") from err
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """`ValueError` naming a token id (in `logit_bias` or `stop_token_ids`) that is not in
+        the model's vocabulary of `vocab_size`."""
+        for name in ("logit_bias", "stop_token_ids"):
+            outside = [t for t in getattr(self, name) or () if not 0 <= t < vocab_size]
+            if outside:
+                raise ValueError(
+                    f"GenerationConfig: {name} names token {outside[0]}, outside the "
+                    f"vocabulary of {vocab_size}"
+                )
+
+    def constraint(self) -> Constraint | None:
+        """What the answer must match (`response_format`, `grammar` or `regex`), or None."""
+        return constraint_of(self.response_format, self.grammar, self.regex)

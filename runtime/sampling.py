@@ -1,4 +1,6 @@
-"""Next-token sampling on the CPU: penalties, temperature, top-k, top-p, min-p."""
+"""Next-token sampling on the CPU: logit bias, penalties, then temperature, top-k, top-p and
+min-p in `transformers`' order (`tests/test_sampling_distribution.py` checks the sampled
+frequencies against its logits processors)."""
 
 from __future__ import annotations
 
@@ -39,9 +41,11 @@ def sample(
     context_ids: Sequence[int] = (),
     generated_ids: Sequence[int] = (),
 ) -> int:
-    logits = apply_penalties(
-        logits.astype(np.float32, copy=True), config, context_ids, generated_ids
-    )
+    logits = logits.astype(np.float32, copy=True)
+    if config.logit_bias:
+        ids = np.fromiter(config.logit_bias, dtype=np.int64)
+        logits[ids] += np.fromiter(config.logit_bias.values(), dtype=np.float32)
+    logits = apply_penalties(logits, config, context_ids, generated_ids)
     if config.temperature == 0:
         return int(np.argmax(logits))
     # Shift first: any temperature > 0, however small, then gives finite logits <= 0.
@@ -52,8 +56,6 @@ def sample(
         logits = np.where(logits < kth, -np.inf, logits)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    if config.min_p:
-        probs = np.where(probs < config.min_p * probs.max(), 0.0, probs)
     if config.top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
         cumulative = np.cumsum(probs[order])
@@ -62,5 +64,7 @@ def sample(
         keep = np.zeros_like(probs, dtype=bool)
         keep[order[:cut]] = True
         probs = np.where(keep, probs, 0.0)
+    if config.min_p:  # relative to the most likely token, which top-p always keeps
+        probs = np.where(probs < config.min_p * probs.max(), 0.0, probs)
     probs /= probs.sum()
     return int(rng.choice(probs.size, p=probs))

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from .generation import GenerationStep
 from .generation_config import GenerationConfig
+from .grammar import TokenConstraint
 
 _ids = itertools.count(1)  # sequence 0 is CompiledModel's own single sequence
 
@@ -54,6 +55,7 @@ class Sequence:
         on_output: OutputCallback,
         context_window_size: int,
         top_logprobs: int | None = None,
+        constraint: TokenConstraint | None = None,
     ):
         self.seq_id = next(_ids)
         self.prompt_ids = list(prompt_ids)
@@ -68,6 +70,7 @@ class Sequence:
             context_window_size=context_window_size,
             stop_token_ids=stop_token_ids,
             stop_strings=stop_strings,
+            constraint=constraint,
         )
         self.num_prefilled = 0  # prompt tokens already in the KV cache
         self.pending_token: int | None = None  # sampled, to be fed by the next decode step

@@ -13,14 +13,18 @@ import time
 from pathlib import Path
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_structured_output import PERSON
+from tokenizers import Tokenizer
 
 from mlc import ChatModule, GenerationConfig
 
 GQA = {"num_key_value_heads": 2}
+MODEL = "gqa-q0f32"
 KEY = "sk-test-key"
 
 
@@ -227,6 +231,10 @@ CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
 
 
+def schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "param"),
     [
@@ -243,6 +251,25 @@ HI = [{"role": "user", "content": "hi"}]
         ("/v1/completions", {"prompt": [1, 99999]}, 400, "prompt"),
         ("/v1/completions", {"prompt": "x", "stop": 5}, 400, "stop"),
         ("/v1/completions", {"prompt": "x" * (2 << 20)}, 413, None),
+        (CHAT, {"messages": HI, "frobnicate": 1}, 400, "frobnicate"),
+        (CHAT, {"messages": HI, "tools": [{"type": "function"}]}, 400, "tools"),
+        (CHAT, {"messages": HI, "store": True}, 400, "store"),
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": "x", "tool_call_id": "1"}]},
+            400,
+            "messages.0.tool_call_id",
+        ),
+        ("/v1/completions", {"prompt": "x", "suffix": "y"}, 400, "suffix"),
+        (CHAT, {"messages": HI, "response_format": {"type": "xml"}}, 400, "response_format"),
+        (
+            CHAT,
+            {"messages": HI, "response_format": schema_format({"type": 5})},
+            400,
+            "response_format",
+        ),
+        (CHAT, {"messages": HI, "logit_bias": {"99999": 5}}, 400, "logit_bias"),
+        (CHAT, {"messages": HI, "logit_bias": {"1": 500}}, 400, "logit_bias.1"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field(server, path, body, status, param):
@@ -444,3 +471,62 @@ def test_binding_beyond_localhost_without_a_key_warns(tmp_path):
     assert result.returncode == 1
     assert "without --api-key" in result.stderr
     assert "model directory not found" in result.stderr
+
+
+def test_json_schema_answers_validate_whole_and_streamed(client):
+    body = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a person."}],
+        response_format=schema_format(PERSON),
+        temperature=1.0,
+        max_tokens=200,
+    )
+    result = client.chat.completions.create(**body, n=4)
+    streamed = client.chat.completions.create(**body, stream=True, seed=5)
+    texts = [c.message.content for c in result.choices]
+    texts.append("".join(c.choices[0].delta.content or "" for c in streamed if c.choices))
+    assert all(c.finish_reason == "stop" for c in result.choices)
+    for text in texts:
+        jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_logit_bias_forces_a_token(client, built):
+    forced = Tokenizer.from_file(str(built / "tokenizer.json")).token_to_id("a")
+    result = client.completions.create(
+        model=MODEL,
+        prompt="x",
+        max_tokens=6,
+        temperature=1.0,
+        logit_bias={str(forced): 100},
+        extra_body={"ignore_eos": True},
+    )
+    assert result.choices[0].text == "a" * 6
+
+
+def test_a_seed_repeats_answers_across_requests_and_chat_module(client, built):
+    prompt = "Tell me about robot number 3."
+    messages = [{"role": "user", "content": prompt}]
+    body = dict(model=MODEL, messages=messages, temperature=1.0, max_tokens=12)
+    first, again = (client.chat.completions.create(**body, n=2, seed=42) for _ in range(2))
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in again.choices]
+    assert texts[0] != texts[1]  # choice i is seeded with seed + i
+    cm = ChatModule(str(built))
+    config = GenerationConfig(temperature=1.0, max_tokens=12, seed=42)
+    assert cm.generate(prompt, config) == texts[0]
+    unseeded = client.chat.completions.create(**body, n=3)
+    assert len({c.message.content for c in unseeded.choices}) > 1
+
+
+def test_accepted_no_op_values_and_a_lenient_server(server, built):
+    body = {"messages": HI, "max_tokens": 1, "store": False, "tools": [], "modalities": ["text"]}
+    assert httpx.post(f"{server.url}{CHAT}", json=body).status_code == 200
+    lenient = Server(built, "--lenient")
+    try:
+        unknown = httpx.post(f"{lenient.url}{CHAT}", json={**body, "frobnicate": 1})
+        assert unknown.status_code == 200, unknown.text
+        tools = httpx.post(f"{lenient.url}{CHAT}", json={**body, "tools": [{"type": "function"}]})
+        assert tools.status_code == 400 and tools.json()["error"]["param"] == "tools"
+    finally:
+        code, output = lenient.stop()
+    assert code == 0, output

@@ -159,3 +159,32 @@ def test_default_build_prefill_equals_token_by_token_decode(builds):
     engine.reset()
     stepwise = [engine.prefill(tokens[:1])] + [engine.decode(int(t)) for t in tokens[1:]]
     np.testing.assert_allclose(np.stack(stepwise), prefill, atol=1e-3, rtol=0)
+
+
+def test_json_mode_and_json_schema_answers(builds):
+    """The default build answers in JSON when asked (greedy), and a schema steers it to the
+    fields wanted; the keys the schema forces are fed without sampling."""
+    cm = ChatModule(str(builds(QUANTIZATION)))
+    json_mode = GenerationConfig(
+        temperature=0, max_tokens=100, response_format={"type": "json_object"}
+    )
+    for prompt in [
+        "What is the capital of France? Answer in JSON.",
+        "Describe a cat in JSON with its name and age.",
+    ]:
+        cm.reset_chat()
+        assert isinstance(json.loads(cm.generate(prompt, json_mode)), dict)
+        assert cm.last_stats.finish_reason == "stop"
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    cm.reset_chat()
+    config = GenerationConfig(
+        temperature=0, max_tokens=60, response_format={"type": "json_schema", "schema": schema}
+    )
+    answer = json.loads(cm.generate("What is the capital of France?", config))
+    assert answer == {"city": "Paris", "country": "France"}
+    assert cm.last_stats.forced_tokens > 0

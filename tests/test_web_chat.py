@@ -443,3 +443,22 @@ def test_a_template_that_is_not_fixed_text_around_turns_is_refused():
     numbered = "{% for m in messages %}{{ loop.index }}. {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(ChatFormatError, match="same text"):
         turn_rules(JinjaChatTemplate(numbered, {}))
+
+
+def test_the_page_refuses_settings_it_does_not_implement(site, plain_browser):
+    errors = open_page(plain_browser, site).evaluate(
+        """async () => {
+          const { checkConfig } = await import("/session.js");
+          const plain = { temperature: 0.7, topP: 0.9, topK: 40, minP: 0,
+                          repetitionPenalty: 1, maxTokens: 8 };
+          return [{}, { responseFormat: { type: "json_object" } }, { regex: "a" }, { seed: 1 }]
+            .map((extra) => {
+              try { checkConfig({ ...plain, ...extra }); return null; }
+              catch (err) { return err.message; }
+            });
+        }"""
+    )
+    assert errors[0] is None
+    assert "structured output is not available in the browser" in errors[1]
+    assert errors[2].startswith("regex: structured output")
+    assert errors[3].startswith("unknown generation setting seed")

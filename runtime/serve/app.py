@@ -32,6 +32,7 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = 1 << 20,
     shutdown_timeout: float = 30.0,
+    lenient: bool = False,
 ) -> FastAPI:
     metrics = ServerMetrics()
 
@@ -54,4 +55,5 @@ def create_app(
         app.include_router(module.router)
     app.state.served = served
     app.state.metrics = metrics
+    app.state.lenient = lenient
     return app

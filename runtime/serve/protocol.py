@@ -1,15 +1,19 @@
 """Request and response bodies of the OpenAI API subset we serve, as pydantic models.
 
-Unknown fields are ignored (clients send many optional ones); known fields are checked strictly
-enough that a bad value is a 400 naming the field, never a failure deeper down.
+Every field is either implemented or refused: known fields are checked strictly enough that a
+bad value is a 400 naming the field, never a failure deeper down; fields of the OpenAI API we do
+not implement are refused with the reason (`UNSUPPORTED`), and unknown fields with a 400 naming
+them unless the server runs with `--lenient` (see `check_fields`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import APIError
 
 MAX_STOP = 16
 MAX_N = 16
@@ -19,6 +23,51 @@ MAX_SEED = 2**63 - 1
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 StopStrings = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
+# Token id (as a string, JSON keys being strings) -> bias added to its logit.
+LogitBias = dict[
+    Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]
+]
+
+# Fields of OpenAI's request bodies this server does not implement: the reason, and the values
+# that ask for nothing (accepted).
+UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "tools": ("tool calling is not implemented yet", (None, [])),
+    "tool_choice": ("tool calling is not implemented yet", (None, "none")),
+    "parallel_tool_calls": ("tool calling is not implemented yet", (None,)),
+    "functions": ("tool calling is not implemented yet", (None, [])),
+    "function_call": ("tool calling is not implemented yet", (None, "none")),
+    "audio": ("this server generates text only", (None,)),
+    "modalities": ("this server generates text only", (None, ["text"])),
+    "prediction": ("predicted outputs are not implemented", (None,)),
+    "reasoning_effort": ("the model has no reasoning setting", (None,)),
+    "verbosity": ("the model has no verbosity setting", (None,)),
+    "web_search_options": ("this server does not search the web", (None,)),
+    "service_tier": ("this server has one service tier", (None, "auto", "default")),
+    "store": ("this server stores no completions", (None, False)),
+    "metadata": ("this server stores no completions to tag", (None, {})),
+    "prompt_cache_key": ("this server has no prompt cache to route", (None,)),
+    "suffix": ("completions with a suffix (insertion) are not implemented", (None, "")),
+    "best_of": ("best_of is not implemented; use n", (None, 1)),
+}
+
+
+def check_fields(body: BaseModel, lenient: bool) -> None:
+    """Refuse (400, naming the field) an unsupported field that asks for something, and an
+    unknown field unless `lenient`."""
+    for name, value in (body.model_extra or {}).items():
+        if name in UNSUPPORTED:
+            reason, accepted = UNSUPPORTED[name]
+            if any(value == ok and type(value) is type(ok) for ok in accepted):
+                continue
+            raise APIError(400, f"{name} is not supported: {reason}", name, "unsupported_field")
+        if not lenient:
+            raise APIError(
+                400,
+                f"unknown field {name!r}: this server does not implement it; remove it, or start "
+                "mlc serve with --lenient to ignore unknown fields",
+                name,
+                "unknown_field",
+            )
 
 
 class StreamOptions(BaseModel):
@@ -26,7 +75,8 @@ class StreamOptions(BaseModel):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    # Extra fields are kept for `check_fields` to refuse.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=0)] | None = None
@@ -39,6 +89,7 @@ class _Request(BaseModel):
     repetition_penalty: Annotated[float, Field(ge=0.01, le=100.0)] | None = None
     stop: StopStrings = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    logit_bias: LogitBias | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -47,11 +98,15 @@ class _Request(BaseModel):
 
 
 class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -62,8 +117,39 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JSONSchema(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    # JSON Schema's own keyword is "schema"; the alias keeps pydantic's BaseModel.schema free.
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None  # the grammar always applies: output matches either way
+
+
+class JSONSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JSONSchema
+
+
+ResponseFormat = Annotated[
+    TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")
+]
+
+
 class ChatCompletionRequest(_Request):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    response_format: ResponseFormat | None = None
     max_completion_tokens: Annotated[int, Field(ge=0)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None

@@ -21,8 +21,13 @@ from .metrics import ServerMetrics
 from .service import Generation, ServedModel
 
 
-def check_model(served: ServedModel, name: str | None) -> None:
-    """Refuse (404) a `model` that names anything but the served model; none at all is fine."""
+def check_request(
+    served: ServedModel, body: api.ChatCompletionRequest | api.CompletionRequest, lenient: bool
+) -> None:
+    """Refuse unsupported and unknown fields (400, see `protocol.check_fields`) and a `model`
+    that names anything but the served model (404; none at all is fine)."""
+    api.check_fields(body, lenient)
+    name = body.model
     if name not in (None, "", served.name):
         raise APIError(
             404,
@@ -37,6 +42,7 @@ def generation_config(
 ) -> GenerationConfig:
     """The sampling settings of choice `index` of a request."""
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    bias = {int(token): value for token, value in (body.logit_bias or {}).items()}
     return GenerationConfig(
         temperature=body.temperature,
         top_p=body.top_p,
@@ -49,7 +55,18 @@ def generation_config(
         # Each of the n choices gets its own stream of random numbers.
         seed=None if body.seed is None else body.seed + index,
         stop=stop,
+        logit_bias=bias or None,
+        response_format=_response_format(getattr(body, "response_format", None)),
     )
+
+
+def _response_format(requested) -> dict | None:
+    """OpenAI's `response_format` as `GenerationConfig` takes it."""
+    if isinstance(requested, api.JSONSchemaFormat):
+        return {"type": "json_schema", "schema": requested.json_schema.json_schema}
+    if isinstance(requested, api.JSONObjectFormat):
+        return {"type": "json_object"}
+    return None
 
 
 @dataclasses.dataclass

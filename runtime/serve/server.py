@@ -23,6 +23,7 @@ class ServerOptions:
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 30.0  # for in-flight requests to finish
     log_level: str = "info"
+    lenient: bool = False  # ignore unknown request fields instead of refusing them
 
 
 def is_loopback(host: str) -> bool:
@@ -50,7 +51,9 @@ def serve(model_dir: Path, server: ServerOptions, engine: EngineOptions) -> None
             file=sys.stderr,
             flush=True,
         )
-    app = create_app(served, server.api_key, server.max_body_bytes, server.shutdown_timeout)
+    app = create_app(
+        served, server.api_key, server.max_body_bytes, server.shutdown_timeout, server.lenient
+    )
     print(
         f"Serving {served.name} on http://{server.host}:{server.port}/v1 (batch "
         f"{served.model.max_batch_size}, KV cache {served.engine.kv_pages_total} pages)",

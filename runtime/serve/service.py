@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..chat_config import ArtifactError, ChatConfig
 from ..chat_module import choose_template, load_tokenizer, stop_token_ids
 from ..compiled_model import CompiledModel
 from ..generation_config import GenerationConfig
+from ..grammar import GrammarError, Grammars, GrammarUnavailable, TokenConstraint
 from ..sequence import OutputCallback, Sequence, SequenceOutput
 from .errors import APIError
 
@@ -66,6 +68,8 @@ class ServedModel:
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)
         self.context_window_size = self.model.context_window_size
         self.vocab_size = self.model.vocab_size
+        self._grammars: Grammars | None = None  # made on the first structured-output request
+        self._grammars_lock = threading.Lock()
         self.engine = BatchEngine(
             self.model,
             max_queue=options.max_queue,
@@ -133,7 +137,7 @@ class ServedModel:
 
     # --- generation --------------------------------------------------------------------------
 
-    def start(
+    async def start(
         self,
         prompts: list[list[int]],
         configs: list[GenerationConfig],
@@ -146,17 +150,29 @@ class ServedModel:
             configs = [c.resolved(defaults) for c in configs]
         except ValueError as err:
             raise APIError(400, str(err).removeprefix("GenerationConfig: ")) from err
+        for config in configs:
+            try:
+                config.check_vocabulary(self.vocab_size)
+            except ValueError as err:
+                message = str(err).removeprefix("GenerationConfig: ")
+                raise APIError(400, message, "logit_bias") from err
+        stops = set() if ignore_eos else self.stop_token_ids
+        constraints: list[TokenConstraint | None] = [None] * len(configs)
+        if any(c.constraint() is not None for c in configs):
+            # Compiling a schema may take a while: off the event loop.
+            constraints = await asyncio.to_thread(self._constraints, configs, stops)
         generation = Generation(self.engine, asyncio.get_running_loop())
         for index, (prompt, config) in enumerate(zip(prompts, configs, strict=True)):
             sequence = Sequence(
                 prompt,
                 config,
                 self.tokenizer,
-                set() if ignore_eos else self.stop_token_ids,
+                stops,
                 list(self.template.stop_str),
                 generation.callback(index),
                 self.context_window_size,
                 top_logprobs,
+                constraints[index],
             )
             try:
                 self.engine.submit(sequence)
@@ -166,6 +182,23 @@ class ServedModel:
                 raise APIError(status, str(err), code="overloaded", retry_after=1) from err
             generation.sequences.append(sequence)
         return generation
+
+    def _constraints(
+        self, configs: list[GenerationConfig], stops: set[int]
+    ) -> list[TokenConstraint | None]:
+        """Each config's grammar state; a 400 `APIError` naming `response_format` when xgrammar
+        is missing or the schema does not compile."""
+        try:
+            with self._grammars_lock:
+                if self._grammars is None:
+                    self._grammars = Grammars(self.tokenizer, self.vocab_size, self.stop_token_ids)
+            return [
+                None if (c := config.constraint()) is None else self._grammars.start(c, stops)
+                for config in configs
+            ]
+        except (GrammarError, GrammarUnavailable) as err:
+            code = "invalid_schema" if isinstance(err, GrammarError) else "unsupported"
+            raise APIError(400, str(err), "response_format", code) from err
 
 
 class Generation:

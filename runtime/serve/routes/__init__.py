@@ -1,5 +1,5 @@
-"""The API's routers, and the dependencies their handlers use to reach the served model and
-the metrics (both kept on `app.state` by `create_app`)."""
+"""The API's routers, and the dependencies their handlers use to reach the served model, the
+metrics and the `--lenient` setting (kept on `app.state` by `create_app`)."""
 
 from __future__ import annotations
 
@@ -26,5 +26,11 @@ async def server_metrics(request: Request) -> ServerMetrics:
     return request.app.state.metrics
 
 
+async def lenient(request: Request) -> bool:
+    """Whether unknown request fields are ignored (`mlc serve --lenient`) instead of refused."""
+    return request.app.state.lenient
+
+
 Served = Annotated[ServedModel, Depends(served_model)]
 Metrics = Annotated[ServerMetrics, Depends(server_metrics)]
+Lenient = Annotated[bool, Depends(lenient)]

@@ -13,21 +13,25 @@ from ..responding import (
     Formatter,
     _error_event,
     _finish_reason,
-    check_model,
+    check_request,
     generation_config,
     respond,
 )
 from ..service import Generation
-from . import ERROR_RESPONSES, Metrics, Served
+from . import ERROR_RESPONSES, Lenient, Metrics, Served
 
 router = APIRouter()
 
 
 @router.post("/v1/chat/completions", response_model=api.ChatCompletion, responses=ERROR_RESPONSES)
 async def chat_completions(
-    body: api.ChatCompletionRequest, request: Request, served: Served, metrics: Metrics
+    body: api.ChatCompletionRequest,
+    request: Request,
+    served: Served,
+    metrics: Metrics,
+    lenient: Lenient,
 ):
-    check_model(served, body.model)
+    check_request(served, body, lenient)
     if body.top_logprobs and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -37,7 +41,7 @@ async def chat_completions(
         max_tokens = body.max_tokens
     configs = [generation_config(body, max_tokens, i) for i in range(body.n)]
     top = (body.top_logprobs or 0) if body.logprobs else None
-    generation = served.start([prompt] * body.n, configs, top, body.ignore_eos)
+    generation = await served.start([prompt] * body.n, configs, top, body.ignore_eos)
     formatter = ChatFormatter(served, body, len(prompt))
     return await respond(request, generation, body.stream, formatter, metrics)
 

@@ -13,21 +13,25 @@ from ..responding import (
     Formatter,
     _error_event,
     _finish_reason,
-    check_model,
+    check_request,
     generation_config,
     respond,
 )
 from ..service import Generation
-from . import ERROR_RESPONSES, Metrics, Served
+from . import ERROR_RESPONSES, Lenient, Metrics, Served
 
 router = APIRouter()
 
 
 @router.post("/v1/completions", response_model=api.Completion, responses=ERROR_RESPONSES)
 async def completions(
-    body: api.CompletionRequest, request: Request, served: Served, metrics: Metrics
+    body: api.CompletionRequest,
+    request: Request,
+    served: Served,
+    metrics: Metrics,
+    lenient: Lenient,
 ):
-    check_model(served, body.model)
+    check_request(served, body, lenient)
     if isinstance(body.prompt, list) and isinstance(body.prompt[0], str):
         texts: list = list(body.prompt)
     else:
@@ -35,7 +39,7 @@ async def completions(
     prompts = [served.text_prompt(p) for p in texts]
     configs = [generation_config(body, body.max_tokens, i) for _ in prompts for i in range(body.n)]
     expanded = [p for p in prompts for _ in range(body.n)]
-    generation = served.start(expanded, configs, body.logprobs, body.ignore_eos)
+    generation = await served.start(expanded, configs, body.logprobs, body.ignore_eos)
     formatter = CompletionFormatter(served, body, sum(map(len, prompts)))
     return await respond(request, generation, body.stream, formatter, metrics)
 

@@ -100,7 +100,7 @@ export class StopStringFilter {
 
 /**
  * The next token: greedy at temperature 0 (the first maximum, as numpy's argmax), else
- * repetition penalty, temperature, top-k, min-p and top-p as `mlc/runtime/sampling.py`.
+ * repetition penalty, temperature, top-k, top-p and min-p as `mlc/runtime/sampling.py`.
  * @param {Float32Array} logits
  */
 export function sample(logits, config, contextIds, random = Math.random) {
@@ -117,13 +117,13 @@ export function sample(logits, config, contextIds, random = Math.random) {
   let order = Array.from(values.keys()).sort((a, b) => values[b] - values[a]);
   if (config.topK > 0 && config.topK < order.length) order = order.slice(0, config.topK);
   let probs = order.map((i) => Math.exp((values[i] - max) / config.temperature));
-  if (config.minP > 0) probs = probs.map((p) => (p < config.minP * probs[0] ? 0 : p));
   const total = probs.reduce((a, b) => a + b, 0);
   let kept = probs.length;
   if (config.topP < 1) {
     let mass = 0;
     kept = probs.findIndex((p) => (mass += p) >= config.topP * total) + 1 || probs.length;
   }
+  if (config.minP > 0) probs = probs.map((p) => (p < config.minP * probs[0] ? 0 : p));
   const keptTotal = probs.slice(0, kept).reduce((a, b) => a + b, 0);
   let r = random() * keptTotal;
   for (let i = 0; i < kept; ++i) {
@@ -260,8 +260,28 @@ export class ChatSession {
  * The generation step, a port of `mlc/runtime/generation.py` (`GenerationStep`): the same
  * rules in the same order, so the page answers as `ChatModule` does. Keep the two in step.
  */
+/** The generation settings the page implements; `checkConfig` refuses any other. */
+export const CONFIG_KEYS = ["temperature", "topP", "topK", "minP", "repetitionPenalty", "maxTokens"];
+const STRUCTURED_OUTPUT_KEYS = ["responseFormat", "grammar", "regex"];
+
+/** Throws on a setting the page does not implement, naming it (none is silently ignored). */
+export function checkConfig(config) {
+  for (const key of Object.keys(config)) {
+    if (STRUCTURED_OUTPUT_KEYS.includes(key)) {
+      throw new Error(
+        `${key}: structured output is not available in the browser (the page has no grammar ` +
+          "engine); use mlc serve or ChatModule for JSON, JSON Schema, regex or grammar output",
+      );
+    }
+    if (!CONFIG_KEYS.includes(key)) {
+      throw new Error(`unknown generation setting ${key}; the page takes ${CONFIG_KEYS.join(", ")}`);
+    }
+  }
+}
+
 export class GenerationStep {
   constructor(tokenizer, config, { contextIds, kvTokens, contextWindowSize, stopTokenIds, stopStrings }) {
+    checkConfig(config);
     this.config = config;
     this.contextIds = [...contextIds];
     this.kvTokens = kvTokens;

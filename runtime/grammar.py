@@ -1,0 +1,250 @@
+"""Grammar-constrained decoding with xgrammar: JSON (any object, or one JSON Schema), regular
+expressions and EBNF grammars.
+
+`Grammars` belongs to one tokenizer: it compiles a request's constraint into token masks (each
+compiled grammar cached by its source) and starts a `TokenConstraint` per answer, which masks the
+logits before each sampling and follows the tokens the answer accepts.
+
+xgrammar is an optional dependency (`pip install "mlc[grammar]"`); it imports PyTorch, which the
+lean runtime processes otherwise keep out (see `mlc.lean_runtime`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .utf8_mask import Utf8Mask, incomplete_tail
+
+INSTALL_HINT = 'pip install "mlc[grammar]"'
+_NAMES = {
+    "json_object": "JSON grammar",
+    "json_schema": "JSON schema",
+    "regex": "regex",
+    "ebnf": "grammar",
+}
+# xgrammar's messages begin with "[time] file.cc:line: ".
+_SOURCE_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+class GrammarUnavailable(RuntimeError):
+    """xgrammar is not installed."""
+
+
+class GrammarError(ValueError):
+    """A constraint that does not compile (a bad schema, regex or grammar)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """What an answer must match: `kind` is "json_object", "json_schema", "regex" or "ebnf";
+    `source` the schema (canonical JSON), the regex or the grammar."""
+
+    kind: str
+    source: str = ""
+
+
+def constraint_of(
+    response_format: dict | None, grammar: str | None, regex: str | None
+) -> Constraint | None:
+    """The constraint a generation config asks for (at most one of the three), or None.
+
+    `response_format` is `{"type": "text"}`, `{"type": "json_object"}` or
+    `{"type": "json_schema", "schema": {...}}`.
+    """
+    asked = [
+        name
+        for name, v in (
+            ("response_format", response_format),
+            ("grammar", grammar),
+            ("regex", regex),
+        )
+        if v is not None
+    ]
+    if len(asked) > 1:
+        raise ValueError(f"give at most one of response_format, grammar and regex, not {asked}")
+    if grammar is not None:
+        return Constraint("ebnf", _text(grammar, "grammar"))
+    if regex is not None:
+        return Constraint("regex", _text(regex, "regex"))
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise ValueError("response_format must be a dict such as {'type': 'json_object'}")
+    kind = response_format.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        raise ValueError(
+            f"response_format type must be one of {RESPONSE_FORMAT_TYPES}, not {kind!r}"
+        )
+    allowed = {"type", "schema"} if kind == "json_schema" else {"type"}
+    extra = sorted(set(response_format) - allowed)
+    if extra:
+        raise ValueError(f"response_format of type {kind!r} takes no {', '.join(extra)}")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Constraint("json_object")
+    schema = response_format.get("schema")
+    if not isinstance(schema, dict):
+        raise ValueError(
+            "response_format of type 'json_schema' needs a 'schema' (a JSON Schema dict)"
+        )
+    return Constraint("json_schema", json.dumps(schema))
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def load_xgrammar():
+    """xgrammar, imported on first use; `GrammarUnavailable` with the install command when it
+    is missing."""
+    if sys.modules.get("torch", False) is None:
+        del sys.modules["torch"]  # lifted: xgrammar needs PyTorch (see mlc.lean_runtime)
+    try:
+        import xgrammar
+    except ImportError as err:
+        raise GrammarUnavailable(
+            f"structured output (response_format, grammar, regex) needs xgrammar: {INSTALL_HINT}"
+            f" ({err})"
+        ) from err
+    return xgrammar
+
+
+class Grammars:
+    """Compiled grammars for one tokenizer and one model vocabulary (which may be larger than the
+    tokenizer's: padded rows are never allowed)."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, stop_token_ids: Iterable[int]):
+        xgr = load_xgrammar()
+        self._xgr = xgr
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        encoded = [""] * vocab_size
+        for piece, index in vocab.items():
+            if index < vocab_size:
+                encoded[index] = piece
+        metadata = xgr.TokenizerInfo._detect_metadata_from_hf(tokenizer.to_str())
+        self.vocab_size = vocab_size
+        self.stop_token_ids = sorted(set(stop_token_ids))
+        self.info = xgr.TokenizerInfo(
+            encoded,
+            metadata["vocab_type"],
+            vocab_size=vocab_size,
+            stop_token_ids=self.stop_token_ids or None,
+            add_prefix_space=metadata["add_prefix_space"],
+        )
+        # xgrammar's compiler caches what it compiled, keyed by the source (thread-safe).
+        self._compiler = xgr.GrammarCompiler(self.info, max_threads=2)
+        # Tokens holding a control character (U+0000-U+001F). Compact JSON has none, but
+        # xgrammar's length-bounded JSON strings admit them raw, which JSON forbids: the JSON
+        # Schema masks forbid these tokens too.
+        control = bytes(range(0x20))
+        self.pieces: list[bytes] = list(self.info.decoded_vocab[:vocab_size])
+        self.pieces += [b""] * (vocab_size - len(self.pieces))
+        self.control_tokens = np.zeros(vocab_size, dtype=bool)
+        for index, piece in enumerate(self.pieces):
+            self.control_tokens[index] = len(piece.translate(None, control)) != len(piece)
+        # xgrammar also takes byte sequences that are not UTF-8 (a surrogate's three bytes) as
+        # characters: constrained answers stay valid UTF-8 by this mask.
+        self.utf8 = Utf8Mask(self.pieces, vocab_size)
+
+    def compile(self, constraint: Constraint):
+        """The compiled grammar (the same source compiles once); `GrammarError` naming the
+        problem when it does not compile."""
+        compiler = self._compiler
+        try:
+            if constraint.kind == "json_object":
+                return compiler.compile_builtin_json_grammar()
+            if constraint.kind == "json_schema":
+                # Compact JSON, no whitespace runs: every value the schema bounds ends.
+                return compiler.compile_json_schema(
+                    constraint.source, any_whitespace=False, strict_mode=True
+                )
+            if constraint.kind == "regex":
+                return compiler.compile_regex(constraint.source)
+            return compiler.compile_grammar(constraint.source)
+        except (RuntimeError, ValueError, TypeError) as err:
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            message = _SOURCE_LOCATION.sub("", lines[-1])
+            raise GrammarError(
+                f"the {_NAMES[constraint.kind]} does not compile: {message}"
+            ) from err
+
+    def start(self, constraint: Constraint, stop_token_ids: Iterable[int]) -> TokenConstraint:
+        """A fresh constraint for one answer; it may end with one of `stop_token_ids` (none:
+        the answer ends where the grammar does)."""
+        compiled = self.compile(constraint)
+        stops = sorted(set(stop_token_ids))
+        matcher = self._xgr.GrammarMatcher(
+            compiled,
+            override_stop_tokens=stops or None,
+            terminate_without_stop_token=not stops,
+        )
+        forbidden = self.control_tokens if constraint.kind == "json_schema" else None
+        state = TokenConstraint(matcher, self.pieces, self.utf8, forbidden)
+        if not state.allowed().any():
+            raise GrammarError(f"the {_NAMES[constraint.kind]} admits no output at all")
+        return state
+
+
+class TokenConstraint:
+    """One answer's grammar state: which tokens may come next, and the tokens accepted."""
+
+    def __init__(
+        self,
+        matcher,
+        pieces: list[bytes],
+        utf8: Utf8Mask,
+        forbidden: np.ndarray | None = None,
+    ):
+        self.matcher = matcher
+        self.pieces = pieces  # each token's bytes
+        self.vocab_size = len(pieces)
+        self.utf8 = utf8
+        self.forbidden = forbidden  # tokens never allowed, whatever the grammar says
+        self._tail = b""  # the answer's last, incomplete UTF-8 character
+        self._bitmask = np.zeros((1, (self.vocab_size + 31) // 32), dtype=np.int32)
+
+    def allowed(self) -> np.ndarray:
+        """A boolean mask over the vocabulary of the tokens allowed next."""
+        allowed = self.utf8.allowed(self._tail).copy()
+        if self.matcher.fill_next_token_bitmask(self._bitmask):
+            bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
+            allowed &= bits[: self.vocab_size].astype(bool)
+        if self.forbidden is not None:
+            allowed &= ~self.forbidden
+        return allowed
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """`logits` (float, a copy) with every token the grammar forbids at -inf."""
+        logits = np.array(logits, dtype=np.float32)
+        allowed = self.allowed()
+        if not allowed.any():
+            raise RuntimeError("the grammar allows no next token")
+        logits[: allowed.size][~allowed] = -np.inf
+        logits[allowed.size :] = -np.inf
+        return logits
+
+    def accept(self, token: int) -> None:
+        if not self.matcher.accept_token(token):
+            raise RuntimeError(f"token {token} does not continue the grammar (a masking bug)")
+        self._tail = incomplete_tail(self._tail + self.pieces[token])
+
+    def forced_tokens(self) -> list[int]:
+        """Tokens the grammar forces next (jump-forward), none when the model has a choice."""
+        return self.matcher.find_jump_forward_tokens()
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete and has taken its end (a stop token, or none is needed)."""
+        return self.matcher.is_terminated()
