@@ -108,7 +108,7 @@ class ChatModule:
         self.history_ids: list[int] = []  # every token in the KV cache, in order
         self._kv_text = ""  # the text of those tokens (and of the pending one)
         self._pending: list[int] = []  # the last answer's final tokens, not yet in the KV cache
-        self._grammars: Grammars | None = None  # compiled on first structured-output request
+        self._grammars = Grammars(self.tokenizer, self.engine.vocab_size, self.stop_token_ids)
         self._interrupted = False
         self.last_stats = GenerationStats()
         self.last_output_ids: list[int] = []  # the tokens of the last answer
@@ -184,11 +184,7 @@ class ChatModule:
     def _constraint(self, config: GenerationConfig) -> TokenConstraint | None:
         """The answer's grammar state, when the config asks for structured output."""
         constraint = config.constraint()
-        if constraint is None:
-            return None
-        if self._grammars is None:
-            self._grammars = Grammars(self.tokenizer, self.engine.vocab_size, self.stop_token_ids)
-        return self._grammars.start(constraint, self.stop_token_ids)
+        return None if constraint is None else self._grammars.start(constraint, self.stop_token_ids)
 
     def _generate_from(
         self,

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import re
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -123,44 +124,56 @@ def load_xgrammar():
 
 class Grammars:
     """Compiled grammars for one tokenizer and one model vocabulary (which may be larger than the
-    tokenizer's: padded rows are never allowed)."""
+    tokenizer's: padded rows are never allowed). Cheap to make: xgrammar is loaded and the
+    vocabulary read on the first `start` (thread-safe)."""
 
     def __init__(self, tokenizer: Tokenizer, vocab_size: int, stop_token_ids: Iterable[int]):
-        xgr = load_xgrammar()
-        self._xgr = xgr
-        vocab = tokenizer.get_vocab(with_added_tokens=True)
-        encoded = [""] * vocab_size
-        for piece, index in vocab.items():
-            if index < vocab_size:
-                encoded[index] = piece
-        metadata = xgr.TokenizerInfo._detect_metadata_from_hf(tokenizer.to_str())
+        self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.stop_token_ids = sorted(set(stop_token_ids))
-        self.info = xgr.TokenizerInfo(
-            encoded,
-            metadata["vocab_type"],
-            vocab_size=vocab_size,
-            stop_token_ids=self.stop_token_ids or None,
-            add_prefix_space=metadata["add_prefix_space"],
-        )
-        # xgrammar's compiler caches what it compiled, keyed by the source (thread-safe).
-        self._compiler = xgr.GrammarCompiler(self.info, max_threads=2)
-        # Tokens holding a control character (U+0000-U+001F). Compact JSON has none, but
-        # xgrammar's length-bounded JSON strings admit them raw, which JSON forbids: the JSON
-        # Schema masks forbid these tokens too.
-        control = bytes(range(0x20))
-        self.pieces: list[bytes] = list(self.info.decoded_vocab[:vocab_size])
-        self.pieces += [b""] * (vocab_size - len(self.pieces))
-        self.control_tokens = np.zeros(vocab_size, dtype=bool)
-        for index, piece in enumerate(self.pieces):
-            self.control_tokens[index] = len(piece.translate(None, control)) != len(piece)
-        # xgrammar also takes byte sequences that are not UTF-8 (a surrogate's three bytes) as
-        # characters: constrained answers stay valid UTF-8 by this mask.
-        self.utf8 = Utf8Mask(self.pieces, vocab_size)
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def _prepare(self) -> None:
+        """Load xgrammar and describe the vocabulary to it, once."""
+        with self._lock:
+            if self._ready:
+                return
+            xgr = load_xgrammar()
+            self._xgr = xgr
+            vocab_size = self.vocab_size
+            encoded = [""] * vocab_size
+            for piece, index in self.tokenizer.get_vocab(with_added_tokens=True).items():
+                if index < vocab_size:
+                    encoded[index] = piece
+            metadata = xgr.TokenizerInfo._detect_metadata_from_hf(self.tokenizer.to_str())
+            info = xgr.TokenizerInfo(
+                encoded,
+                metadata["vocab_type"],
+                vocab_size=vocab_size,
+                stop_token_ids=self.stop_token_ids or None,
+                add_prefix_space=metadata["add_prefix_space"],
+            )
+            # xgrammar's compiler caches what it compiled, keyed by the source (thread-safe).
+            self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+            # Tokens holding a control character (U+0000-U+001F). Compact JSON has none, but
+            # xgrammar's length-bounded JSON strings admit them raw, which JSON forbids: the
+            # JSON Schema masks forbid these tokens too.
+            control = bytes(range(0x20))
+            self.pieces: list[bytes] = list(info.decoded_vocab[:vocab_size])
+            self.pieces += [b""] * (vocab_size - len(self.pieces))
+            self.control_tokens = np.array(
+                [len(piece.translate(None, control)) != len(piece) for piece in self.pieces]
+            )
+            # xgrammar also takes byte sequences that are not UTF-8 (a surrogate's three bytes)
+            # as characters: constrained answers stay valid UTF-8 by this mask.
+            self.utf8 = Utf8Mask(self.pieces)
+            self._ready = True
 
     def compile(self, constraint: Constraint):
         """The compiled grammar (the same source compiles once); `GrammarError` naming the
         problem when it does not compile."""
+        self._prepare()
         compiler = self._compiler
         try:
             if constraint.kind == "json_object":
@@ -182,7 +195,7 @@ class Grammars:
 
     def start(self, constraint: Constraint, stop_token_ids: Iterable[int]) -> TokenConstraint:
         """A fresh constraint for one answer; it may end with one of `stop_token_ids` (none:
-        the answer ends where the grammar does)."""
+        the answer ends where the grammar does); `GrammarUnavailable` without xgrammar."""
         compiled = self.compile(constraint)
         stops = sorted(set(stop_token_ids))
         matcher = self._xgr.GrammarMatcher(

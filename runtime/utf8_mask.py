@@ -60,13 +60,14 @@ def incomplete_tail(data: bytes) -> bytes:
 class Utf8Mask:
     """Per-token facts, computed once per vocabulary, and the mask for a given tail."""
 
-    def __init__(self, pieces: list[bytes], vocab_size: int):
-        size = vocab_size
+    def __init__(self, pieces: list[bytes]):
+        """`pieces`: each token's bytes, by token id."""
+        size = len(pieces)
         self.first = np.zeros(size, dtype=np.int16)  # first byte, -1 for an empty token
         # ok[r]: the token is valid where the answer still needs r continuation bytes, given
         # that its first byte is in range (checked per step).
         self.ok = np.zeros((4, size), dtype=bool)
-        for index, piece in enumerate(pieces[:size]):
+        for index, piece in enumerate(pieces):
             if not piece:
                 self.first[index] = -1
                 self.ok[:, index] = True

@@ -72,7 +72,7 @@ def test_valid_prefix_and_tail_agree_with_python_s_decoder(data):
 def test_the_mask_allows_exactly_the_tokens_that_keep_the_text_valid(pieces, before):
     if decoder_state(before) is None:
         return  # the answer so far is always valid
-    mask = Utf8Mask(pieces, len(pieces))
+    mask = Utf8Mask(pieces)
     allowed = mask.allowed(incomplete_tail(before))
     expected = np.array([decoder_state(before + p) is not None for p in pieces])
     assert (allowed == expected).all(), (before, pieces)

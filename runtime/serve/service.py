@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,8 +67,7 @@ class ServedModel:
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)
         self.context_window_size = self.model.context_window_size
         self.vocab_size = self.model.vocab_size
-        self._grammars: Grammars | None = None  # made on the first structured-output request
-        self._grammars_lock = threading.Lock()
+        self.grammars = Grammars(self.tokenizer, self.vocab_size, self.stop_token_ids)
         self.engine = BatchEngine(
             self.model,
             max_queue=options.max_queue,
@@ -189,11 +187,8 @@ class ServedModel:
         """Each config's grammar state; a 400 `APIError` naming `response_format` when xgrammar
         is missing or the schema does not compile."""
         try:
-            with self._grammars_lock:
-                if self._grammars is None:
-                    self._grammars = Grammars(self.tokenizer, self.vocab_size, self.stop_token_ids)
             return [
-                None if (c := config.constraint()) is None else self._grammars.start(c, stops)
+                None if (c := config.constraint()) is None else self.grammars.start(c, stops)
                 for config in configs
             ]
         except (GrammarError, GrammarUnavailable) as err:
