@@ -337,7 +337,13 @@ def perplexity(
     "--lenient",
     is_flag=True,
     help="Ignore request fields this server does not know instead of refusing them (400). "
-    "Fields of the OpenAI API it does not implement (tools, audio, ...) are refused either way.",
+    "Fields of the OpenAI API it does not implement (audio, ...) are refused either way.",
+)
+@click.option(
+    "--tool-call-format",
+    type=click.Choice(["hermes", "llama3_json", "mistral"]),
+    default=None,
+    help="How the model writes tool calls (default: the one its chat template was made for).",
 )
 def serve(
     model: Path | None,
@@ -355,6 +361,7 @@ def serve(
     shutdown_timeout: float,
     log_level: str,
     lenient: bool,
+    tool_call_format: str | None,
 ) -> None:
     """Serve the built model in directory MODEL over an OpenAI-compatible HTTP API.
 
@@ -381,6 +388,7 @@ def serve(
         device,
         model_lib,
         prefill_chunk_size,
+        tool_call_format,
     )
     _run(lambda: run_server(model, server, engine))
 

@@ -16,6 +16,7 @@ from .conversation import ConversationTemplate, get_template
 from .generation import GenerationStep
 from .generation_config import GenerationConfig
 from .grammar import Grammars, TokenConstraint
+from .tool_calling import ModelTools, ToolCall, ToolCallStream
 
 StreamCallback = Callable[[str], None]
 
@@ -27,7 +28,7 @@ class GenerationStats:
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     forced_tokens: int = 0  # answer tokens a grammar forced (fed without sampling)
-    finish_reason: str = ""
+    finish_reason: str = ""  # "stop", "length", "interrupted" or "tool_calls"
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -96,6 +97,7 @@ class ChatModule:
         device: str = "cpu",
         conv_template: str | dict | None = None,
         verify_weights: bool = True,
+        tool_call_format: str | None = None,
     ):
         self.engine = CompiledModel(model, model_lib, device, verify_weights)
         config = self.engine.chat_config
@@ -104,7 +106,9 @@ class ChatModule:
         self.template = choose_template(self.engine.model_dir, config, conv_template)
         self.bos_token_id = config.bos_token_id
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)
-        self.messages: list[dict[str, str]] = []  # the conversation so far
+        # How the model writes tool calls (None: the one its chat template was made for).
+        self.tools = ModelTools(self.template, tool_call_format)
+        self.messages: list[dict] = []  # the conversation so far, as OpenAI's API writes it
         self.history_ids: list[int] = []  # every token in the KV cache, in order
         self._kv_text = ""  # the text of those tokens (and of the pending one)
         self._pending: list[int] = []  # the last answer's final tokens, not yet in the KV cache
@@ -112,25 +116,30 @@ class ChatModule:
         self._interrupted = False
         self.last_stats = GenerationStats()
         self.last_output_ids: list[int] = []  # the tokens of the last answer
+        self.last_tool_calls: list[ToolCall] = []  # the calls the last answer made
 
     # --- public API -------------------------------------------------------------------------
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[dict],
         generation_config: GenerationConfig | None = None,
         progress_callback: StreamCallback | None = None,
     ) -> str:
-        """Answer `prompt` as the next turn of the conversation; streamed pieces go to the
-        callback as they are decoded."""
-        if not prompt:
-            raise ValueError("the prompt is empty; give some text to respond to")
+        """Answer the next turn of the conversation: `prompt` is the user's text, or messages
+        as OpenAI's API writes them (`{"role": "tool", "tool_call_id": ..., "content": ...}`
+        results of the last answer's calls, user messages). Returns the answer's text; streamed
+        pieces go to the callback as they are decoded. Tool calls the answer makes (with
+        `tools` in the config) are in `last_tool_calls`, and `last_stats.finish_reason` is
+        then "tool_calls"."""
+        turn = _turn_messages(prompt)
         defaults = self.chat_config.generation_defaults()
         config = (generation_config or GenerationConfig()).resolved(defaults)
         config.check_vocabulary(self.engine.vocab_size)
+        request = config.tool_request()
         constraint = self._constraint(config)
-        messages = [*self.messages, {"role": "user", "content": prompt}]
-        full_text = self.template.render(messages)
+        messages = [*self.messages, *turn]
+        full_text = self.tools.render(messages, request)
         # Prefill only what the KV cache lacks. A template that rewrites earlier turns (or an
         # answer cut at a stop string) breaks the prefix: then the conversation is re-fed whole.
         incremental = full_text.startswith(self._kv_text)
@@ -145,10 +154,24 @@ class ChatModule:
         if not incremental:
             self.reset_chat()
         self._pending = []
-        answer = self._generate_from(ids, config, progress_callback, False, constraint)
-        self.messages = [*messages, {"role": "assistant", "content": answer}]
+        calls = None if request is None else self.tools.stream()
+        callback = progress_callback if calls is None else _content_only(calls, progress_callback)
+        answer = self._generate_from(ids, config, callback, False, constraint)
+        reply: dict = {"role": "assistant", "content": answer}
+        self.last_tool_calls = []
+        if calls is not None:
+            rest = calls.finish().content
+            if rest and progress_callback is not None:
+                progress_callback(rest)
+            reply["content"] = calls.content
+            if calls.calls:
+                self.last_tool_calls = calls.calls
+                reply["tool_calls"] = [c.to_openai() for c in calls.calls]
+                if self.last_stats.finish_reason == "stop":
+                    self.last_stats.finish_reason = "tool_calls"
+        self.messages = [*messages, reply]
         self._kv_text = full_text + answer
-        return answer
+        return reply["content"]
 
     def benchmark_generate(self, prompt: str, generate_length: int) -> str:
         """Reset, prefill `prompt` as raw text and decode exactly `generate_length` tokens."""
@@ -182,8 +205,9 @@ class ChatModule:
     # --- generation loop --------------------------------------------------------------------
 
     def _constraint(self, config: GenerationConfig) -> TokenConstraint | None:
-        """The answer's grammar state, when the config asks for structured output."""
-        constraint = config.constraint()
+        """The answer's grammar state, when the config asks for structured output or tools."""
+        request = config.tool_request()
+        constraint = config.constraint() if request is None else self.tools.constraint(request)
         return None if constraint is None else self._grammars.start(constraint, self.stop_token_ids)
 
     def _generate_from(
@@ -241,3 +265,33 @@ class ChatModule:
         self.last_stats = stats
         self.last_output_ids = step.generated
         return "".join(pieces)
+
+
+def _turn_messages(prompt: str | list[dict]) -> list[dict]:
+    """The messages of a new turn, checked."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("the prompt is empty; give some text to respond to")
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise ValueError("the prompt must be text or a non-empty list of messages")
+    for message in prompt:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "tool"):
+            raise ValueError(
+                "a turn's messages are {'role': 'user', 'content': ...} or {'role': 'tool', "
+                f"'tool_call_id': ..., 'content': ...}}, not {message!r}"
+            )
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"a message's content must be a string: {message!r}")
+    return [dict(m) for m in prompt]
+
+
+def _content_only(stream: ToolCallStream, callback: StreamCallback | None) -> StreamCallback:
+    """A stream callback that passes on the answer's text and keeps its tool calls back."""
+
+    def put(piece: str) -> None:
+        delta = stream.feed(piece)
+        if delta.content and callback is not None:
+            callback(delta.content)
+
+    return put

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -43,11 +44,16 @@ class JinjaChatTemplate:
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self.source = source
         self.template = env.from_string(source)
         self.special_tokens = {k: v for k, v in special_tokens.items() if v is not None}
+        # Whether the template renders `tools` itself (else tools are written into the turns).
+        self.takes_tools = "tools" in jinja2.meta.find_undeclared_variables(env.parse(source))
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """The whole conversation, ending with the generation prompt."""
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The whole conversation, ending with the generation prompt; `tools` as
+        `apply_chat_template` passes them (only when given)."""
+        extra = {} if tools is None else {"tools": tools}
         return self.template.render(
-            messages=messages, add_generation_prompt=True, **self.special_tokens
+            messages=messages, add_generation_prompt=True, **self.special_tokens, **extra
         )

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 from .grammar import Constraint, constraint_of
+from .tool_calling.spec import ToolRequest, tool_request
 
 DEFAULTS: dict[str, Any] = {
     "temperature": 0.7,
@@ -43,6 +44,13 @@ class GenerationConfig:
     response_format: dict | None = None
     grammar: str | None = None
     regex: str | None = None
+    # Tool calling (see `runtime/tool_calling`), as in the OpenAI API: `tools` is a list of
+    # {"type": "function", "function": {"name", "description", "parameters"}}; `tool_choice`
+    # "none", "auto" (the default with tools), "required" or {"type": "function", "function":
+    # {"name": ...}}; `parallel_tool_calls` false allows one call per answer.
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
 
     def resolved(self, defaults: dict[str, Any]) -> GenerationConfig:
         """This config with each unset field taken from `defaults` (the model's, see
@@ -82,9 +90,15 @@ class GenerationConfig:
                     f"[-100, 100], not {bias!r}"
                 )
         try:
-            self.constraint()
+            constraint = self.constraint()
+            tools = self.tool_request()
         except ValueError as err:
             raise ValueError(f"GenerationConfig: {err}") from err
+        if constraint is not None and tools is not None:
+            raise ValueError(
+                "GenerationConfig: tools cannot be combined with response_format, grammar or "
+                "regex in one generation; ask for one of them"
+            )
 
     def check_vocabulary(self, vocab_size: int) -> None:
         """`ValueError` naming a token id (in `logit_bias` or `stop_token_ids`) that is not in
@@ -100,3 +114,7 @@ class GenerationConfig:
     def constraint(self) -> Constraint | None:
         """What the answer must match (`response_format`, `grammar` or `regex`), or None."""
         return constraint_of(self.response_format, self.grammar, self.regex)
+
+    def tool_request(self) -> ToolRequest | None:
+        """The tools offered and the tool choice, checked, or None without tools."""
+        return tool_request(self.tools, self.tool_choice, self.parallel_tool_calls)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from .json_strings import ControlTokens, JsonStrings
 from .utf8_mask import Utf8Mask, incomplete_tail
 
 INSTALL_HINT = 'pip install "mlc[grammar]"'
@@ -30,6 +31,7 @@ _NAMES = {
     "json_schema": "JSON schema",
     "regex": "regex",
     "ebnf": "grammar",
+    "structural_tag": "tool call grammar",
 }
 # xgrammar's messages begin with "[time] file.cc:line: ".
 _SOURCE_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
@@ -46,11 +48,14 @@ class GrammarError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
-    """What an answer must match: `kind` is "json_object", "json_schema", "regex" or "ebnf";
-    `source` the schema (canonical JSON), the regex or the grammar."""
+    """What an answer must match: `kind` is "json_object", "json_schema", "regex", "ebnf" or
+    "structural_tag" (xgrammar's); `source` the schema (canonical JSON), the regex, the grammar
+    or the structural tag (JSON). `json_begins` says where JSON values begin in the answer (""
+    at once), for `JsonStrings`."""
 
     kind: str
     source: str = ""
+    json_begins: tuple[str, ...] = ()
 
 
 def constraint_of(
@@ -92,13 +97,13 @@ def constraint_of(
     if kind == "text":
         return None
     if kind == "json_object":
-        return Constraint("json_object")
+        return Constraint("json_object", json_begins=("",))
     schema = response_format.get("schema")
     if not isinstance(schema, dict):
         raise ValueError(
             "response_format of type 'json_schema' needs a 'schema' (a JSON Schema dict)"
         )
-    return Constraint("json_schema", json.dumps(schema))
+    return Constraint("json_schema", json.dumps(schema), ("",))
 
 
 def _text(value: Any, name: str) -> str:
@@ -156,15 +161,9 @@ class Grammars:
             )
             # xgrammar's compiler caches what it compiled, keyed by the source (thread-safe).
             self._compiler = xgr.GrammarCompiler(info, max_threads=2)
-            # Tokens holding a control character (U+0000-U+001F). Compact JSON has none, but
-            # xgrammar's length-bounded JSON strings admit them raw, which JSON forbids: the
-            # JSON Schema masks forbid these tokens too.
-            control = bytes(range(0x20))
             self.pieces: list[bytes] = list(info.decoded_vocab[:vocab_size])
             self.pieces += [b""] * (vocab_size - len(self.pieces))
-            self.control_tokens = np.array(
-                [len(piece.translate(None, control)) != len(piece) for piece in self.pieces]
-            )
+            self.control_tokens = ControlTokens(self.pieces)
             # xgrammar also takes byte sequences that are not UTF-8 (a surrogate's three bytes)
             # as characters: constrained answers stay valid UTF-8 by this mask.
             self.utf8 = Utf8Mask(self.pieces)
@@ -185,6 +184,8 @@ class Grammars:
                 )
             if constraint.kind == "regex":
                 return compiler.compile_regex(constraint.source)
+            if constraint.kind == "structural_tag":
+                return compiler.compile_structural_tag(constraint.source)
             return compiler.compile_grammar(constraint.source)
         except (RuntimeError, ValueError, TypeError) as err:
             lines = str(err).strip().splitlines() or [type(err).__name__]
@@ -203,8 +204,10 @@ class Grammars:
             override_stop_tokens=stops or None,
             terminate_without_stop_token=not stops,
         )
-        forbidden = self.control_tokens if constraint.kind == "json_schema" else None
-        state = TokenConstraint(matcher, self.pieces, self.utf8, forbidden)
+        strings = None
+        if constraint.json_begins:
+            strings = JsonStrings(self.control_tokens, constraint.json_begins)
+        state = TokenConstraint(matcher, self.pieces, self.utf8, strings)
         if not state.allowed().any():
             raise GrammarError(f"the {_NAMES[constraint.kind]} admits no output at all")
         return state
@@ -218,13 +221,13 @@ class TokenConstraint:
         matcher,
         pieces: list[bytes],
         utf8: Utf8Mask,
-        forbidden: np.ndarray | None = None,
+        json_strings: JsonStrings | None = None,
     ):
         self.matcher = matcher
         self.pieces = pieces  # each token's bytes
         self.vocab_size = len(pieces)
         self.utf8 = utf8
-        self.forbidden = forbidden  # tokens never allowed, whatever the grammar says
+        self.json_strings = json_strings  # keeps raw control characters out of JSON strings
         self._tail = b""  # the answer's last, incomplete UTF-8 character
         self._bitmask = np.zeros((1, (self.vocab_size + 31) // 32), dtype=np.int32)
 
@@ -234,8 +237,10 @@ class TokenConstraint:
         if self.matcher.fill_next_token_bitmask(self._bitmask):
             bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
             allowed &= bits[: self.vocab_size].astype(bool)
-        if self.forbidden is not None:
-            allowed &= ~self.forbidden
+        if self.json_strings is not None:
+            forbidden = self.json_strings.forbidden()
+            if forbidden is not None:
+                allowed &= ~forbidden
         return allowed
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
@@ -252,6 +257,8 @@ class TokenConstraint:
         if not self.matcher.accept_token(token):
             raise RuntimeError(f"token {token} does not continue the grammar (a masking bug)")
         self._tail = incomplete_tail(self._tail + self.pieces[token])
+        if self.json_strings is not None:
+            self.json_strings.feed(self.pieces[token])
 
     def forced_tokens(self) -> list[int]:
         """Tokens the grammar forces next (jump-forward), none when the model has a choice."""

@@ -84,17 +84,26 @@ def built(tiny_builds) -> Path:
     return tiny_builds.get("gqa", **GQA)[1]
 
 
-@pytest.fixture(scope="module")
-def server(built):
-    srv = Server(built, "--kv-cache-tokens", "4096")
+def serving(model: Path, *args: str):
+    """A module's server: yields it, then checks it shut down cleanly."""
+    srv = Server(model, *args)
     yield srv
     code, output = srv.stop()
     assert code == 0, output
 
 
+def openai_client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    yield from serving(built, "--kv-cache-tokens", "4096")
+
+
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai_client(server)
 
 
 def wait_until_idle(server: Server) -> dict[str, float]:
@@ -252,7 +261,7 @@ def schema_format(schema: dict) -> dict:
         ("/v1/completions", {"prompt": "x", "stop": 5}, 400, "stop"),
         ("/v1/completions", {"prompt": "x" * (2 << 20)}, 413, None),
         (CHAT, {"messages": HI, "frobnicate": 1}, 400, "frobnicate"),
-        (CHAT, {"messages": HI, "tools": [{"type": "function"}]}, 400, "tools"),
+        (CHAT, {"messages": HI, "tools": [{"type": "function"}]}, 400, "tools.0.function"),
         (CHAT, {"messages": HI, "store": True}, 400, "store"),
         (
             CHAT,
@@ -525,8 +534,8 @@ def test_accepted_no_op_values_and_a_lenient_server(server, built):
     try:
         unknown = httpx.post(f"{lenient.url}{CHAT}", json={**body, "frobnicate": 1})
         assert unknown.status_code == 200, unknown.text
-        tools = httpx.post(f"{lenient.url}{CHAT}", json={**body, "tools": [{"type": "function"}]})
-        assert tools.status_code == 400 and tools.json()["error"]["param"] == "tools"
+        old = httpx.post(f"{lenient.url}{CHAT}", json={**body, "functions": [{"name": "f"}]})
+        assert old.status_code == 400 and old.json()["error"]["param"] == "functions"
     finally:
         code, output = lenient.stop()
     assert code == 0, output

@@ -451,7 +451,8 @@ def test_the_page_refuses_settings_it_does_not_implement(site, plain_browser):
           const { checkConfig } = await import("/session.js");
           const plain = { temperature: 0.7, topP: 0.9, topK: 40, minP: 0,
                           repetitionPenalty: 1, maxTokens: 8 };
-          return [{}, { responseFormat: { type: "json_object" } }, { regex: "a" }, { seed: 1 }]
+          return [{}, { responseFormat: { type: "json_object" } }, { regex: "a" }, { seed: 1 },
+                  { tools: [] }]
             .map((extra) => {
               try { checkConfig({ ...plain, ...extra }); return null; }
               catch (err) { return err.message; }
@@ -462,3 +463,4 @@ def test_the_page_refuses_settings_it_does_not_implement(site, plain_browser):
     assert "structured output is not available in the browser" in errors[1]
     assert errors[2].startswith("regex: structured output")
     assert errors[3].startswith("unknown generation setting seed")
+    assert errors[4].startswith("tools: tool calling is not available in the browser")

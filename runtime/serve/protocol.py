@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .errors import APIError
 
@@ -31,11 +31,11 @@ LogitBias = dict[
 # Fields of OpenAI's request bodies this server does not implement: the reason, and the values
 # that ask for nothing (accepted).
 UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "tools": ("tool calling is not implemented yet", (None, [])),
-    "tool_choice": ("tool calling is not implemented yet", (None, "none")),
-    "parallel_tool_calls": ("tool calling is not implemented yet", (None,)),
-    "functions": ("tool calling is not implemented yet", (None, [])),
-    "function_call": ("tool calling is not implemented yet", (None, "none")),
+    "functions": ("the deprecated functions API is not implemented; use tools", (None, [])),
+    "function_call": (
+        "the deprecated functions API is not implemented; use tool_choice",
+        (None, "none"),
+    ),
     "audio": ("this server generates text only", (None,)),
     "modalities": ("this server generates text only", (None, ["text"])),
     "prediction": ("predicted outputs are not implemented", (None,)),
@@ -106,10 +106,46 @@ class ContentPart(_Strict):
     text: str
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionCall(_Strict):
+    name: FunctionName
+    arguments: str  # JSON text, as the model wrote it
+
+
+class MessageToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(_Strict):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
+    strict: bool | None = None  # the grammar always applies: arguments match either way
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # which call a tool message answers
+
+    @field_validator("tool_calls", "tool_call_id")
+    @classmethod
+    def _only_in_its_role(cls, value, info: ValidationInfo):
+        role = {"tool_calls": "assistant", "tool_call_id": "tool"}[info.field_name]
+        if value is not None and info.data.get("role") != role:
+            raise ValueError(f"only {role} messages carry {info.field_name}")
+        return value
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -146,6 +182,11 @@ ResponseFormat = Annotated[
 class ChatCompletionRequest(_Request):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    # "none", "auto", "required" or {"type": "function", "function": {"name": ...}}: checked
+    # by `tool_calling.tool_request`, whose messages name the choices.
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     max_completion_tokens: Annotated[int, Field(ge=0)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
@@ -188,9 +229,16 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -209,9 +257,22 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class FunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -57,7 +57,21 @@ def generation_config(
         stop=stop,
         logit_bias=bias or None,
         response_format=_response_format(getattr(body, "response_format", None)),
+        **_tools(body),
     )
+
+
+def _tools(body) -> dict:
+    """A chat request's tools, tool choice and parallel_tool_calls as `GenerationConfig`
+    fields."""
+    if not isinstance(body, api.ChatCompletionRequest):
+        return {}
+    tools = body.tools
+    return {
+        "tools": None if tools is None else [t.model_dump(exclude_none=True) for t in tools],
+        "tool_choice": body.tool_choice,
+        "parallel_tool_calls": body.parallel_tool_calls,
+    }
 
 
 def _response_format(requested) -> dict | None:

@@ -18,6 +18,7 @@ from ..compiled_model import CompiledModel
 from ..generation_config import GenerationConfig
 from ..grammar import GrammarError, Grammars, GrammarUnavailable, TokenConstraint
 from ..sequence import OutputCallback, Sequence, SequenceOutput
+from ..tool_calling import ModelTools, ToolRequest
 from .errors import APIError
 
 # Default KV cache size when the batch at full context would need more (fp32 SmolLM2-135M:
@@ -36,6 +37,7 @@ class EngineOptions:
     # Prompt tokens per engine step: smaller keeps generating requests streaming while a long
     # prompt is prefilled.
     prefill_chunk_size: int = 128
+    tool_call_format: str | None = None  # None: the one the model's chat template was made for
 
 
 class ServedModel:
@@ -63,6 +65,7 @@ class ServedModel:
         config = self.model.chat_config
         self.tokenizer = load_tokenizer(model_dir)
         self.template = choose_template(model_dir, config, None)
+        self.tools = ModelTools(self.template, options.tool_call_format)
         self.bos_token_id = config.bos_token_id
         self.stop_token_ids = stop_token_ids(config, self.tokenizer, self.template)
         self.context_window_size = self.model.context_window_size
@@ -77,10 +80,11 @@ class ServedModel:
 
     # --- prompts -----------------------------------------------------------------------------
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """The conversation rendered by the model's template, as `ChatModule` feeds it."""
+    def chat_prompt(self, messages: list[dict], tools: ToolRequest | None = None) -> list[int]:
+        """The conversation (with the request's tools) rendered by the model's template, as
+        `ChatModule` feeds it."""
         try:
-            text = self.template.render(messages)
+            text = self.tools.render(messages, tools)
         except jinja2.TemplateError as err:
             message = f"the chat template rejected the messages: {err}"
             raise APIError(400, message, "messages") from err
@@ -156,7 +160,7 @@ class ServedModel:
                 raise APIError(400, message, "logit_bias") from err
         stops = set() if ignore_eos else self.stop_token_ids
         constraints: list[TokenConstraint | None] = [None] * len(configs)
-        if any(c.constraint() is not None for c in configs):
+        if any(c.constraint() is not None or c.tools for c in configs):
             # Compiling a schema may take a while: off the event loop.
             constraints = await asyncio.to_thread(self._constraints, configs, stops)
         generation = Generation(self.engine, asyncio.get_running_loop())
@@ -186,14 +190,18 @@ class ServedModel:
     ) -> list[TokenConstraint | None]:
         """Each config's grammar state; a 400 `APIError` naming `response_format` when xgrammar
         is missing or the schema does not compile."""
-        try:
-            return [
-                None if (c := config.constraint()) is None else self.grammars.start(c, stops)
-                for config in configs
-            ]
-        except (GrammarError, GrammarUnavailable) as err:
-            code = "invalid_schema" if isinstance(err, GrammarError) else "unsupported"
-            raise APIError(400, str(err), "response_format", code) from err
+        states: list[TokenConstraint | None] = []
+        for config in configs:
+            tools = config.tool_request()
+            constraint = config.constraint() if tools is None else self.tools.constraint(tools)
+            try:
+                state = None if constraint is None else self.grammars.start(constraint, stops)
+            except (GrammarError, GrammarUnavailable) as err:
+                code = "invalid_schema" if isinstance(err, GrammarError) else "unsupported"
+                param = "response_format" if tools is None else "tools"
+                raise APIError(400, str(err), param, code) from err
+            states.append(state)
+        return states
 
 
 class Generation:

@@ -263,6 +263,7 @@ export class ChatSession {
 /** The generation settings the page implements; `checkConfig` refuses any other. */
 export const CONFIG_KEYS = ["temperature", "topP", "topK", "minP", "repetitionPenalty", "maxTokens"];
 const STRUCTURED_OUTPUT_KEYS = ["responseFormat", "grammar", "regex"];
+const TOOL_KEYS = ["tools", "toolChoice", "parallelToolCalls"];
 
 /** Throws on a setting the page does not implement, naming it (none is silently ignored). */
 export function checkConfig(config) {
@@ -271,6 +272,12 @@ export function checkConfig(config) {
       throw new Error(
         `${key}: structured output is not available in the browser (the page has no grammar ` +
           "engine); use mlc serve or ChatModule for JSON, JSON Schema, regex or grammar output",
+      );
+    }
+    if (TOOL_KEYS.includes(key)) {
+      throw new Error(
+        `${key}: tool calling is not available in the browser (the page has no grammar engine ` +
+          "to constrain calls); use mlc serve or ChatModule for tools",
       );
     }
     if (!CONFIG_KEYS.includes(key)) {
