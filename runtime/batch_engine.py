@@ -2,8 +2,9 @@
 
 One engine thread loops: admit waiting sequences (first come, first served) while the batch and
 the KV cache have room, run one prefill chunk (at most `prefill_chunk_size` tokens, taken from
-the prompts in arrival order, so a long prompt never stalls the others for more than a chunk),
-then one batched decode step over every sequence that is generating. A finished or cancelled
+the prompts in arrival order, so a long prompt never stalls the others for more than a chunk;
+spans a grammar forces are fed the same way), then one batched decode step over every sequence
+that is generating. A finished or cancelled
 sequence leaves the batch and frees its KV pages before the next step.
 
 Admission reserves the pages a sequence can ever need (prompt + `max_tokens`, capped at the
@@ -235,7 +236,7 @@ class BatchEngine:
             if budget == 0:
                 break
             start = seq.num_prefilled
-            chunk = np.asarray(seq.prompt_ids[start : start + budget], dtype=np.int32)
+            chunk = np.asarray(seq.feed_ids[start : start + budget], dtype=np.int32)
             batch.append((seq, chunk))
             budget -= chunk.size
         start = time.perf_counter()

@@ -176,7 +176,11 @@ class Grammars:
         compiler = self._compiler
         try:
             if constraint.kind == "json_object":
-                return compiler.compile_builtin_json_grammar()
+                # JSON mode as in OpenAI's API: an object (xgrammar's built-in JSON grammar
+                # takes any value), compact, with any keys.
+                return compiler.compile_json_schema(
+                    '{"type": "object"}', any_whitespace=False, strict_mode=False
+                )
             if constraint.kind == "json_schema":
                 # Compact JSON, no whitespace runs: every value the schema bounds ends.
                 return compiler.compile_json_schema(

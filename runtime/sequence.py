@@ -71,8 +71,12 @@ class Sequence:
             stop_token_ids=stop_token_ids,
             stop_strings=stop_strings,
             constraint=constraint,
+            # Forced tokens are fed by a prefill step; their logprobs would be unknown.
+            jump_forward=top_logprobs is None,
         )
-        self.num_prefilled = 0  # prompt tokens already in the KV cache
+        # Tokens for prefill steps: the prompt, then spans a grammar forced (jump-forward).
+        self.feed_ids = list(self.prompt_ids)
+        self.num_prefilled = 0  # of `feed_ids`, already in the KV cache
         self.pending_token: int | None = None  # sampled, to be fed by the next decode step
         self.finish_reason: str | None = None
         self.cancelled = False
@@ -85,7 +89,7 @@ class Sequence:
 
     @property
     def prefill_done(self) -> bool:
-        return self.num_prefilled == len(self.prompt_ids)
+        return self.num_prefilled == len(self.feed_ids)
 
     def append_logits(self, logits: np.ndarray) -> None:
         """Take one generation step on `logits` and send what it produced."""
@@ -96,13 +100,17 @@ class Sequence:
             if self.top_logprobs is not None:
                 out.logprobs.append(_logprob(logits, step.sampled, self.top_logprobs))
             if step.appended:
-                out.token_ids.append(step.sampled)
+                out.token_ids += [step.sampled, *step.forced]
         if self.generation.finish_reason is not None:
             out.finish_reason = self.finish_reason = self.generation.finish_reason
             self.pending_token = None
         else:
             assert step is not None
-            self.pending_token = step.sampled
+            if step.forced:  # fed together by the next prefill step
+                self.feed_ids += step.to_feed
+                self.pending_token = None
+            else:
+                self.pending_token = step.sampled
         self.on_output(out)
 
     def fail(self, reason: str, message: str, kind: str) -> None:

@@ -497,6 +497,36 @@ def test_json_schema_answers_validate_whole_and_streamed(client):
     assert all(c.finish_reason == "stop" for c in result.choices)
     for text in texts:
         jsonschema.validate(json.loads(text), PERSON)
+    # JSON mode: any object. Unbounded, so an answer may run to max_tokens; those that end parse.
+    body["response_format"] = {"type": "json_object"}
+    ended = [c for c in client.chat.completions.create(**body, n=4).choices]
+    ended = [c for c in ended if c.finish_reason == "stop"]
+    assert ended
+    for choice in ended:
+        assert isinstance(json.loads(choice.message.content), dict)
+
+
+def test_forced_spans_are_prefilled_and_answers_equal_chat_module(server, client, built):
+    """Jump-forward in the batch engine: a seeded JSON Schema answer is the one `ChatModule`
+    gives (which feeds forced spans in one prefill call and samples nothing for them), and the
+    engine prefilled more tokens than the prompt held."""
+    messages = [{"role": "user", "content": "Describe a person."}]
+    before = wait_until_idle(server)["mlc_prefill_tokens_total"]
+    result = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        response_format=schema_format(PERSON),
+        temperature=1.0,
+        max_tokens=200,
+        seed=7,
+    )
+    prefilled = wait_until_idle(server)["mlc_prefill_tokens_total"] - before
+    assert prefilled > result.usage.prompt_tokens
+    cm = ChatModule(str(built))
+    fmt = {"type": "json_schema", "schema": PERSON}
+    config = GenerationConfig(temperature=1.0, max_tokens=200, seed=7, response_format=fmt)
+    assert cm.generate("Describe a person.", config) == result.choices[0].message.content
+    assert cm.last_stats.forced_tokens > 0
 
 
 def test_logit_bias_forces_a_token(client, built):

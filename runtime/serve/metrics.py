@@ -95,7 +95,10 @@ class ServerMetrics:
                 ),
                 "mlc_generation_tokens_total": (self.completion_tokens, "Generated tokens."),
                 "mlc_cancelled_requests_total": (self.cancelled, "Requests cancelled by clients."),
-                "mlc_prefill_tokens_total": (engine.prefill_tokens, "Tokens prefilled."),
+                "mlc_prefill_tokens_total": (
+                    engine.prefill_tokens,
+                    "Tokens prefilled: prompts, and spans a grammar forced.",
+                ),
                 "mlc_decode_tokens_total": (engine.decode_tokens, "Tokens fed by decode steps."),
                 "mlc_prefill_steps_total": (engine.prefill_steps, "Prefill calls."),
                 "mlc_decode_steps_total": (engine.decode_steps, "Batched decode calls."),
