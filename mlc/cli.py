@@ -309,7 +309,7 @@ def perplexity(
     default=128,
     show_default=True,
     help="Prompt tokens per engine step (at most the build's), so long prompts do not stall "
-    "streaming requests.",
+    "streaming requests; answers equal ChatModule's with the same prefill_chunk_size.",
 )
 @click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True)
 @click.option(

@@ -1,11 +1,19 @@
 """Continuous batching: many sequences share one model and its paged KV cache.
 
 One engine thread loops: admit waiting sequences (first come, first served) while the batch and
-the KV cache have room, run one prefill chunk (at most `prefill_chunk_size` tokens, taken from
-the prompts in arrival order, so a long prompt never stalls the others for more than a chunk;
-spans a grammar forces are fed the same way), then one batched decode step over every sequence
-that is generating. A finished or cancelled
-sequence leaves the batch and frees its KV pages before the next step.
+the KV cache have room, run one prefill step, then one batched decode step over every sequence
+that is generating. A finished or cancelled sequence leaves the batch and frees its KV pages
+before the next step.
+
+Batch invariance: a sequence's tokens are those of its run alone (`CompiledModel.prefill` then
+`decode`, the same chunk size), whatever else is in the batch. The kernels compute each row
+the same way at any number of rows; what is left is attention during prefill, which sees a
+token's keys as two parts (cached, new in this call) merged by their log-sum-exps, so its last
+bits depend on where a chunk starts. The prefill step therefore feeds each sequence in pieces
+of exactly `prefill_chunk_size` tokens counted from the start of the feed (the prompt, or a span
+a grammar forces), as a solo prefill cuts it, and never splits a piece to fill the step: pieces
+are taken in arrival order while they fit (the oldest always does, so no prompt stalls the
+others for more than a piece).
 
 Admission reserves the pages a sequence can ever need (prompt + `max_tokens`, capped at the
 context window), so a running sequence never runs out of KV cache and nothing is preempted.
@@ -58,14 +66,11 @@ class BatchEngine:
         model: CompiledModel,
         max_queue: int = 256,
         queue_timeout: float = 60.0,
-        prefill_chunk_size: int | None = None,
     ):
         self.model = model
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
-        self.prefill_chunk_size = min(
-            prefill_chunk_size or model.prefill_chunk_size, model.prefill_chunk_size
-        )
+        self.prefill_chunk_size = model.prefill_chunk_size
         self.max_batch_size = model.max_batch_size
         # One page stays spare: TVM's cache keeps one for itself.
         self.kv_pages_total = model.num_available_pages() - 1
@@ -230,15 +235,14 @@ class BatchEngine:
                 )
 
     def _prefill(self, prefilling: list[Sequence]) -> None:
-        budget = self.prefill_chunk_size
+        piece_size = budget = self.prefill_chunk_size
         batch: list[tuple[Sequence, np.ndarray]] = []
         for seq in prefilling:
-            if budget == 0:
-                break
             start = seq.num_prefilled
-            chunk = np.asarray(seq.feed_ids[start : start + budget], dtype=np.int32)
-            batch.append((seq, chunk))
-            budget -= chunk.size
+            piece = np.asarray(seq.feed_ids[start : start + piece_size], dtype=np.int32)
+            if piece.size <= budget:  # whole pieces only (see the module's docstring)
+                batch.append((seq, piece))
+                budget -= piece.size
         start = time.perf_counter()
         logits = self.model.forward_prefill([s.seq_id for s, _ in batch], [c for _, c in batch])
         self._seconds["prefill"] += time.perf_counter() - start

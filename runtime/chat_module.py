@@ -87,7 +87,9 @@ def stop_token_ids(
 class ChatModule:
     """Chat with a model built by `mlc build`.
 
-    Earlier turns stay in the KV cache: each turn prefills only its own new tokens.
+    Earlier turns stay in the KV cache: each turn prefills only its own new tokens, in chunks
+    of `prefill_chunk_size` (default: the build's; `mlc serve --prefill-chunk-size` with the
+    same value gives the same answers bit for bit).
     """
 
     def __init__(
@@ -98,8 +100,11 @@ class ChatModule:
         conv_template: str | dict | None = None,
         verify_weights: bool = True,
         tool_call_format: str | None = None,
+        prefill_chunk_size: int | None = None,
     ):
-        self.engine = CompiledModel(model, model_lib, device, verify_weights)
+        self.engine = CompiledModel(
+            model, model_lib, device, verify_weights, prefill_chunk_size=prefill_chunk_size
+        )
         config = self.engine.chat_config
         self.chat_config = config
         self.tokenizer = load_tokenizer(self.engine.model_dir)

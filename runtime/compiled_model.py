@@ -117,6 +117,7 @@ class CompiledModel:
         verify_weights: bool = True,
         max_batch_size: int = 1,
         kv_cache_tokens: int | None = None,
+        prefill_chunk_size: int | None = None,
     ):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -145,7 +146,15 @@ class CompiledModel:
             for array in iter_arrays(self.model_dir, index, rebuild, verify=verify_weights)
         ]
         self.context_window_size = self.chat_config.context_window_size
-        self.prefill_chunk_size = self.chat_config.prefill_chunk_size
+        built_chunk = self.chat_config.prefill_chunk_size
+        if prefill_chunk_size is not None and not 1 <= prefill_chunk_size <= built_chunk:
+            raise ValueError(
+                f"prefill_chunk_size {prefill_chunk_size} is outside 1..{built_chunk}, the "
+                f"chunk {library_path.name} was built for (mlc build --prefill-chunk-size)"
+            )
+        # Tokens per prefill call. A token's logits depend (in the last bits) on where the
+        # chunks start, so runs that should agree bit for bit use the same chunk size.
+        self.prefill_chunk_size = prefill_chunk_size or built_chunk
         self.vocab_size = self.chat_config.vocab_size
         built_batch = self.chat_config.max_batch_size
         if not 1 <= max_batch_size <= built_batch:

@@ -82,6 +82,10 @@ class MatmulNT(ScheduleRule):
         sch.parallel(n_outer)
         if epilogue is not None:
             sch.reverse_compute_at(epilogue.block_rv, n_outer)
+            # Vectorised here, the epilogue is the same code for every row. Left to LLVM, it
+            # is vectorised across rows (a batch of 8 or more), and fast-math then drops a
+            # float16 round trip (`cast` to the model's dtype) that the scalar rest keeps.
+            sch.vectorize(sch.get_loops(epilogue.block_rv)[-1])
         return sch
 
 
@@ -103,6 +107,33 @@ class Elementwise(ScheduleRule):
             sch.vectorize(lane)
             loops = [*loops[:-1], chunk]
         sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+        return sch
+
+
+class RowReduction(ScheduleRule):
+    """Kernels that reduce each row and then map it (RMSNorm, LayerNorm): every block is computed
+    inside the output's loop over rows. Left alone, LLVM vectorises the per-row scalar steps
+    (`rsqrt`) across rows, where the vector and the scalar remainder code round differently: a
+    row's result would depend on how many rows came with it (on batch size and prefill length).
+    Inside one row's iteration, each step is the same code whatever the number of rows. The rows
+    stay on one core: a norm is too small to pay for a parallel launch in decode."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = try_inline_contiguous_spatial(sch, normalize_prim_func(sch))
+        if infos is None or len(infos) < 2 or not any(i.is_reduction() for i in infos):
+            return None
+        output = infos[-1]
+        if not output.is_injective() or len(output.iters) < 2:
+            return None
+        row_loop = sch.get_loops(output.block_rv)[-2]
+        try:
+            for info in reversed(infos[:-1]):
+                sch.compute_at(info.block_rv, row_loop, preserve_unit_loops=True)
+        except (tvm.TVMError, ValueError, RuntimeError):
+            return None
         return sch
 
 

@@ -11,7 +11,7 @@ from tvm.target import Target, codegen
 from .base import TargetPreset
 from .cpu_attention import use_cpu_attention
 from .cpu_attention_common import LANES
-from .cpu_schedules import Elementwise, MatmulNT
+from .cpu_schedules import Elementwise, MatmulNT, RowReduction
 from .x86_kernels import has_avx2, use_x86_kernels
 
 
@@ -41,4 +41,8 @@ class LLVMTarget(TargetPreset):
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
         kernels = [use_x86_kernels(target)] if has_avx2(target) else []
-        return [*kernels, use_cpu_attention, ApplyDefaultSchedule(MatmulNT(), Elementwise())]
+        return [
+            *kernels,
+            use_cpu_attention,
+            ApplyDefaultSchedule(MatmulNT(), Elementwise(), RowReduction()),
+        ]

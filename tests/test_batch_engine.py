@@ -14,6 +14,8 @@ from mlc.runtime.batch_engine import BatchEngine, EngineOverloaded
 from mlc.runtime.sequence import Sequence, SequenceOutput
 
 GQA = {"num_key_value_heads": 2}
+# Every code that runs on the CPU (the GGUF-native formats have their own tests).
+CPU_CODES = ["q0f32", "q0f16", "q4f32_1", "q4f16_1", "q3f16_1", "q8f16_1", "q4a8_1"]
 
 
 def greedy_sequential(built, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
@@ -64,20 +66,38 @@ def test_max_batch_size_above_the_build_is_refused(tiny_builds):
         CompiledModel(built, max_batch_size=17)
 
 
-def run_engine(engine: BatchEngine, tokenizer: Tokenizer, prompts, config) -> list[list[int]]:
+def run_engine(
+    engine: BatchEngine,
+    tokenizer: Tokenizer,
+    prompts,
+    configs,
+    stop_token_ids: set[int] | None = None,
+    delays=None,
+    logprobs: list[list[float]] | None = None,
+) -> list[list[int]]:
+    """Each prompt's tokens (`configs`: one for all, or one per prompt), submitted `delays`
+    seconds apart; with `logprobs` (a list per prompt) each sampled token's logprob too."""
     finished = threading.Semaphore(0)
     results: list[list[int]] = [[] for _ in prompts]
+    if not isinstance(configs, list):
+        configs = [configs] * len(prompts)
 
     def collector(i: int):
         def put(out: SequenceOutput) -> None:
             results[i] += out.token_ids
+            if logprobs is not None:
+                logprobs[i] += [lp.logprob for lp in out.logprobs]
             if out.finish_reason is not None:
                 finished.release()
 
         return put
 
-    for i, prompt in enumerate(prompts):
-        engine.submit(Sequence(prompt, config, tokenizer, set(), [], collector(i), 256))
+    for i, (prompt, config) in enumerate(zip(prompts, configs, strict=True)):
+        stops = stop_token_ids or set()
+        top = None if logprobs is None else 0
+        engine.submit(Sequence(prompt, config, tokenizer, stops, [], collector(i), 256, top))
+        if delays is not None:
+            time.sleep(float(delays[i]))
     for _ in prompts:
         assert finished.acquire(timeout=120)
     deadline = time.monotonic() + 30
@@ -88,9 +108,9 @@ def run_engine(engine: BatchEngine, tokenizer: Tokenizer, prompts, config) -> li
 
 def test_engine_with_chunked_prefill_equals_sequential_greedy(tiny_builds):
     _, built = tiny_builds.get("gqa", **GQA)
-    model = CompiledModel(built, max_batch_size=4, kv_cache_tokens=1024)
-    # A prefill budget of 7 tokens: long prompts take several steps, interleaved with decodes.
-    engine = BatchEngine(model, prefill_chunk_size=7)
+    # Prefill steps of 7 tokens: long prompts take several, interleaved with decodes.
+    model = CompiledModel(built, max_batch_size=4, kv_cache_tokens=1024, prefill_chunk_size=7)
+    engine = BatchEngine(model)
     tokenizer = Tokenizer.from_file(str(built / "tokenizer.json"))
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, 320, size=int(n)).tolist() for n in (3, 25, 11, 40, 5, 17)]
@@ -132,3 +152,54 @@ def test_waiting_sequences_are_admitted_in_arrival_order(tiny_builds):
     order = [(i, kind) for i, kind in events if kind != "token"]
     assert order == [(i, kind) for i in range(6) for kind in ("admitted", "done")]
     engine.shutdown()
+
+
+def greedy_solo(
+    model: CompiledModel, prompt: list[int], max_tokens: int, stop: int
+) -> tuple[list[int], list[float]]:
+    """Greedy tokens of one sequence alone in the model, up to `stop` (not included), and each
+    sampled token's logprob (float64, computed as the engine computes it)."""
+    model.reset()
+    logits = model.prefill(prompt)
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    while len(tokens) < max_tokens:
+        token = int(np.argmax(logits))
+        shifted = logits.astype(np.float64) - logits.max()
+        logprobs.append(float(shifted[token] - np.log(np.exp(shifted).sum())))
+        if token == stop:
+            break
+        tokens.append(token)
+        if len(tokens) < max_tokens:
+            logits = model.decode(token)
+    return tokens, logprobs
+
+
+@pytest.mark.parametrize("code", CPU_CODES)
+def test_greedy_answers_do_not_depend_on_the_batch(tiny_builds, code):
+    """Batch invariance: random mixes of prompt lengths, answer lengths, arrival times and
+    prefill chunk sizes, with a batch smaller than the mix (late sequences take pages others
+    freed), and every sequence's tokens equal its run alone. The logprobs must be equal too,
+    bit for bit: a logit that moved in its last bit would pick another token at a near tie."""
+    _, built = tiny_builds.get("gqa", code, **GQA)
+    tokenizer = Tokenizer.from_file(str(built / "tokenizer.json"))
+    eos = CompiledModel(built).chat_config.eos_token_ids[0]
+    rng = np.random.default_rng(CPU_CODES.index(code))
+    for _ in range(3):  # mixes of 12 sequences, up to 9 at once (decode rows past 8)
+        chunk = int(rng.integers(3, 49))
+        model = CompiledModel(
+            built, max_batch_size=9, kv_cache_tokens=1024, prefill_chunk_size=chunk
+        )
+        solo = CompiledModel(built, prefill_chunk_size=chunk)
+        prompts = [rng.integers(3, 320, size=n).tolist() for n in rng.integers(1, 41, size=12)]
+        max_tokens = rng.integers(1, 25, size=12).tolist()
+        configs = [GenerationConfig(temperature=0, max_tokens=n).resolved({}) for n in max_tokens]
+        delays = rng.uniform(0, 0.004, size=len(prompts))  # arrivals spread over engine steps
+        engine = BatchEngine(model)
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        results = run_engine(engine, tokenizer, prompts, configs, {eos}, delays, logprobs)
+        engine.shutdown()
+        for i, (prompt, limit) in enumerate(zip(prompts, max_tokens, strict=True)):
+            want_tokens, want_logprobs = greedy_solo(solo, prompt, limit, eos)
+            assert results[i] == want_tokens, (code, chunk, prompt)
+            assert logprobs[i] == want_logprobs, (code, chunk, prompt)

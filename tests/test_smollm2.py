@@ -111,8 +111,10 @@ def test_tokenizer_matches_transformers(builds, reference):
 @pytest.mark.parametrize("code", ["q0f32", QUANTIZATION])
 def test_the_model_knows_the_capital_of_france(builds, code):
     cm = ChatModule(str(builds(code)))
+    # Not "What is the capital of France?": there the default build's first token is a near
+    # tie ("The" 24.949, "L" 24.938), so a change in the last bits of any kernel picks either.
     answer = cm.generate(
-        "What is the capital of France?", GenerationConfig(temperature=0, max_tokens=24)
+        "Name the capital of France.", GenerationConfig(temperature=0, max_tokens=24)
     )
     assert "Paris" in answer
     assert cm.last_stats.finish_reason == "stop"  # it ends its turn with <|im_end|>

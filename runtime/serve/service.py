@@ -34,8 +34,8 @@ class EngineOptions:
     queue_timeout: float = 60.0
     device: str = "cpu"
     model_lib: str | None = None
-    # Prompt tokens per engine step: smaller keeps generating requests streaming while a long
-    # prompt is prefilled.
+    # Prompt tokens per engine step (at most the build's): smaller keeps generating requests
+    # streaming while a long prompt is prefilled. Answers equal ChatModule's with the same size.
     prefill_chunk_size: int = 128
     tool_call_format: str | None = None  # None: the one the model's chat template was made for
 
@@ -59,6 +59,7 @@ class ServedModel:
             options.device,
             max_batch_size=batch,
             kv_cache_tokens=kv_tokens,
+            prefill_chunk_size=min(options.prefill_chunk_size, chat_config.prefill_chunk_size),
         )
         self.name = name or model_dir.name
         self.created = int(time.time())
@@ -75,7 +76,6 @@ class ServedModel:
             self.model,
             max_queue=options.max_queue,
             queue_timeout=options.queue_timeout,
-            prefill_chunk_size=options.prefill_chunk_size,
         )
 
     # --- prompts -----------------------------------------------------------------------------

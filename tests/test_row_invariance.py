@@ -1,0 +1,83 @@
+"""Every CPU kernel computes a row the same way, bit for bit, whatever the number of rows in
+the call (the batch size in decode, the tokens of a prefill step): the ground of batch-invariant
+serving (`test_batch_engine.test_greedy_answers_do_not_depend_on_the_batch`).
+
+LLVM vectorises a loop over rows in groups and leaves the rest to scalar code; under fast-math
+the two round differently. Row counts 4, 9 and 17 put a row in the scalar rest, in a group of 8
+and in a group of 16."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import tvm
+
+from mlc.targets import get_target
+from mlc.testing.kernel_case import free_vars, is_buffer, random_array, scalar_dtype
+from mlc.testing.kernel_check import DEFAULT_SHAPE_VALUE, evaluate, model_kernels
+
+GQA = {"num_key_value_heads": 2}
+ROW_VARS = ("seq_len", "batch_size")
+ROW_COUNTS = (4, 9, 17)
+# The paged KV cache's kernels take row offsets into other buffers, not rows of their own
+# (attention keeps each sequence and head in its own task: cpu_attention_*).
+CACHE_KERNELS = ("kv", "attn", "attention", "merge", "page", "compact")
+
+
+def _shapes(func, rows: int) -> dict[str, tuple[int, ...]]:
+    env = {}
+    for var in free_vars(func):
+        offset = any(p.elem_offset.same_as(var) for p in func.params if is_buffer(p))
+        env[var] = 0 if offset else rows if var.name in ROW_VARS else DEFAULT_SHAPE_VALUE
+    return {
+        p.name: tuple(int(evaluate(d, env)) for d in p.shape) for p in func.params if is_buffer(p)
+    }
+
+
+def _run(lib, func, inputs: dict[str, np.ndarray], shapes) -> dict[str, np.ndarray]:
+    """Every buffer after a call on the top-left corner of `inputs` that `shapes` gives."""
+    tensors, args = {}, []
+    for param in func.params:
+        if not is_buffer(param):
+            args.append(0.5 if "float" in scalar_dtype(param) else 1)
+            continue
+        corner = tuple(slice(0, n) for n in shapes[param.name])
+        tensors[param.name] = tvm.runtime.tensor(np.ascontiguousarray(inputs[param.name][corner]))
+        args.append(tensors[param.name])
+    lib["main"](*args)
+    return {name: t.numpy() for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("code", ["q0f32", "q4f16_1"])
+def test_every_cpu_kernel_computes_a_row_alike_at_any_row_count(tiny_builds, code):
+    hf_dir, _ = tiny_builds.get("gqa", code, **GQA)
+    preset = get_target("llvm")
+    scheduled, _ = model_kernels(hf_dir, code, preset)
+    checked = []
+    for name, func in sorted(scheduled.items()):
+        if any(part in name for part in CACHE_KERNELS):
+            continue
+        if not any(v.name in ROW_VARS for v in free_vars(func)):
+            continue
+        module = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        lib = tvm.tirx.build(module, target=preset.tvm_target())
+        shapes = {rows: _shapes(func, rows) for rows in ROW_COUNTS}
+        rng = np.random.default_rng(0)
+        most = shapes[ROW_COUNTS[-1]]
+        inputs = {
+            p.name: random_array(most[p.name], p.dtype, rng) for p in func.params if is_buffer(p)
+        }
+        runs = {rows: _run(lib, func, inputs, shapes[rows]) for rows in ROW_COUNTS}
+        for fewer, more in itertools.pairwise(ROW_COUNTS):
+            for buffer, array in runs[fewer].items():
+                if array.dtype.kind == "f":
+                    corner = tuple(slice(0, n) for n in array.shape)
+                    np.testing.assert_array_equal(
+                        runs[more][buffer][corner],
+                        array,
+                        err_msg=f"{name}: {buffer} with {fewer} rows and with {more}",
+                    )
+        checked.append(name)
+    assert any("matmul" in n for n in checked) and any("norm" in n for n in checked), checked
