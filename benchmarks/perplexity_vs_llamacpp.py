@@ -3,7 +3,11 @@ each one's KL divergence from the exact model (the `q0f32` build: the file's wei
 dequantized exactly, float32 throughout).
 
     python benchmarks/perplexity_vs_llamacpp.py FILE.gguf --text TEXT [--ctx 512]
-        [--codes gguf,q4a8_1] [--out DIR]
+        [--codes gguf,q4a8_1] [--out DIR] [--source MODEL]
+
+With `--source`, our builds come from another checkpoint of the same model (a full-precision
+Hugging Face directory, say, of which FILE is llama.cpp's quantization): each quantizer then
+starts from the same weights, and `q0f32` is the unquantized model.
 
 llama.cpp runs through llama-cpp-python (`pip install -e ".[bench]"`), scored exactly as
 `llama-perplexity` scores (`tools/perplexity`): the text tokenized by llama.cpp (BOS first when
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--codes", default="gguf,q4a8_1")
     parser.add_argument("--out", type=Path, default=Path("dist/perplexity"))
+    parser.add_argument("--source", type=Path, default=None, help="what our builds are built from")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
     text = read_text(args.text)
@@ -79,7 +84,8 @@ def main() -> None:
     ids = llama.tokenize(text)
     engines: dict[str, LlamaCpp | ScoredBuild] = {"llama.cpp": llama}
     for code in [REFERENCE, *args.codes.split(",")]:
-        options = BuildOptions(model=args.gguf, quantization=code, output=args.out, quiet=True)
+        source = args.source or args.gguf
+        options = BuildOptions(model=source, quantization=code, output=args.out, quiet=True)
         engines[code] = ScoredBuild(build(options))
     exact = engines[REFERENCE]
     if (exact.bos_token_id is not None) != llama.add_bos:

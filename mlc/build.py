@@ -83,11 +83,11 @@ def build(opts: BuildOptions) -> Path:
     arch = get_architecture(checkpoint.config)
     preset = get_target(opts.target).with_options(arch=opts.arch)
     quant = get_quantization(opts.quantization or default_quantization(checkpoint, preset.name))
-    if quant.name == "gguf" and preset.name != "llvm":
+    if quant.cpu_only and preset.name != "llvm":
         raise ValueError(
-            f"--quantization gguf runs on the CPU target (llvm) only; the block-format kernels "
-            f"for {preset.name} are not written yet: use --quantization q4f16_1 (or q4f32_1 "
-            "where the device has no fp16)"
+            f"--quantization {quant.name} runs on the CPU target (llvm) only; the block-format "
+            f"kernels for {preset.name} are not written yet: use --quantization q4f16_1 (or "
+            "q4f32_1 where the device has no fp16)"
         )
     # None: the model's own chat template if it has one, else the raw-text `LM` template.
     conv_template = get_template(opts.conv_template).name if opts.conv_template else None

@@ -7,6 +7,7 @@ converts each Hugging Face tensor into the tensors the rewritten layers expect.
 from __future__ import annotations
 
 from .base import Quantization, register
+from .block_quant import BlockQuantization
 from .gguf_native import GGUFNative
 from .group_quant import GroupQuantization
 from .int8_activations import Int8ActivationQuantization
@@ -21,6 +22,7 @@ for _scheme in (
     GroupQuantization("q3f16_1", "float16", bits=3, group_size=40, scale_dtype="float16"),
     GroupQuantization("q8f16_1", "float16", bits=8, group_size=32, scale_dtype="float16"),
     Int8ActivationQuantization("q4a8_1", "float32", bits=4, group_size=32, scale_dtype="float16"),
+    BlockQuantization("q4a8_2", "float32"),
     GGUFNative("gguf", "float32"),
 ):
     register(QUANTIZATIONS, _scheme)

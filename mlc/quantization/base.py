@@ -47,6 +47,11 @@ class Quantization:
         return array.astype(np.float32)
 
     @property
+    def cpu_only(self) -> bool:
+        """Whether only the CPU target (llvm) has kernels for the stored formats."""
+        return False
+
+    @property
     def kv_cache_dtype(self) -> str:
         """The KV cache's dtype unless the build asks for another: the model's."""
         return self.model_dtype

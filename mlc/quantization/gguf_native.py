@@ -63,6 +63,10 @@ class GGUFNative(Quantization):
         )
 
     @property
+    def cpu_only(self) -> bool:
+        return True
+
+    @property
     def tensor_formats(self) -> list[tuple[str, str]]:
         """(parameter, how it is stored): its block format, or float32 from the file's types."""
         kept = dict(self.formats)
