@@ -19,6 +19,7 @@ from . import (
     gpt_bigcode,
     gpt_neox,
     gptj,
+    granite,
     llama,
     phi,
     phi3,
@@ -41,6 +42,7 @@ _ARCHITECTURES: tuple[ModuleType, ...] = (
     gptj,
     falcon,
     gemma2,
+    granite,
 )
 MODEL_TYPES: dict[str, ModuleType] = {t: m for m in _ARCHITECTURES for t in m.MODEL_TYPES}
 

@@ -309,22 +309,29 @@ class DecoderLayer(nn.Module):
         input_norm: nn.Module,
         post_attention_norm: nn.Module | None,
         parallel: bool = False,
+        residual_scale: float | None = None,
     ):
         self.input_layernorm = input_norm
         self.self_attn = attn
         self.post_attention_layernorm = post_attention_norm
         self.mlp = mlp
         self.parallel = parallel
+        self.residual_scale = residual_scale  # multiplies each branch before its add (Granite)
+
+    def _scaled(self, branch: Tensor) -> Tensor:
+        if self.residual_scale is None:
+            return branch
+        return branch * np.array(self.residual_scale, dtype=branch.dtype).item()
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         h = self.input_layernorm(x)
-        attn = self.self_attn(h, kv_cache, layer_id)
+        attn = self._scaled(self.self_attn(h, kv_cache, layer_id))
         if self.parallel:
             if self.post_attention_layernorm is not None:
                 h = self.post_attention_layernorm(x)
-            return x + attn + self.mlp(h)
+            return x + attn + self._scaled(self.mlp(h))
         x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self._scaled(self.mlp(self.post_attention_layernorm(x)))
 
 
 # --- the causal LM -----------------------------------------------------------------------------
@@ -336,6 +343,7 @@ class LMOptions:
 
     learned_positions: int = 0  # rows of a learned position embedding (GPT-2), 0 for none
     embed_scale: float | None = None  # multiply token embeddings (Gemma: sqrt(hidden))
+    logits_divisor: float | None = None  # divide the logits (Granite's `logits_scaling`)
     lm_head_bias: bool = False
     rope_mode: RopeMode = RopeMode.NORMAL
 
@@ -381,7 +389,10 @@ class CausalLM(nn.Module):
             logits = self.embed_tokens.lm_head_forward(hidden)
         else:
             logits = self.lm_head(hidden)
-        return logits.astype("float32") if logits.dtype != "float32" else logits
+        logits = logits.astype("float32") if logits.dtype != "float32" else logits
+        if self.options.logits_divisor is not None:
+            logits = logits / np.float32(self.options.logits_divisor).item()
+        return logits
 
     def embed(self, input_ids: Tensor) -> Tensor:
         x = self.embed_tokens(input_ids)

@@ -13,7 +13,9 @@ bits depend on where a chunk starts. The prefill step therefore feeds each seque
 of exactly `prefill_chunk_size` tokens counted from the start of the feed (the prompt, or a span
 a grammar forces), as a solo prefill cuts it, and never splits a piece to fill the step: pieces
 are taken in arrival order while they fit (the oldest always does, so no prompt stalls the
-others for more than a piece).
+others for more than a piece). And the cache attends to a call whose pieces are all one token
+long in one pass over each token's keys (its decode kernel), to any other call in two merged
+parts, so a step takes either only one-token pieces or none, as a solo run would.
 
 Admission reserves the pages a sequence can ever need (prompt + `max_tokens`, capped at the
 context window), so a running sequence never runs out of KV cache and nothing is preempted.
@@ -235,14 +237,7 @@ class BatchEngine:
                 )
 
     def _prefill(self, prefilling: list[Sequence]) -> None:
-        piece_size = budget = self.prefill_chunk_size
-        batch: list[tuple[Sequence, np.ndarray]] = []
-        for seq in prefilling:
-            start = seq.num_prefilled
-            piece = np.asarray(seq.feed_ids[start : start + piece_size], dtype=np.int32)
-            if piece.size <= budget:  # whole pieces only (see the module's docstring)
-                batch.append((seq, piece))
-                budget -= piece.size
+        batch = take_pieces(prefilling, self.prefill_chunk_size)
         start = time.perf_counter()
         logits = self.model.forward_prefill([s.seq_id for s, _ in batch], [c for _, c in batch])
         self._seconds["prefill"] += time.perf_counter() - start
@@ -272,6 +267,22 @@ class BatchEngine:
             self._running.remove(seq)
             self._reserved -= _pages(seq.max_kv_tokens)
         self._record_kv_use()
+
+
+def take_pieces(prefilling: list[Sequence], piece_size: int) -> list[tuple[Sequence, np.ndarray]]:
+    """One prefill step: the next piece of each sequence, in arrival order, while they fit in
+    `piece_size` tokens; whole pieces only, and one-token pieces apart from longer ones (see the
+    module's docstring)."""
+    budget = piece_size
+    batch: list[tuple[Sequence, np.ndarray]] = []
+    for seq in prefilling:
+        start = seq.num_prefilled
+        piece = np.asarray(seq.feed_ids[start : start + piece_size], dtype=np.int32)
+        single = batch[0][1].size == 1 if batch else piece.size == 1
+        if piece.size <= budget and (piece.size == 1) == single:
+            batch.append((seq, piece))
+            budget -= piece.size
+    return batch
 
 
 def _append_logits(seq: Sequence, logits: np.ndarray) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from mlc.runtime import CompiledModel, GenerationConfig
-from mlc.runtime.batch_engine import BatchEngine, EngineOverloaded
+from mlc.runtime.batch_engine import BatchEngine, EngineOverloaded, take_pieces
 from mlc.runtime.sequence import Sequence, SequenceOutput
 
 GQA = {"num_key_value_heads": 2}
@@ -203,3 +203,21 @@ def test_greedy_answers_do_not_depend_on_the_batch(tiny_builds, code):
             want_tokens, want_logprobs = greedy_solo(solo, prompt, limit, eos)
             assert results[i] == want_tokens, (code, chunk, prompt)
             assert logprobs[i] == want_logprobs, (code, chunk, prompt)
+
+
+def test_prefill_steps_take_whole_pieces_and_keep_one_token_pieces_apart():
+    """A solo prefill cuts a feed into pieces of the chunk size from its start, and the KV
+    cache attends to an all-one-token call with another kernel than to any other call: a step
+    never splits a piece, nor mixes one-token pieces with longer ones."""
+
+    class Feed:
+        def __init__(self, feed: int, done: int = 0):
+            self.feed_ids, self.num_prefilled = list(range(feed)), done
+
+    def sizes(*feeds):
+        return [piece.size for _, piece in take_pieces(list(feeds), 8)]
+
+    assert sizes(Feed(20), Feed(6)) == [8]  # 6 would not fit in what is left: never split
+    assert sizes(Feed(20, 16), Feed(3), Feed(2)) == [4, 3]  # whole pieces while they fit
+    assert sizes(Feed(9, 8), Feed(5), Feed(1)) == [1, 1]  # one-token pieces together
+    assert sizes(Feed(5), Feed(9, 8), Feed(2)) == [5, 2]  # ... and apart from longer ones

@@ -166,6 +166,17 @@ def test_architecture_matches_transformers_gguf_loader(model_type, tmp_path):
 ROUND_TRIPS = {
     # Q and K rows permuted into llama.cpp's rotary layout, and back.
     "llama": ("llama", TINY),
+    # Granite: Llama's layout, its four multipliers as llama.cpp's `granite.*` keys.
+    "granite": (
+        "granite",
+        {
+            **TINY,
+            "embedding_multiplier": 3.0,
+            "residual_multiplier": 0.4,
+            "attention_multiplier": 0.09,
+            "logits_scaling": 2.5,
+        },
+    ),
     # Falcon-40B's layout: KV groups, a norm for attention and one for the MLP.
     "falcon-40b": ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}),
     # Llama 3.1's RoPE scaling: `rope_freqs` divisors as llama.cpp's converter writes them, read

@@ -60,6 +60,15 @@ ARCHITECTURES: dict[str, dict] = {
     # Falcon-RW's layout: ALiBi instead of rotary, MHA, sequential block, biases (more in
     # tests/test_cpu_kernels.py).
     "falcon-rw-alibi": FALCON_RW,
+    # Granite's four multipliers, away from 1 so that each one shows.
+    "granite": {
+        "model_type": "granite",
+        "num_key_value_heads": 2,
+        "embedding_multiplier": 3.0,
+        "residual_multiplier": 0.4,
+        "attention_multiplier": 0.09,
+        "logits_scaling": 2.5,
+    },
 }
 
 PHI3_LONGROPE = {

@@ -50,7 +50,7 @@ def _run(lib, func, inputs: dict[str, np.ndarray], shapes) -> dict[str, np.ndarr
     return {name: t.numpy() for name, t in tensors.items()}
 
 
-@pytest.mark.parametrize("code", ["q0f32", "q4f16_1"])
+@pytest.mark.parametrize("code", ["q0f32", "q4f16_1", "q4f32_1", "q8f16_1"])
 def test_every_cpu_kernel_computes_a_row_alike_at_any_row_count(tiny_builds, code):
     hf_dir, _ = tiny_builds.get("gqa", code, **GQA)
     preset = get_target("llvm")

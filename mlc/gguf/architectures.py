@@ -317,6 +317,29 @@ def _llama_tensors(c: ModelConfig) -> list[TensorRule]:
     return _layout(c, _outer("model.embed_tokens", "model.norm"), _llama_like_tensors(q, k))
 
 
+# --- granite: Llama's layout and four multipliers ----------------------------------------------
+
+# (GGUF key, config.json field), as llama.cpp's converter writes them.
+_GRANITE_SCALES = (
+    ("embedding_scale", "embedding_multiplier"),
+    ("residual_scale", "residual_multiplier"),
+    ("attention.scale", "attention_multiplier"),
+    ("logit_scale", "logits_scaling"),
+)
+
+
+def _granite_config(m: Metadata) -> dict[str, Any]:
+    config = {**_llama_config(m), "model_type": "granite"}
+    for key, field in _GRANITE_SCALES:
+        config[field] = float(m.need(key))
+    return config
+
+
+def _granite_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    scales = {key: float(hf.get(field, 1.0)) for key, field in _GRANITE_SCALES}
+    return {**_llama_metadata(hf), **scales}
+
+
 # --- qwen2, qwen3 ------------------------------------------------------------------------------
 
 
@@ -644,6 +667,9 @@ ARCHITECTURES: dict[str, GGUFArchitecture] = {
             _llama_tensors,
             config_tensors=(_ROPE_FREQS,),
             extra_tensors=_llama3_factor_tensors,
+        ),
+        GGUFArchitecture(
+            "granite", ("granite",), _granite_config, _granite_metadata, _llama_tensors
         ),
         GGUFArchitecture(
             "qwen2", ("qwen2",), _qwen_config("qwen2"), _qwen_metadata, _unpermuted_llama_tensors
