@@ -7,26 +7,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .base import WeightSource
-from .layers import (
-    MLP,
-    Attention,
-    CausalLM,
-    DecoderConfig,
-    DecoderLayer,
-    LMOptions,
-    RMSNorm,
-    decoder_fields,
-    llama_style_weights,
-)
+from .layers import MLP, Attention, CausalLM, DecoderLayer, LMOptions, RMSNorm
+from .llama import LlamaConfig
+from .llama import hf_weight_map as llama_weights
 
 MODEL_TYPES = ("granite",)
 
 
 @dataclasses.dataclass
-class GraniteConfig(DecoderConfig):
-    attention_bias: bool
-    mlp_bias: bool
+class GraniteConfig(LlamaConfig):
     embedding_multiplier: float
     residual_multiplier: float
     attention_multiplier: float
@@ -34,11 +23,9 @@ class GraniteConfig(DecoderConfig):
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> GraniteConfig:
-        fields = decoder_fields(hf, "granite", norm_eps_default=1e-6, scaling=("linear", "llama3"))
+        llama = LlamaConfig.from_hf(hf)
         return cls(
-            **fields,
-            attention_bias=bool(hf.get("attention_bias", False)),
-            mlp_bias=bool(hf.get("mlp_bias", False)),
+            **vars(llama),
             embedding_multiplier=float(hf.get("embedding_multiplier", 1.0)),
             residual_multiplier=float(hf.get("residual_multiplier", 1.0)),
             attention_multiplier=float(hf.get("attention_multiplier", 1.0)),
@@ -65,10 +52,6 @@ class GraniteForCausalLM(CausalLM):
         super().__init__(config, dtype, layers, RMSNorm(config.hidden_size, eps, dtype), options)
 
 
-def hf_weight_map(config: GraniteConfig) -> dict[str, WeightSource]:
-    bias = config.attention_bias
-    return llama_style_weights(config, qkv_bias=bias, o_bias=bias, mlp_bias=config.mlp_bias)
-
-
+hf_weight_map = llama_weights  # Granite names its weights as Llama does
 CONFIG = GraniteConfig
 MODEL = GraniteForCausalLM

@@ -72,7 +72,6 @@ class BatchEngine:
         self.model = model
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
-        self.prefill_chunk_size = model.prefill_chunk_size
         self.max_batch_size = model.max_batch_size
         # One page stays spare: TVM's cache keeps one for itself.
         self.kv_pages_total = model.num_available_pages() - 1
@@ -237,7 +236,7 @@ class BatchEngine:
                 )
 
     def _prefill(self, prefilling: list[Sequence]) -> None:
-        batch = take_pieces(prefilling, self.prefill_chunk_size)
+        batch = take_pieces(prefilling, self.model.prefill_chunk_size)
         start = time.perf_counter()
         logits = self.model.forward_prefill([s.seq_id for s, _ in batch], [c for _, c in batch])
         self._seconds["prefill"] += time.perf_counter() - start
@@ -276,6 +275,8 @@ def take_pieces(prefilling: list[Sequence], piece_size: int) -> list[tuple[Seque
     budget = piece_size
     batch: list[tuple[Sequence, np.ndarray]] = []
     for seq in prefilling:
+        if budget == 0:
+            break
         start = seq.num_prefilled
         piece = np.asarray(seq.feed_ids[start : start + piece_size], dtype=np.int32)
         single = batch[0][1].size == 1 if batch else piece.size == 1
