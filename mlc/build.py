@@ -131,6 +131,12 @@ def build(opts: BuildOptions) -> Path:
         quant = quant.for_checkpoint(checkpoint, ordered)
         for line in quant.summary():
             _log(opts, f"Weights: {line}")
+        if getattr(config, "num_experts", 0) and not quant.name.startswith("q0"):
+            _log(
+                opts,
+                f"Weights: the mixture-of-experts' expert weights stay in {quant.model_dtype} "
+                f"({quant.name} quantizes the other weights; quantized experts are not built yet)",
+            )
         model = quant.quantize_model(model)
         mod, named_params = export_model(model, target, preset)
         param_meta = [

@@ -15,16 +15,22 @@ from . import (
     falcon,
     gemma,
     gemma2,
+    gemma3,
     gpt2,
     gpt_bigcode,
     gpt_neox,
     gptj,
     granite,
     llama,
+    mixtral,
+    olmo2,
+    olmoe,
     phi,
     phi3,
     qwen2,
     qwen3,
+    qwen_moe,
+    smollm3,
     stablelm,
 )
 
@@ -43,6 +49,12 @@ _ARCHITECTURES: tuple[ModuleType, ...] = (
     falcon,
     gemma2,
     granite,
+    olmo2,
+    smollm3,
+    gemma3,
+    mixtral,
+    qwen_moe,
+    olmoe,
 )
 MODEL_TYPES: dict[str, ModuleType] = {t: m for m in _ARCHITECTURES for t in m.MODEL_TYPES}
 

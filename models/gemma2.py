@@ -61,11 +61,21 @@ class Gemma2Config(DecoderConfig):
 
 
 class Gemma2DecoderLayer(nn.Module):
-    def __init__(self, config: Gemma2Config, dtype: str):
+    """Norms before and after each branch; Gemma 3 adds query/key norms and its own RoPE."""
+
+    def __init__(
+        self,
+        config: Gemma2Config,
+        dtype: str,
+        qk_norms: tuple[nn.Module, nn.Module] | None = None,
+        rotary: nn.Module | None = None,
+    ):
         eps, bias = config.norm_eps, config.attention_bias
         scale = config.query_pre_attn_scalar**-0.5
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype)
-        self.self_attn = Attention(config, dtype, qkv_bias=bias, o_bias=bias, sm_scale=scale)
+        self.self_attn = Attention(
+            config, dtype, bias, bias, qk_norms=qk_norms, sm_scale=scale, rotary=rotary
+        )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.mlp = MLP(config, dtype, gated=True)

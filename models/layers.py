@@ -27,6 +27,7 @@ from .base import (
     require,
     rope_parameters,
 )
+from .head_norm import HeadNorm, normalize_heads
 from .kv_cache import AttentionFacts, KVCacheSpec, generic_kv_cache
 
 # --- config ------------------------------------------------------------------------------------
@@ -216,9 +217,9 @@ def check_activation(model_type: str, name: str) -> str:
 
 class Attention(nn.Module):
     """Fused QKV projection (rows: all query heads, then key heads, then value heads), attention
-    in the paged KV cache (which applies RoPE), output projection. `qk_norm_eps` adds per-head
-    RMSNorm on queries and keys (Qwen3); `rotary` applies a RoPE variant the cache lacks (the
-    cache then runs with `RopeMode.NONE`)."""
+    in the paged KV cache (which applies RoPE), output projection. `qk_norms` normalise queries
+    and keys before RoPE (`head_norm.py`); `rotary` applies a
+    RoPE variant the cache lacks (the cache then runs with `RopeMode.NONE`)."""
 
     def __init__(
         self,
@@ -226,7 +227,7 @@ class Attention(nn.Module):
         dtype: str,
         qkv_bias: bool = False,
         o_bias: bool = False,
-        qk_norm_eps: float | None = None,
+        qk_norms: tuple[HeadNorm, HeadNorm] | None = None,
         sm_scale: float | None = None,
         rotary: nn.Module | None = None,
     ):
@@ -243,19 +244,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(
             self.num_q_heads * self.head_dim, config.hidden_size, bias=o_bias, dtype=dtype
         )
-        if qk_norm_eps is not None:
-            self.q_norm = RMSNorm(self.head_dim, qk_norm_eps, dtype)
-            self.k_norm = RMSNorm(self.head_dim, qk_norm_eps, dtype)
-        else:
-            self.q_norm = self.k_norm = None
+        self.q_norm, self.k_norm = qk_norms if qk_norms is not None else (None, None)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
         qkv = op.reshape(self.qkv_proj(x), (b, s, -1, self.head_dim))
         if self.q_norm is not None:
-            nq, nkv = self.num_q_heads, self.num_kv_heads
-            q, k, v = op.split(qkv, [nq, nq + nkv], axis=2)
-            qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+            qkv = normalize_heads(qkv, self.q_norm, 0, self.num_q_heads)
+            qkv = normalize_heads(qkv, self.k_norm, self.num_q_heads, self.num_kv_heads)
         if self.rotary is not None:
             positions = kv_cache.get_query_positions(b * s)
             qkv = self.rotary(qkv, positions, self.num_q_heads + self.num_kv_heads)

@@ -1,5 +1,6 @@
 """Phi-1 / Phi-1.5 / Phi-2: parallel attention and MLP under one LayerNorm, partial rotary,
-biases everywhere, and an LM head with a bias."""
+biases everywhere, an LM head with a bias, and optionally one LayerNorm shared by the heads of
+the queries and one of the keys (`qk_layernorm`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from .base import WeightSource
+from .head_norm import HeadNorm
 from .layers import (
     MLP,
     Attention,
@@ -26,10 +28,10 @@ MODEL_TYPES = ("phi",)
 
 @dataclasses.dataclass
 class PhiConfig(DecoderConfig):
+    qk_layernorm: bool
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> PhiConfig:
-        if hf.get("qk_layernorm"):
-            raise ValueError("phi: qk_layernorm is not supported")
         hf = {"hidden_act": "gelu_new", **hf}
         fields = decoder_fields(
             hf,
@@ -38,7 +40,15 @@ class PhiConfig(DecoderConfig):
             rotary_fraction=partial_rotary_factor(hf, 0.5),
             scaling=("linear",),
         )
-        return cls(**fields)
+        return cls(**fields, qk_layernorm=bool(hf.get("qk_layernorm", False)))
+
+
+def head_norms(config: PhiConfig, dtype: str) -> tuple[HeadNorm, HeadNorm] | None:
+    """One LayerNorm (weight and bias) shared by the query heads, one by the key heads."""
+    if not config.qk_layernorm:
+        return None
+    eps = config.norm_eps
+    return tuple(HeadNorm((config.head_dim,), eps, dtype, centered=True, bias=True) for _ in "qk")
 
 
 class PhiForCausalLM(CausalLM):
@@ -46,7 +56,7 @@ class PhiForCausalLM(CausalLM):
         eps = config.norm_eps
         layers = [
             DecoderLayer(
-                Attention(config, dtype, qkv_bias=True, o_bias=True),
+                Attention(config, dtype, True, True, qk_norms=head_norms(config, dtype)),
                 MLP(config, dtype, gated=False, bias=True),
                 LayerNorm(config.hidden_size, eps, dtype),
                 None,
@@ -74,6 +84,11 @@ def hf_weight_map(config: PhiConfig) -> dict[str, WeightSource]:
             mapping[f"{ours}.self_attn.o_proj.{s}"] = same(f"{hf}.self_attn.dense.{s}")
             mapping[f"{ours}.mlp.up_proj.{s}"] = same(f"{hf}.mlp.fc1.{s}")
             mapping[f"{ours}.mlp.down_proj.{s}"] = same(f"{hf}.mlp.fc2.{s}")
+            if config.qk_layernorm:
+                for n in "qk":
+                    mapping[f"{ours}.self_attn.{n}_norm.{s}"] = same(
+                        f"{hf}.self_attn.{n}_layernorm.{s}"
+                    )
     return mapping
 
 

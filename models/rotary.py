@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,29 +39,75 @@ class LongRoPE(nn.Module):
         self.attention_factor = float(attention_factor)
 
     def forward(self, qkv: Tensor, positions: Tensor, num_rotated_heads: int) -> Tensor:
-        half, rotary_dim, original = self.rotary_dim // 2, self.rotary_dim, self.original
-        factor = tirx.const(self.attention_factor, "float32")
+        original = self.original
 
         def compute(qkv, positions, short, long):
             k = te.reduce_axis((0, positions.shape[0]), name="k")
             last = te.compute((1,), lambda _: te.max(positions[k], axis=k), name="last_position")
-            seq_len = qkv.shape[1]
 
-            def rotate(b, s, h, d):
-                pos = positions[b * seq_len + s]
-                i = d % half
-                inv_freq = tirx.if_then_else(last[0] + 1 > original, long[i], short[i])
-                angle = pos.astype("float32") * inv_freq
-                x = qkv[b, s, h, d].astype("float32")
-                partner = tirx.if_then_else(
-                    d < half, -qkv[b, s, h, d + half], qkv[b, s, h, d - half]
-                ).astype("float32")
-                rotated = x * (tirx.cos(angle) * factor) + partner * (tirx.sin(angle) * factor)
-                inside = tirx.all(h < num_rotated_heads, d < rotary_dim)
-                return tirx.if_then_else(inside, rotated.astype(qkv.dtype), qkv[b, s, h, d])
+            def inv_freq(i):
+                return tirx.if_then_else(last[0] + 1 > original, long[i], short[i])
 
-            return te.compute(qkv.shape, rotate, name="longrope")
+            return rotate_half(
+                qkv, positions, inv_freq, self.attention_factor, self.rotary_dim, num_rotated_heads
+            )
 
         short = Tensor.from_const(self.short)
         long = Tensor.from_const(self.long)
         return op.tensor_expr_op(compute, "longrope", [qkv, positions, short, long])
+
+
+class Rotary(nn.Module):
+    """Plain RoPE (rotate-half layout over the first `rotary_dim` of each head) with its own
+    base and scaling, for models whose layers rotate differently: Gemma 3's two bases, SmolLM3's
+    layers without RoPE. The cache then runs with `RopeMode.NONE`."""
+
+    def __init__(self, theta: float, rotary_dim: int, scaling: dict[str, Any] | None = None):
+        self.rotary_dim = rotary_dim
+        factor = 1.0
+        if scaling is not None:
+            if scaling["rope_type"] != "linear":
+                raise ValueError(f"rope scaling {scaling['rope_type']!r} is not supported here")
+            factor = float(scaling["factor"])
+        # transformers divides the inverse frequencies by the linear factor.
+        self.inv_freq = rope_inv_freq(theta, rotary_dim, [factor] * (rotary_dim // 2))
+
+    def forward(self, qkv: Tensor, positions: Tensor, num_rotated_heads: int) -> Tensor:
+        def compute(qkv, positions, inv_freq):
+            return rotate_half(
+                qkv, positions, lambda i: inv_freq[i], 1.0, self.rotary_dim, num_rotated_heads
+            )
+
+        inv_freq = Tensor.from_const(self.inv_freq)
+        return op.tensor_expr_op(compute, "rotary", [qkv, positions, inv_freq])
+
+
+def rotate_half(
+    qkv: te.Tensor,
+    positions: te.Tensor,
+    inv_freq: Callable[[tirx.PrimExpr], tirx.PrimExpr],
+    factor: float,
+    rotary_dim: int,
+    num_rotated_heads: int,
+) -> te.Tensor:
+    """`x * cos + rotate_half(x) * sin` (times `factor`) on the first `rotary_dim` values of the
+    first `num_rotated_heads` heads of `qkv[batch, seq, heads, head_dim]`, angles in float32 as
+    transformers computes them; the other values pass through."""
+    half, seq_len = rotary_dim // 2, qkv.shape[1]
+    scale = tirx.const(factor, "float32")
+
+    def rotate(b, s, h, d):
+        pos = positions[b * seq_len + s]
+        angle = pos.astype("float32") * inv_freq(d % half)
+        x = qkv[b, s, h, d].astype("float32")
+        partner = tirx.if_then_else(
+            d < half, -qkv[b, s, h, d + half], qkv[b, s, h, d - half]
+        ).astype("float32")
+        if factor == 1.0:
+            rotated = x * tirx.cos(angle) + partner * tirx.sin(angle)
+        else:
+            rotated = x * (tirx.cos(angle) * scale) + partner * (tirx.sin(angle) * scale)
+        inside = tirx.all(h < num_rotated_heads, d < rotary_dim)
+        return tirx.if_then_else(inside, rotated.astype(qkv.dtype), qkv[b, s, h, d])
+
+    return te.compute(qkv.shape, rotate, name="rotary")

@@ -1,12 +1,16 @@
 """StableLM (2 / Zephyr / Code): LayerNorm, partial rotary, optional q/k/v bias, optional
-parallel residual."""
+parallel residual, optional per-head LayerNorm of queries and keys (`qk_layernorm`, StableLM 2
+12B: a weight per head, no bias)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from .base import WeightSource
+from .head_norm import HeadNorm
 from .layers import (
     MLP,
     Attention,
@@ -26,11 +30,10 @@ MODEL_TYPES = ("stablelm",)
 class StableLMConfig(DecoderConfig):
     use_qkv_bias: bool
     use_parallel_residual: bool
+    qk_layernorm: bool
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> StableLMConfig:
-        if hf.get("qk_layernorm"):
-            raise ValueError("stablelm: qk_layernorm is not supported")
         fields = decoder_fields(
             hf,
             "stablelm",
@@ -42,7 +45,19 @@ class StableLMConfig(DecoderConfig):
             **fields,
             use_qkv_bias=bool(hf.get("use_qkv_bias", False)),
             use_parallel_residual=bool(hf.get("use_parallel_residual", False)),
+            qk_layernorm=bool(hf.get("qk_layernorm", False)),
         )
+
+
+def head_norms(config: StableLMConfig, dtype: str) -> tuple[HeadNorm, HeadNorm] | None:
+    """A LayerNorm per head, each with its own weight and no bias."""
+    if not config.qk_layernorm:
+        return None
+    eps, d = config.norm_eps, config.head_dim
+    return (
+        HeadNorm((config.num_attention_heads * d,), eps, dtype, centered=True),
+        HeadNorm((config.num_key_value_heads * d,), eps, dtype, centered=True),
+    )
 
 
 class StableLMForCausalLM(CausalLM):
@@ -50,7 +65,7 @@ class StableLMForCausalLM(CausalLM):
         eps, parallel = config.norm_eps, config.use_parallel_residual
         layers = [
             DecoderLayer(
-                Attention(config, dtype, qkv_bias=config.use_qkv_bias),
+                Attention(config, dtype, config.use_qkv_bias, qk_norms=head_norms(config, dtype)),
                 MLP(config, dtype, gated=True),
                 LayerNorm(config.hidden_size, eps, dtype),
                 None if parallel else LayerNorm(config.hidden_size, eps, dtype),
@@ -65,6 +80,14 @@ def hf_weight_map(config: StableLMConfig) -> dict[str, WeightSource]:
     mapping = llama_style_weights(config, qkv_bias=config.use_qkv_bias, norm_bias=True)
     if config.use_parallel_residual:
         mapping = {k: v for k, v in mapping.items() if "post_attention_layernorm" not in k}
+    if config.qk_layernorm:
+        heads = {"q": config.num_attention_heads, "k": config.num_key_value_heads}
+        for i in range(config.num_hidden_layers):
+            for n, count in heads.items():
+                hf = f"model.layers.{i}.self_attn.{n}_layernorm.norms"
+                mapping[f"layers.{i}.self_attn.{n}_norm.weight"] = WeightSource(
+                    tuple(f"{hf}.{h}.weight" for h in range(count)), np.concatenate
+                )
     return mapping
 
 

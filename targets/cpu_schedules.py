@@ -34,6 +34,8 @@ TILE_N = 16
 VECTOR_LANES = 8
 # Vectors per quantization group of 32 (4-bit and 8-bit codes).
 GROUP_VECTORS = 4
+# Rows up to this many values are vectorised whole by the row-reduction rule.
+SHORT_ROW = 64
 
 
 class MatmulNT(ScheduleRule):
@@ -53,12 +55,22 @@ class MatmulNT(ScheduleRule):
         if not (kinds.endswith("SR") and kinds.count("R") == 1 and kinds[:-1].count("S") >= 2):
             return None
         n_extent = main.iters[-2].dom
-        if not isinstance(n_extent, int | tirx.IntImm) or int(n_extent) < 2 * TILE_N:
+        if not isinstance(n_extent, int | tirx.IntImm):
             return None
+        # Narrow outputs (a router's few experts, a shared expert's one gate) are one tile:
+        # left to LLVM, they are vectorised across rows, and rows would differ by batch size.
+        tile = TILE_N if int(n_extent) >= 2 * TILE_N else int(n_extent)
+        try:
+            return self._schedule(sch, main, epilogue, tile)
+        except (ValueError, RuntimeError):  # ScheduleError: a shape this rule does not cover
+            return None
+
+    @staticmethod
+    def _schedule(sch: s_tir.Schedule, main, epilogue, tile: int) -> s_tir.Schedule:
         k_extent = main.iters[-1].dom
         block = main.block_rv
         *rows, n, k = sch.get_loops(block)
-        n_outer, n_inner = sch.split(n, factors=[None, TILE_N])
+        n_outer, n_inner = sch.split(n, factors=[None, tile])
         vectorize = isinstance(k_extent, int | tirx.IntImm) and int(k_extent) % VECTOR_LANES == 0
         if not vectorize:
             sch.reorder(n_outer, *rows, n_inner, k)
@@ -128,11 +140,16 @@ class RowReduction(ScheduleRule):
         output = infos[-1]
         if not output.is_injective() or len(output.iters) < 2:
             return None
-        row_loop = sch.get_loops(output.block_rv)[-2]
+        row_loop, inner = sch.get_loops(output.block_rv)[-2:]
         try:
             for info in reversed(infos[:-1]):
                 sch.compute_at(info.block_rv, row_loop, preserve_unit_loops=True)
-        except (tvm.TVMError, ValueError, RuntimeError):
+            # A short row (a router's softmax over 4 to 16 experts) is unrolled by LLVM, which
+            # then vectorises across rows after all; a vector op in the row's body stops it.
+            extent = output.iters[-1].dom
+            if isinstance(extent, int | tirx.IntImm) and int(extent) <= SHORT_ROW:
+                sch.vectorize(inner)
+        except (ValueError, RuntimeError):  # ScheduleError is a RuntimeError
             return None
         return sch
 

@@ -35,6 +35,21 @@ class DeviceLimits:
 PORTABLE_LIMITS = DeviceLimits(256, 32 * 1024, 1)
 
 
+class Declining(dl.ScheduleRule):
+    """A DLight rule that declines (returns None, so the next rule is tried) where it would
+    fail: DLight's GEMV rule asserts on the gather matmuls of mixture-of-experts models (a
+    weight indexed by the token's expert id), which it takes for GEMVs."""
+
+    def __init__(self, rule: dl.ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target: Target, tunable: bool):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except (AssertionError, ValueError, RuntimeError):  # ScheduleError is a RuntimeError
+            return None
+
+
 class GPUTarget(TargetPreset):
     """A preset compiling kernels for a GPU and host code for `host_triple`."""
 
@@ -68,12 +83,17 @@ class GPUTarget(TargetPreset):
         (one thread per output element) is right for the elementwise and gather kernels."""
         return [
             DequantizeMatmul(),
-            dl.gpu.Matmul(),
-            dl.gpu.GEMV(),
-            dl.gpu.LowBatchGEMV(),
-            dl.gpu.Reduction(),
-            dl.gpu.GeneralReduction(),
-            dl.gpu.RMSNorm(),
+            *(
+                Declining(rule)
+                for rule in (
+                    dl.gpu.Matmul(),
+                    dl.gpu.GEMV(),
+                    dl.gpu.LowBatchGEMV(),
+                    dl.gpu.Reduction(),
+                    dl.gpu.GeneralReduction(),
+                    dl.gpu.RMSNorm(),
+                )
+            ),
             dl.gpu.Fallback(),
         ]
 

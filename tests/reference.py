@@ -18,8 +18,10 @@ def load_hf(model_dir: Path, dtype: torch.dtype = torch.float64):
     # Falcon's eager attention adds the ALiBi bias twice (once to the scores, once more inside
     # the mask it builds from it); its SDPA path adds it once, as the original Falcon-RW code.
     alibi = config.model_type == "falcon" and config.alibi
+    # Mixture-of-experts models: the loop over experts (the grouped-matmul path takes no float64).
+    experts = {"experts_implementation": "eager"} if _has_experts(config) else {}
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation="sdpa" if alibi else "eager"
+        model_dir, dtype=dtype, attn_implementation="sdpa" if alibi else "eager", **experts
     )
     return model.eval()
 
@@ -41,6 +43,13 @@ def hf_greedy(model, token_ids: list[int], num_tokens: int) -> list[int]:
         pad_token_id=0,
     )
     return out[0, len(token_ids) :].tolist()
+
+
+def _has_experts(config) -> bool:
+    return any(
+        getattr(config, key, None)
+        for key in ("num_experts", "num_local_experts", "n_routed_experts")
+    )
 
 
 def dequantized_reference(model_dir: Path, code: str):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 
 import gguf  # the reference reader and writer of GGUF files
 import numpy as np
@@ -130,6 +131,19 @@ GGUF_ARCHITECTURES = {
         },
         {"query_pre_attn_scalar": 32},
     ),
+    # Six layers: llama.cpp's pattern of five sliding layers (local RoPE base) and one global.
+    "gemma3_text": (
+        {
+            "num_hidden_layers": 6,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "query_pre_attn_scalar": 32,
+            "sliding_window": 8,  # shorter than the prompt
+            "layer_types": None,
+        },
+        {"query_pre_attn_scalar": 32},
+    ),
     "phi3": ({"num_key_value_heads": 2}, {}),
     "stablelm": ({"num_key_value_heads": 2, "use_qkv_bias": True}, {}),
     "gpt2": ({"max_position_embeddings": 1024}, {}),
@@ -177,6 +191,15 @@ ROUND_TRIPS = {
             "logits_scaling": 2.5,
         },
     ),
+    # StableLM 2 12B's per-head q/k norms: one [heads, head_dim] tensor each in the file.
+    "stablelm-qk-layernorm": (
+        "stablelm",
+        {"num_key_value_heads": 2, "qk_layernorm": True, "use_parallel_residual": True},
+    ),
+    # OLMo 2: post-branch norms and whole-projection q/k norms, no rotary permutation.
+    "olmo2": ("olmo2", TINY),
+    # SmolLM3: Llama's layout; llama.cpp skips RoPE on every fourth layer (here layer 3).
+    "smollm3": ("smollm3", {**TINY, "num_hidden_layers": 4}),
     # Falcon-40B's layout: KV groups, a norm for attention and one for the MLP.
     "falcon-40b": ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}),
     # Llama 3.1's RoPE scaling: `rope_freqs` divisors as llama.cpp's converter writes them, read
@@ -229,6 +252,35 @@ def test_gguf_export_import_equals_the_original_model(case, tmp_path):
         assert np.abs(unscaled - reference).max() > 1e-2
 
 
+# Layouts llama.cpp fixes in code rather than in the file: exporting anything else is refused.
+UNFAITHFUL_EXPORTS = {
+    "gemma3-two-layer-pattern": (
+        "gemma3_text",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        "the sliding layers",
+    ),
+    "gemma3-query-scalar": (
+        "gemma3_text",
+        {"num_hidden_layers": 6, "head_dim": 16, "query_pre_attn_scalar": 24, "layer_types": None},
+        "query_pre_attn_scalar",
+    ),
+    "smollm3-nope-layer": ("smollm3", {"no_rope_layers": [1, 0]}, "the layers with RoPE"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNFAITHFUL_EXPORTS))
+def test_exports_llama_cpp_would_misread_are_refused(case, tmp_path):
+    model_type, settings, message = UNFAITHFUL_EXPORTS[case]
+    model_dir = save_model(tmp_path / case, model_type=model_type, **settings)
+    with pytest.raises(ValueError, match=f"no field for {message}.*cannot be exported"):
+        export_gguf(model_dir, tmp_path / f"{case}.gguf", "F32")
+    assert not (tmp_path / f"{case}.gguf").exists()
+
+
 EVERY_LAYOUT = {
     **{t: (t, settings) for t, (settings, _) in GGUF_ARCHITECTURES.items()},
     **ROUND_TRIPS,
@@ -249,7 +301,9 @@ def test_tensor_names_are_llama_cpps(case, tmp_path):
     pairs = [(g, h) for g, h, _ in arch.tensor_names(ckpt.config) if h in present]
     assert {h for _, h in pairs} == present
     for gguf_name, hf_name in pairs:
-        assert names.get_name(hf_name, try_suffixes=(".weight", ".bias")) == gguf_name, hf_name
+        # The converter stacks StableLM 2's per-head norms (`...norms.{h}`) before naming them.
+        stacked = re.sub(r"\.norms\.\d+", "", hf_name)
+        assert names.get_name(stacked, try_suffixes=(".weight", ".bias")) == gguf_name, hf_name
 
 
 def test_every_writable_type_matches_transformers_gguf_loader(tiny_hf, tmp_path):

@@ -69,6 +69,52 @@ ARCHITECTURES: dict[str, dict] = {
         "attention_multiplier": 0.09,
         "logits_scaling": 2.5,
     },
+    # StableLM 2 12B's per-head LayerNorm of queries and keys (a weight per head).
+    "stablelm-qk-layernorm": {
+        "model_type": "stablelm",
+        "num_key_value_heads": 2,
+        "qk_layernorm": True,
+        "use_parallel_residual": True,
+    },
+    "olmo2": {"model_type": "olmo2", "num_key_value_heads": 2},
+    # Layer 1 attends without RoPE (NoPE).
+    "smollm3": {"model_type": "smollm3", "num_key_value_heads": 2, "no_rope_layers": [1, 0]},
+    # Mixtures of experts: the router's top k of 4 experts, a dense layer among sparse ones.
+    "mixtral": {"model_type": "mixtral", "num_key_value_heads": 2, "num_local_experts": 4},
+    "qwen3_moe": {
+        "model_type": "qwen3_moe",
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 48,
+        "norm_topk_prob": True,
+        "mlp_only_layers": [1],
+    },
+    # A shared expert beside the routed ones, gated by a sigmoid.
+    "qwen2_moe": {
+        "model_type": "qwen2_moe",
+        "num_key_value_heads": 2,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 48,
+        "shared_expert_intermediate_size": 96,
+    },
+    "olmoe": {
+        "model_type": "olmoe",
+        "num_key_value_heads": 2,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+    },
+    # A sliding layer (local RoPE base) with a window shorter than the prompt, then a global one.
+    "gemma3": {
+        "model_type": "gemma3_text",
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "query_pre_attn_scalar": 24,
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention"],
+    },
 }
 
 PHI3_LONGROPE = {
@@ -131,6 +177,34 @@ VARIANTS: dict[str, dict] = {
         "head_dim": 256,
         "attn_logit_softcapping": 50.0,
         "sliding_window": 8,
+    },
+    # Phi's one LayerNorm (with bias) shared by the heads of the queries, one by the keys.
+    "phi-qk-layernorm": {"model_type": "phi", "num_key_value_heads": 2, "qk_layernorm": True},
+    "mixtral-8-experts-top-1": {
+        "model_type": "mixtral",
+        "num_key_value_heads": 2,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 1,
+    },
+    "qwen3_moe-unnormalised-top-3": {
+        **ARCHITECTURES["qwen3_moe"],
+        "num_experts_per_tok": 3,
+        "norm_topk_prob": False,
+        "mlp_only_layers": [],
+    },
+    # The NoPE layer slides (a window shorter than the prompt) and the RoPE one does not.
+    "smollm3-sliding-nope": {
+        **ARCHITECTURES["smollm3"],
+        "use_sliding_window": True,
+        "sliding_window": 8,
+        "rope_theta": 10000.0,
+    },
+    # Linear scaling on the global layer only, softcapped logits, the local layer first.
+    "gemma3-linear-rope-scaling": {
+        **ARCHITECTURES["gemma3"],
+        "layer_types": ["full_attention", "sliding_attention"],
+        "rope_scaling": {"rope_type": "linear", "factor": 4.0},
+        "final_logit_softcapping": 5.0,
     },
 }
 ALL_CONFIGS = {**ARCHITECTURES, **VARIANTS}

@@ -13,6 +13,7 @@ import itertools
 import numpy as np
 import pytest
 import tvm
+from test_parity import settings as parity_settings
 
 from mlc.targets import get_target
 from mlc.testing.kernel_case import free_vars, is_buffer, random_array, scalar_dtype
@@ -32,32 +33,47 @@ def _shapes(func, rows: int) -> dict[str, tuple[int, ...]]:
         offset = any(p.elem_offset.same_as(var) for p in func.params if is_buffer(p))
         env[var] = 0 if offset else rows if var.name in ROW_VARS else DEFAULT_SHAPE_VALUE
     return {
-        p.name: tuple(int(evaluate(d, env)) for d in p.shape) for p in func.params if is_buffer(p)
+        _key(i, p): tuple(int(evaluate(d, env)) for d in p.shape)
+        for i, p in enumerate(func.params)
+        if is_buffer(p)
     }
+
+
+def _key(index: int, param) -> str:
+    """Buffers by position and name: a kernel may name two outputs alike (`split`)."""
+    return f"{index}:{param.name}"
 
 
 def _run(lib, func, inputs: dict[str, np.ndarray], shapes) -> dict[str, np.ndarray]:
     """Every buffer after a call on the top-left corner of `inputs` that `shapes` gives."""
     tensors, args = {}, []
-    for param in func.params:
+    for index, param in enumerate(func.params):
         if not is_buffer(param):
             args.append(0.5 if "float" in scalar_dtype(param) else 1)
             continue
-        corner = tuple(slice(0, n) for n in shapes[param.name])
-        tensors[param.name] = tvm.runtime.tensor(np.ascontiguousarray(inputs[param.name][corner]))
-        args.append(tensors[param.name])
+        key = _key(index, param)
+        corner = tuple(slice(0, n) for n in shapes[key])
+        tensors[key] = tvm.runtime.tensor(np.ascontiguousarray(inputs[key][corner]))
+        args.append(tensors[key])
     lib["main"](*args)
     return {name: t.numpy() for name, t in tensors.items()}
 
 
-@pytest.mark.parametrize("code", ["q0f32", "q4f16_1", "q4f32_1", "q8f16_1"])
-def test_every_cpu_kernel_computes_a_row_alike_at_any_row_count(tiny_builds, code):
-    hf_dir, _ = tiny_builds.get("gqa", code, **GQA)
+# The dense model at every code; a mixture of experts (routing, gather matmuls; 4 experts, so
+# that the random ids 0..3 the cases get are valid) at one.
+CASES = [("gqa", code) for code in ("q0f32", "q4f16_1", "q4f32_1", "q8f16_1")]
+CASES += [("mixtral", "q4f32_1"), ("qwen2_moe", "q4f32_1")]
+
+
+@pytest.mark.parametrize(("name", "code"), CASES)
+def test_every_cpu_kernel_computes_a_row_alike_at_any_row_count(tiny_builds, name, code):
+    settings = GQA if name == "gqa" else parity_settings(name)
+    hf_dir, _ = tiny_builds.get(name, code, **settings)
     preset = get_target("llvm")
     scheduled, _ = model_kernels(hf_dir, code, preset)
     checked = []
-    for name, func in sorted(scheduled.items()):
-        if any(part in name for part in CACHE_KERNELS):
+    for kernel, func in sorted(scheduled.items()):
+        if any(part in kernel for part in CACHE_KERNELS):
             continue
         if not any(v.name in ROW_VARS for v in free_vars(func)):
             continue
@@ -67,7 +83,9 @@ def test_every_cpu_kernel_computes_a_row_alike_at_any_row_count(tiny_builds, cod
         rng = np.random.default_rng(0)
         most = shapes[ROW_COUNTS[-1]]
         inputs = {
-            p.name: random_array(most[p.name], p.dtype, rng) for p in func.params if is_buffer(p)
+            _key(i, p): random_array(most[_key(i, p)], p.dtype, rng)
+            for i, p in enumerate(func.params)
+            if is_buffer(p)
         }
         runs = {rows: _run(lib, func, inputs, shapes[rows]) for rows in ROW_COUNTS}
         for fewer, more in itertools.pairwise(ROW_COUNTS):
@@ -77,7 +95,7 @@ def test_every_cpu_kernel_computes_a_row_alike_at_any_row_count(tiny_builds, cod
                     np.testing.assert_array_equal(
                         runs[more][buffer][corner],
                         array,
-                        err_msg=f"{name}: {buffer} with {fewer} rows and with {more}",
+                        err_msg=f"{kernel}: {buffer} with {fewer} rows and with {more}",
                     )
-        checked.append(name)
+        checked.append(kernel)
     assert any("matmul" in n for n in checked) and any("norm" in n for n in checked), checked

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_parity import settings as parity_settings
 
 from mlc.build import BuildOptions, build
 from mlc.targets import ToolMissingError, get_target, spirv
@@ -19,18 +20,25 @@ from mlc.testing.vulkan_check import VulkanDevice
 UNCHECKED = {"batch_tree_attn", "tree_attn_paged_kv", "tir_attention_merge_state"}
 
 
-@pytest.fixture(scope="module")
-def vulkan_f16(tiny_builds):
-    hf_dir, out = tiny_builds.get("llama", "q4f16_1", build_options={"target": "vulkan"})
+def vulkan_build(tiny_builds, name: str, quantization: str, **settings):
+    """(manifest, kernels by name, lowered module) of a `vulkan` build of a tiny model."""
+    hf_dir, out = tiny_builds.get(
+        name, quantization, build_options={"target": "vulkan"}, **settings
+    )
     (lib,) = out.glob("*-vulkan.so")
     manifest, code = read_manifest(lib)
     preset = get_target("vulkan")
-    scheduled, reference = kc.model_kernels(hf_dir, "q4f16_1", preset)
+    scheduled, reference = kc.model_kernels(hf_dir, quantization, preset)
     lowered = kc.lower(scheduled, reference, preset.tvm_target())
     kernels = {
         k["name"]: (code[k["name"]], spirv.interface_from_json(k)) for k in manifest["kernels"]
     }
     return manifest, kernels, lowered
+
+
+@pytest.fixture(scope="module")
+def vulkan_f16(tiny_builds):
+    return vulkan_build(tiny_builds, "llama", "q4f16_1")
 
 
 def test_artifact_spirv_is_valid(vulkan_f16):
@@ -53,6 +61,21 @@ def test_every_kernel_matches_cpu(vulkan_f16):
     skip = dict.fromkeys(UNCHECKED, "needs a consistent KV-cache state")
     results = kc.check_module(lowered, device, skip=skip)
     assert {r.name for r in results} == checked
+    bad = [r.message for r in results if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_mixture_of_experts_kernels_match_cpu(tiny_builds):
+    """Routing (rank count, expert ids and weights) and the gather matmuls, each alone on
+    llvmpipe against the CPU (4 experts: the checker's random ids, 0..3, are valid ones)."""
+    _, kernels, lowered = vulkan_build(
+        tiny_builds, "mixtral", "q4f32_1", **parity_settings("mixtral")
+    )
+    checked = set(lowered.functions()) - UNCHECKED
+    for part in ("expert_rank", "expert_ids", "expert_weights", "experts_gate_up", "experts_down"):
+        assert any(part in name for name in checked), (part, sorted(checked))
+    skip = dict.fromkeys(UNCHECKED, "needs a consistent KV-cache state")
+    results = kc.check_module(lowered, VulkanDevice(kernels), skip=skip)
     bad = [r.message for r in results if not r.ok]
     assert not bad, "\n".join(bad)
 

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 from cpu_reference import assert_greedy_along, cpu_logits_along
+from test_parity import settings as parity_settings
 
 from mlc.build import BuildOptions, build
 from mlc.runtime import vulkan
@@ -67,6 +68,20 @@ def test_vulkan_greedy_matches_cpu(builds, quantization):
     # Every decode step too: the decode-attention kernels differ from prefill's.
     np.testing.assert_allclose(np.stack(steps), np.stack(expected), atol=tolerance, rtol=0)
     assert_greedy_along(tokens, expected, tolerance)
+
+
+# Query/key norms inside the fused QKV (per-head RMSNorm with a shared weight; per-head LayerNorm
+# with a weight per head): clspv once crashed on the split-and-concatenate they were built from.
+@pytest.mark.parametrize("name", ["qwen3", "stablelm-qk-layernorm"])
+def test_query_key_norm_models_match_cpu(tiny_builds, name):
+    _, cpu_dir = tiny_builds.get(name, "q4f32_1", **parity_settings(name))
+    _, vk_dir = tiny_builds.get(
+        name, "q4f32_1", build_options={"target": "vulkan"}, **parity_settings(name)
+    )
+    steps = greedy(CompiledModel(vk_dir, device="vulkan"), PROMPT, NUM_TOKENS)
+    tokens = [int(np.argmax(s)) for s in steps]
+    expected = cpu_logits_along(cpu_dir, PROMPT, tokens)
+    np.testing.assert_allclose(np.stack(steps), np.stack(expected), atol=1e-4, rtol=0)
 
 
 def test_second_turn_and_two_sequences_match_cpu(builds):

@@ -20,7 +20,9 @@ import numpy as np
 from mlc.models import get_architecture
 from mlc.models.base import ModelConfig, rope_parameters
 from mlc.models.falcon import FalconConfig, grouped_to_fused
+from mlc.models.gemma3 import Gemma3Config
 from mlc.models.layers import partial_rotary_factor
+from mlc.models.smollm3 import SmolLM3Config
 
 from .reader import GGUFError, GGUFFile
 from .rope_factors import LLAMA3_ORIGINAL_CONTEXT, llama3_rope_factors, llama3_scaling
@@ -379,10 +381,16 @@ def _qwen3_tensors(c: ModelConfig) -> list[TensorRule]:
 _GEMMA2_27B_LAYERS = 46
 
 
-def _gemma2_query_scalar(hf: dict[str, Any]) -> int:
-    if hf["num_hidden_layers"] == _GEMMA2_27B_LAYERS:
+def _gemma_query_scalar(hf: dict[str, Any], layers_of_27b: int) -> int:
+    """The `query_pre_attn_scalar` llama.cpp assumes: hidden / heads in the 27B model (told
+    apart by its layer count), head_dim otherwise."""
+    if hf["num_hidden_layers"] == layers_of_27b:
         return hf["hidden_size"] // hf["num_attention_heads"]
     return hf["head_dim"]
+
+
+def _gemma2_query_scalar(hf: dict[str, Any]) -> int:
+    return _gemma_query_scalar(hf, _GEMMA2_27B_LAYERS)
 
 
 def _gemma2_config(m: Metadata) -> dict[str, Any]:
@@ -430,6 +438,118 @@ def _gemma2_tensors(c: ModelConfig) -> list[TensorRule]:
         TensorRule("output_norm", "model.norm", *norm),
     ]
     return _layout(c, outer, layer)
+
+
+# --- gemma3 ------------------------------------------------------------------------------------
+
+# llama.cpp's Gemma 3: five sliding layers to one global, the sliding layers' RoPE base 10,000
+# unscaled, and queries scaled by 1/sqrt(head_dim) except in the 27B model (62 layers), which
+# uses 1/sqrt(hidden / heads); the file has fields for none of these.
+_GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA, _GEMMA3_27B_LAYERS = 6, 10000.0, 62
+
+
+def _gemma3_query_scalar(hf: dict[str, Any]) -> int:
+    return _gemma_query_scalar(hf, _GEMMA3_27B_LAYERS)
+
+
+def _gemma3_config(m: Metadata) -> dict[str, Any]:
+    out = _base_config(m, "gemma3_text")
+    out["head_dim"] = _head_dim(m, out)
+    out["rms_norm_eps"] = float(m.get("attention.layer_norm_rms_epsilon", 1e-6))
+    out["hidden_activation"] = "gelu_pytorch_tanh"
+    out["query_pre_attn_scalar"] = _gemma3_query_scalar(out)
+    out["final_logit_softcapping"] = m.get("final_logit_softcapping")
+    out["attn_logit_softcapping"] = None
+    out["sliding_window"] = int(m.need("attention.sliding_window"))
+    out["sliding_window_pattern"] = _GEMMA3_PATTERN
+    out["rope_local_base_freq"] = _GEMMA3_LOCAL_THETA
+    return {**out, **_rope_scaling(m)}
+
+
+def _gemma3_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    c = Gemma3Config.from_hf(hf)
+    n = c.num_hidden_layers
+    pattern = [i for i in range(n) if (i + 1) % _GEMMA3_PATTERN]
+    _refuse_lost("gemma3_text", "the sliding layers", c.local_layers, pattern)
+    _refuse_lost("gemma3_text", "the local RoPE base", c.local_rope_theta, _GEMMA3_LOCAL_THETA)
+    _refuse_lost("gemma3_text", "the local RoPE scaling", c.local_rope_scaling, None)
+    _refuse_lost(
+        "gemma3_text", "query_pre_attn_scalar", c.query_pre_attn_scalar, _gemma3_query_scalar(hf)
+    )
+    _refuse_lost("gemma3_text", "attn_logit_softcapping", c.attn_logit_softcapping, None)
+    out = {
+        **_rms_metadata({**hf, "rms_norm_eps": c.norm_eps}),
+        "rope.freq_base": c.rope_theta,
+        "attention.key_length": c.head_dim,
+        "attention.value_length": c.head_dim,
+        "attention.sliding_window": c.sliding_window,
+    }
+    if c.rope_scaling is not None:
+        out["rope.scaling.type"] = "linear"
+        out["rope.scaling.factor"] = float(c.rope_scaling["factor"])
+    if c.final_logit_softcapping:
+        out["final_logit_softcapping"] = float(c.final_logit_softcapping)
+    return out
+
+
+def _gemma3_tensors(c: ModelConfig) -> list[TensorRule]:
+    """Gemma 2's layout with query/key norms, every norm stored as `1 + w`."""
+    norm = (plus(-1.0), plus(1.0))
+    return [
+        *_gemma2_tensors(c),
+        *per_layer(
+            [
+                TensorRule("blk.{i}.attn_q_norm", "model.layers.{i}.self_attn.q_norm", *norm),
+                TensorRule("blk.{i}.attn_k_norm", "model.layers.{i}.self_attn.k_norm", *norm),
+            ],
+            c.num_hidden_layers,
+        ),
+    ]
+
+
+# --- olmo2: norms after attention and MLP, whole-projection q/k norms --------------------------
+
+
+def _olmo2_config(m: Metadata) -> dict[str, Any]:
+    out = _base_config(m, "olmo2")
+    out["head_dim"] = _head_dim(m, out)
+    out["rms_norm_eps"] = float(m.need("attention.layer_norm_rms_epsilon"))
+    out["attention_bias"] = m.has("blk.0.attn_q.bias")
+    if m.get("attention.sliding_window") is not None:
+        raise m.fail("olmo2: sliding-window layers (OLMo 3) are not supported")
+    return {**out, **_rope_scaling(m)}
+
+
+def _olmo2_tensors(c: ModelConfig) -> list[TensorRule]:
+    layer = [
+        *(r for r in _llama_like_tensors() if not r.gguf.endswith("_norm")),
+        TensorRule("blk.{i}.attn_q_norm", "model.layers.{i}.self_attn.q_norm"),
+        TensorRule("blk.{i}.attn_k_norm", "model.layers.{i}.self_attn.k_norm"),
+        TensorRule("blk.{i}.post_attention_norm", "model.layers.{i}.post_attention_layernorm"),
+        TensorRule("blk.{i}.post_ffw_norm", "model.layers.{i}.post_feedforward_layernorm"),
+    ]
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
+
+
+# --- smollm3: Llama's layout, RoPE skipped on every fourth layer -------------------------------
+
+# llama.cpp skips RoPE on layers with (i + 1) % 4 == 0; the file has no field for it.
+_SMOLLM3_NOPE_INTERVAL = 4
+
+
+def _smollm3_config(m: Metadata) -> dict[str, Any]:
+    config = {**_llama_config(m), "model_type": "smollm3"}
+    config["no_rope_layer_interval"] = _SMOLLM3_NOPE_INTERVAL
+    return config
+
+
+def _smollm3_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    c = SmolLM3Config.from_hf(hf)
+    n = c.num_hidden_layers
+    kept = [i for i in range(n) if (i + 1) % _SMOLLM3_NOPE_INTERVAL]
+    _refuse_lost("smollm3", "the layers with RoPE", c.rope_layers, kept)
+    _refuse_lost("smollm3", "the sliding window", c.sliding_window, 0)
+    return _llama_metadata(hf)
 
 
 # --- phi3 --------------------------------------------------------------------------------------
@@ -528,6 +648,29 @@ def _stablelm_metadata(hf: dict[str, Any]) -> dict[str, Any]:
     out["rope.dimension_count"] = int(partial_rotary_factor(hf, 0.25) * head_dim)
     out["use_parallel_residual"] = bool(hf.get("use_parallel_residual", True))
     return out
+
+
+def _stablelm_tensors(c: ModelConfig) -> list[TensorRule]:
+    """Llama's layout; StableLM 2's per-head query/key norms are one `[heads, head_dim]` tensor
+    each in the file, a tensor per head in Hugging Face's."""
+    rules = _unpermuted_llama_tensors(c)
+    if getattr(c, "qk_layernorm", False):
+        heads = {"q": c.num_attention_heads, "k": c.num_key_value_heads}
+        per_head = [
+            TensorRule(
+                f"blk.{{i}}.attn_{n}_norm",
+                f"model.layers.{{i}}.self_attn.{n}_layernorm.norms.{h}",
+                to_hf=_row(h),
+            )
+            for n, count in heads.items()
+            for h in range(count)
+        ]
+        rules += per_layer(per_head, c.num_hidden_layers)
+    return rules
+
+
+def _row(index: int) -> Transform:
+    return lambda w: np.ascontiguousarray(w[index])
 
 
 # --- gpt2 --------------------------------------------------------------------------------------
@@ -679,6 +822,13 @@ ARCHITECTURES: dict[str, GGUFArchitecture] = {
         ),
         GGUFArchitecture("gemma2", ("gemma2",), _gemma2_config, _gemma2_metadata, _gemma2_tensors),
         GGUFArchitecture(
+            "gemma3", ("gemma3_text",), _gemma3_config, _gemma3_metadata, _gemma3_tensors
+        ),
+        GGUFArchitecture("olmo2", ("olmo2",), _olmo2_config, _qwen_metadata, _olmo2_tensors),
+        GGUFArchitecture(
+            "smollm3", ("smollm3",), _smollm3_config, _smollm3_metadata, _llama_tensors
+        ),
+        GGUFArchitecture(
             "phi3",
             ("phi3",),
             _phi3_config,
@@ -692,7 +842,7 @@ ARCHITECTURES: dict[str, GGUFArchitecture] = {
             ("stablelm",),
             _stablelm_config,
             _stablelm_metadata,
-            _unpermuted_llama_tensors,
+            _stablelm_tensors,
         ),
         GGUFArchitecture("gpt2", ("gpt2",), _gpt2_config, _gpt2_metadata, _gpt2_tensors),
         GGUFArchitecture("falcon", ("falcon",), _falcon_config, _falcon_metadata, _falcon_tensors),

@@ -59,8 +59,13 @@ def export_gguf(
     for key, value in metadata.items():
         _add_value(writer, f"{name}.{key}", value)
     _add_tokenizer(writer, model_dir, hf)
+    # Several Hugging Face tensors with one GGUF name are stacked, in table order (StableLM 2's
+    # per-head norms, as the converter stacks them).
+    stacks: dict[str, list[np.ndarray]] = {}
     for gguf_name, hf_name, rule in placed:
-        array = rule.to_gguf(ckpt.get(hf_name).astype(np.float32))
+        stacks.setdefault(gguf_name, []).append(rule.to_gguf(ckpt.get(hf_name).astype(np.float32)))
+    for gguf_name, arrays in stacks.items():
+        array = arrays[0] if len(arrays) == 1 else np.stack(arrays)
         _add_tensor(writer, gguf, gguf_name, array, tensor_type, overrides or {})
     for gguf_name, array in arch.extra_tensors(hf).items():
         _add_tensor(writer, gguf, gguf_name, array, "F32", {})
