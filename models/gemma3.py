@@ -15,8 +15,8 @@ from .base import WeightSource, rope_parameters
 from .gemma import one_plus
 from .gemma2 import Gemma2Config, Gemma2DecoderLayer, Gemma2ForCausalLM
 from .gemma2 import hf_weight_map as gemma2_weights
+from .head_norm import qk_norms
 from .layers import CausalLM, LMOptions, RMSNorm, check_rope_scaling
-from .qwen3 import head_rms_norms
 from .rotary import Rotary
 
 MODEL_TYPES = ("gemma3_text",)
@@ -81,8 +81,7 @@ class Gemma3ForCausalLM(Gemma2ForCausalLM):
                 )
             else:
                 rotary = Rotary(config.rope_theta, config.rotary_dim, config.rope_scaling)
-            qk_norms = head_rms_norms(config, dtype)
-            layers.append(Gemma2DecoderLayer(config, dtype, qk_norms, rotary))
+            layers.append(Gemma2DecoderLayer(config, dtype, qk_norms(config, dtype), rotary))
         final_norm = RMSNorm(config.hidden_size, config.norm_eps, dtype)
         options = LMOptions(embed_scale=config.hidden_size**0.5, rope_mode=RopeMode.NONE)
         CausalLM.__init__(self, config, dtype, layers, final_norm, options)

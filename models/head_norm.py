@@ -10,9 +10,14 @@ target's compiler) crashes on the concatenation: a select between loads of diffe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
+
+if TYPE_CHECKING:
+    from .layers import DecoderConfig
 
 
 class HeadNorm(nn.Module):
@@ -35,6 +40,16 @@ class HeadNorm(nn.Module):
         self.eps = eps
         self.centered = centered
         self.across_heads = across_heads
+
+
+def qk_norms(
+    config: DecoderConfig, dtype: str, whole_width: bool = False, **options: bool
+) -> tuple[HeadNorm, HeadNorm]:
+    """A norm of the query heads and one of the key heads, with `HeadNorm`'s `options`: weights
+    `[head_dim]` shared by the heads, or (`whole_width`) one value per value of the projection."""
+    d = config.head_dim
+    heads = (config.num_attention_heads, config.num_key_value_heads) if whole_width else (1, 1)
+    return tuple(HeadNorm((n * d,), config.norm_eps, dtype, **options) for n in heads)
 
 
 def normalize_heads(qkv: Tensor, norm: HeadNorm, first_head: int, num_heads: int) -> Tensor:

@@ -218,8 +218,8 @@ def check_activation(model_type: str, name: str) -> str:
 class Attention(nn.Module):
     """Fused QKV projection (rows: all query heads, then key heads, then value heads), attention
     in the paged KV cache (which applies RoPE), output projection. `qk_norms` normalise queries
-    and keys before RoPE (`head_norm.py`); `rotary` applies a
-    RoPE variant the cache lacks (the cache then runs with `RopeMode.NONE`)."""
+    and keys before RoPE (`head_norm.py`); `rotary` applies a RoPE variant the cache lacks (the
+    cache then runs with `RopeMode.NONE`)."""
 
     def __init__(
         self,

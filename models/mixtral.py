@@ -8,7 +8,6 @@ from typing import Any
 
 from .base import WeightSource
 from .layers import (
-    ACTIVATIONS,
     Attention,
     CausalLM,
     DecoderLayer,
@@ -38,11 +37,10 @@ class MixtralConfig(LlamaConfig, MoEFields):
 class MixtralForCausalLM(CausalLM):
     def __init__(self, config: MixtralConfig, dtype: str = "float32"):
         eps = config.norm_eps
-        act = ACTIVATIONS[config.hidden_act]
         layers = [
             DecoderLayer(
                 Attention(config, dtype),
-                SparseMoE(config.hidden_size, config, act, dtype),
+                SparseMoE(config, dtype),
                 RMSNorm(config.hidden_size, eps, dtype),
                 RMSNorm(config.hidden_size, eps, dtype),
             )

@@ -10,7 +10,7 @@ every target compiles without a sort.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
 from .base import WeightSource
+from .layers import ACTIVATIONS
 
 
 @dataclasses.dataclass
@@ -38,7 +39,6 @@ def moe_fields(
     num_layers: int,
     *,
     intermediate_key: str = "moe_intermediate_size",
-    norm_topk_default: bool = False,
 ) -> dict[str, Any]:
     """The `MoEFields` of a `config.json`; refuses what we cannot run, naming the field. The
     expert count is `num_experts` or `num_local_experts` (transformers 5 writes the latter)."""
@@ -58,7 +58,7 @@ def moe_fields(
         num_experts=int(experts),
         num_experts_per_tok=top_k,
         moe_intermediate_size=int(hf.get(intermediate_key) or hf["intermediate_size"]),
-        norm_topk_prob=bool(hf.get("norm_topk_prob", norm_topk_default)),
+        norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
         moe_layers=[i for i in range(num_layers) if i not in dense and (i + 1) % step == 0],
     )
 
@@ -123,21 +123,14 @@ def gather_matmul(x: Tensor, weight: Tensor, ids: Tensor, name: str) -> Tensor:
 
 class SparseMoE(nn.Module):
     """`sum_j weight_j * down_j(act(gate_j(x)) * up_j(x))` over the token's `top_k` experts;
-    with `shared_intermediate`, plus a shared expert scaled by `sigmoid(shared_gate(x))`
-    (Qwen2-MoE)."""
+    with `shared_expert`, plus that expert scaled by `sigmoid(shared_gate(x))` (Qwen2-MoE).
+    `config` is a decoder config with the `MoEFields`."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        fields: MoEFields,
-        act: Callable[[Tensor], Tensor],
-        dtype: str,
-        shared_expert: nn.Module | None = None,
-    ):
-        e, inter = fields.num_experts, fields.moe_intermediate_size
-        self.top_k = fields.num_experts_per_tok
-        self.normalize = fields.norm_topk_prob
-        self.act = act
+    def __init__(self, config: Any, dtype: str, shared_expert: nn.Module | None = None):
+        e, inter, hidden_size = config.num_experts, config.moe_intermediate_size, config.hidden_size
+        self.top_k = config.num_experts_per_tok
+        self.normalize = config.norm_topk_prob
+        self.act = ACTIVATIONS[config.hidden_act]
         self.num_experts = e
         # The router; with a shared expert, its gate is one more row (a one-row matmul of its
         # own is left to LLVM, which vectorises it across tokens: see `cpu_schedules`).

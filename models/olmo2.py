@@ -11,7 +11,7 @@ from tvm.relax.frontend.nn import Tensor
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from .base import WeightSource
-from .head_norm import HeadNorm
+from .head_norm import qk_norms
 from .layers import (
     MLP,
     Attention,
@@ -40,12 +40,9 @@ class Olmo2DecoderLayer(nn.Module):
     """`x += norm1(attn(x)); x += norm2(mlp(x))`."""
 
     def __init__(self, config: Olmo2Config, dtype: str):
-        eps, bias, d = config.norm_eps, config.attention_bias, config.head_dim
-        qk_norms = (
-            HeadNorm((config.num_attention_heads * d,), eps, dtype, across_heads=True),
-            HeadNorm((config.num_key_value_heads * d,), eps, dtype, across_heads=True),
-        )
-        self.self_attn = Attention(config, dtype, bias, bias, qk_norms=qk_norms)
+        eps, bias = config.norm_eps, config.attention_bias
+        norms = qk_norms(config, dtype, whole_width=True, across_heads=True)
+        self.self_attn = Attention(config, dtype, bias, bias, qk_norms=norms)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype)
         self.mlp = MLP(config, dtype, gated=True)
         self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps, dtype)

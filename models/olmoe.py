@@ -8,9 +8,8 @@ import dataclasses
 from typing import Any
 
 from .base import WeightSource
-from .head_norm import HeadNorm
+from .head_norm import qk_norms
 from .layers import (
-    ACTIVATIONS,
     Attention,
     CausalLM,
     DecoderConfig,
@@ -41,19 +40,17 @@ class OlmoeConfig(DecoderConfig, MoEFields):
 
 class OlmoeForCausalLM(CausalLM):
     def __init__(self, config: OlmoeConfig, dtype: str = "float32"):
-        eps, bias, d = config.norm_eps, config.attention_bias, config.head_dim
-        act = ACTIVATIONS[config.hidden_act]
-
-        def qk_norms() -> tuple[HeadNorm, HeadNorm]:
-            return (
-                HeadNorm((config.num_attention_heads * d,), eps, dtype, across_heads=True),
-                HeadNorm((config.num_key_value_heads * d,), eps, dtype, across_heads=True),
-            )
-
+        eps, bias = config.norm_eps, config.attention_bias
         layers = [
             DecoderLayer(
-                Attention(config, dtype, bias, bias, qk_norms=qk_norms()),
-                SparseMoE(config.hidden_size, config, act, dtype),
+                Attention(
+                    config,
+                    dtype,
+                    bias,
+                    bias,
+                    qk_norms=qk_norms(config, dtype, whole_width=True, across_heads=True),
+                ),
+                SparseMoE(config, dtype),
                 RMSNorm(config.hidden_size, eps, dtype),
                 RMSNorm(config.hidden_size, eps, dtype),
             )

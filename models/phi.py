@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from .base import WeightSource
-from .head_norm import HeadNorm
+from .head_norm import qk_norms
 from .layers import (
     MLP,
     Attention,
@@ -43,20 +43,18 @@ class PhiConfig(DecoderConfig):
         return cls(**fields, qk_layernorm=bool(hf.get("qk_layernorm", False)))
 
 
-def head_norms(config: PhiConfig, dtype: str) -> tuple[HeadNorm, HeadNorm] | None:
-    """One LayerNorm (weight and bias) shared by the query heads, one by the key heads."""
-    if not config.qk_layernorm:
-        return None
-    eps = config.norm_eps
-    return tuple(HeadNorm((config.head_dim,), eps, dtype, centered=True, bias=True) for _ in "qk")
-
-
 class PhiForCausalLM(CausalLM):
     def __init__(self, config: PhiConfig, dtype: str = "float32"):
         eps = config.norm_eps
+
+        def norms():  # one LayerNorm (weight and bias) shared by the query heads, one by the keys
+            return (
+                qk_norms(config, dtype, centered=True, bias=True) if config.qk_layernorm else None
+            )
+
         layers = [
             DecoderLayer(
-                Attention(config, dtype, True, True, qk_norms=head_norms(config, dtype)),
+                Attention(config, dtype, True, True, qk_norms=norms()),
                 MLP(config, dtype, gated=False, bias=True),
                 LayerNorm(config.hidden_size, eps, dtype),
                 None,

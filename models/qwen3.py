@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from .base import WeightSource
-from .head_norm import HeadNorm
+from .head_norm import qk_norms
 from .layers import (
     MLP,
     Attention,
@@ -33,17 +33,12 @@ class Qwen3Config(DecoderConfig):
         return cls(**fields, attention_bias=bool(hf.get("attention_bias", False)))
 
 
-def head_rms_norms(config: DecoderConfig, dtype: str) -> tuple[HeadNorm, HeadNorm]:
-    """Per-head RMSNorm of queries and of keys, a weight shared by the heads."""
-    return tuple(HeadNorm((config.head_dim,), config.norm_eps, dtype) for _ in "qk")
-
-
 class Qwen3ForCausalLM(CausalLM):
     def __init__(self, config: Qwen3Config, dtype: str = "float32"):
         eps, bias = config.norm_eps, config.attention_bias
         layers = [
             DecoderLayer(
-                Attention(config, dtype, bias, bias, qk_norms=head_rms_norms(config, dtype)),
+                Attention(config, dtype, bias, bias, qk_norms=qk_norms(config, dtype)),
                 MLP(config, dtype, gated=True),
                 RMSNorm(config.hidden_size, eps, dtype),
                 RMSNorm(config.hidden_size, eps, dtype),

@@ -9,8 +9,8 @@ import dataclasses
 from typing import Any
 
 from .base import WeightSource
+from .head_norm import qk_norms
 from .layers import (
-    ACTIVATIONS,
     MLP,
     Attention,
     CausalLM,
@@ -23,7 +23,7 @@ from .layers import (
 )
 from .moe import MoEFields, SparseMoE, moe_fields, moe_weights
 from .qwen2 import Qwen2Config
-from .qwen3 import Qwen3Config, head_rms_norms
+from .qwen3 import Qwen3Config
 
 MODEL_TYPES = ("qwen2_moe", "qwen3_moe")
 
@@ -61,7 +61,6 @@ class QwenMoEForCausalLM(CausalLM):
     def __init__(self, config: QwenMoEConfig, dtype: str = "float32"):
         eps, bias = config.norm_eps, config.attention_bias
         qwen3 = config.model_type == "qwen3_moe"
-        act = ACTIVATIONS[config.hidden_act]
 
         def mlp(i: int):
             if i not in config.moe_layers:
@@ -75,7 +74,7 @@ class QwenMoEForCausalLM(CausalLM):
                     dtype,
                     gated=True,
                 )
-            return SparseMoE(config.hidden_size, config, act, dtype, shared_expert=shared)
+            return SparseMoE(config, dtype, shared_expert=shared)
 
         layers = [
             DecoderLayer(
@@ -84,7 +83,7 @@ class QwenMoEForCausalLM(CausalLM):
                     dtype,
                     bias,
                     bias and qwen3,  # Qwen2's output projection has no bias
-                    qk_norms=head_rms_norms(config, dtype) if qwen3 else None,
+                    qk_norms=qk_norms(config, dtype) if qwen3 else None,
                 ),
                 mlp(i),
                 RMSNorm(config.hidden_size, eps, dtype),

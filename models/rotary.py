@@ -103,10 +103,7 @@ def rotate_half(
         partner = tirx.if_then_else(
             d < half, -qkv[b, s, h, d + half], qkv[b, s, h, d - half]
         ).astype("float32")
-        if factor == 1.0:
-            rotated = x * tirx.cos(angle) + partner * tirx.sin(angle)
-        else:
-            rotated = x * (tirx.cos(angle) * scale) + partner * (tirx.sin(angle) * scale)
+        rotated = x * (tirx.cos(angle) * scale) + partner * (tirx.sin(angle) * scale)
         inside = tirx.all(h < num_rotated_heads, d < rotary_dim)
         return tirx.if_then_else(inside, rotated.astype(qkv.dtype), qkv[b, s, h, d])
 

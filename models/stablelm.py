@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .base import WeightSource
-from .head_norm import HeadNorm
+from .head_norm import qk_norms
 from .layers import (
     MLP,
     Attention,
@@ -49,23 +49,18 @@ class StableLMConfig(DecoderConfig):
         )
 
 
-def head_norms(config: StableLMConfig, dtype: str) -> tuple[HeadNorm, HeadNorm] | None:
-    """A LayerNorm per head, each with its own weight and no bias."""
-    if not config.qk_layernorm:
-        return None
-    eps, d = config.norm_eps, config.head_dim
-    return (
-        HeadNorm((config.num_attention_heads * d,), eps, dtype, centered=True),
-        HeadNorm((config.num_key_value_heads * d,), eps, dtype, centered=True),
-    )
-
-
 class StableLMForCausalLM(CausalLM):
     def __init__(self, config: StableLMConfig, dtype: str = "float32"):
         eps, parallel = config.norm_eps, config.use_parallel_residual
+
+        def norms():  # a LayerNorm per head, each with its own weight and no bias
+            if not config.qk_layernorm:
+                return None
+            return qk_norms(config, dtype, whole_width=True, centered=True)
+
         layers = [
             DecoderLayer(
-                Attention(config, dtype, config.use_qkv_bias, qk_norms=head_norms(config, dtype)),
+                Attention(config, dtype, config.use_qkv_bias, qk_norms=norms()),
                 MLP(config, dtype, gated=True),
                 LayerNorm(config.hidden_size, eps, dtype),
                 None if parallel else LayerNorm(config.hidden_size, eps, dtype),

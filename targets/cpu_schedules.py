@@ -57,7 +57,7 @@ class MatmulNT(ScheduleRule):
         n_extent = main.iters[-2].dom
         if not isinstance(n_extent, int | tirx.IntImm):
             return None
-        # Narrow outputs (a router's few experts, a shared expert's one gate) are one tile:
+        # Narrow outputs (a router's few experts) are one tile:
         # left to LLVM, they are vectorised across rows, and rows would differ by batch size.
         tile = TILE_N if int(n_extent) >= 2 * TILE_N else int(n_extent)
         try:

@@ -365,12 +365,16 @@ def _unpermuted_llama_tensors(c: ModelConfig) -> list[TensorRule]:
     return _layout(c, _outer("model.embed_tokens", "model.norm"), _llama_like_tensors())
 
 
-def _qwen3_tensors(c: ModelConfig) -> list[TensorRule]:
-    layer = [
-        *_llama_like_tensors(),
-        TensorRule("blk.{i}.attn_q_norm", "model.layers.{i}.self_attn.q_norm"),
-        TensorRule("blk.{i}.attn_k_norm", "model.layers.{i}.self_attn.k_norm"),
+def _qk_norm_tensors(fix: tuple[Transform, Transform] = (keep, keep)) -> list[TensorRule]:
+    """The query and key norms (Qwen3, Gemma 3, OLMo 2); `fix` is their (to_hf, to_gguf)."""
+    return [
+        TensorRule(f"blk.{{i}}.attn_{n}_norm", f"model.layers.{{i}}.self_attn.{n}_norm", *fix)
+        for n in "qk"
     ]
+
+
+def _qwen3_tensors(c: ModelConfig) -> list[TensorRule]:
+    layer = [*_llama_like_tensors(), *_qk_norm_tensors()]
     return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
 
 
@@ -497,13 +501,7 @@ def _gemma3_tensors(c: ModelConfig) -> list[TensorRule]:
     norm = (plus(-1.0), plus(1.0))
     return [
         *_gemma2_tensors(c),
-        *per_layer(
-            [
-                TensorRule("blk.{i}.attn_q_norm", "model.layers.{i}.self_attn.q_norm", *norm),
-                TensorRule("blk.{i}.attn_k_norm", "model.layers.{i}.self_attn.k_norm", *norm),
-            ],
-            c.num_hidden_layers,
-        ),
+        *per_layer(_qk_norm_tensors(norm), c.num_hidden_layers),
     ]
 
 
@@ -523,8 +521,7 @@ def _olmo2_config(m: Metadata) -> dict[str, Any]:
 def _olmo2_tensors(c: ModelConfig) -> list[TensorRule]:
     layer = [
         *(r for r in _llama_like_tensors() if not r.gguf.endswith("_norm")),
-        TensorRule("blk.{i}.attn_q_norm", "model.layers.{i}.self_attn.q_norm"),
-        TensorRule("blk.{i}.attn_k_norm", "model.layers.{i}.self_attn.k_norm"),
+        *_qk_norm_tensors(),
         TensorRule("blk.{i}.post_attention_norm", "model.layers.{i}.post_attention_layernorm"),
         TensorRule("blk.{i}.post_ffw_norm", "model.layers.{i}.post_feedforward_layernorm"),
     ]
