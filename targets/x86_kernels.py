@@ -176,9 +176,22 @@ def _fma(a, b, c):
     return T.call_llvm_pure_intrin(str(a.ty), "llvm.fma", a, b, c)
 
 
-def _reduce_add(start, vector):
-    """`start` + the lanes of `vector`, in the one order LLVM lowers this intrinsic to."""
-    return T.call_llvm_pure_intrin("float32", "llvm.vector.reduce.fadd", start, vector)
+def _fence(value):
+    """`value`, which fast-math may not reassociate with what comes before or after it."""
+    return T.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
+
+
+def _reduce_add(start, vector, lanes: int):
+    """`start` + the lanes of `vector`, halving it (lane i plus lane i + lanes/2) until one
+    lane is left, each step fenced. A fast-math reduction would be free to sum the lanes in
+    any order, and LLVM picks the order by context: on AVX2 (two registers per 16 floats) it
+    summed the outputs of the 4-token micro-kernel otherwise than a lone token's."""
+    while lanes > 1:
+        lanes //= 2
+        low = T.Shuffle([vector], list(range(lanes)))
+        high = T.Shuffle([vector], list(range(lanes, 2 * lanes)))
+        vector = _fence(low + high)
+    return _fence(start + vector)
 
 
 def _lanes_sum(buf, base, lanes):
@@ -216,21 +229,24 @@ def q4a8_matmul_avx2(
 
     def block_value(qw, qs, qm, xq, xs, xc, row, i, b, acc):
         """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane (with
-        minima: `acc + m · xc + sw · (dot · xs)`)."""
+        minima: `acc + m · xc + sw · (dot · xs)`). The sum is fenced: fast-math reassociated
+        the chain over the blocks differently in the 4-token micro-kernel than for a lone
+        token on AVX2, 1 ulp apart."""
         groups_at = T.Ramp(b * BLOCK_GROUPS, 1, lanes)
         sw = T.Cast(f"float32x{lanes}", qs[row, groups_at])
         dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, vnni))
         if has_min:
             m = T.Cast(f"float32x{lanes}", qm[row, groups_at])
-            return _fma(sw, dot * xs[i, groups_at], _fma(m, xc[i, groups_at], acc))
-        return _fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc)
+            return _fence(_fma(sw, dot * xs[i, groups_at], _fence(_fma(m, xc[i, groups_at], acc))))
+        return _fence(_fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc))
 
     def tail_value(qs, qm, xs, xc, row, i, group, dot, acc):
         sw = T.Cast("float32", qs[row, group])
         if has_min:
             m = T.Cast("float32", qm[row, group])
-            return _fma(sw, T.Cast("float32", dot) * xs[i, group], _fma(m, xc[i, group], acc))
-        return _fma(sw, _fma(T.Cast("float32", dot), xs[i, group], xc[i, group]), acc)
+            with_min = _fence(_fma(m, xc[i, group], acc))
+            return _fence(_fma(sw, T.Cast("float32", dot) * xs[i, group], with_min))
+        return _fence(_fma(sw, _fma(T.Cast("float32", dot), xs[i, group], xc[i, group]), acc))
 
     @T.macro
     def finish_row(qw, qs, qm, xq, xs, xc, y, acc, base, part, tail, row, i):
@@ -247,7 +263,7 @@ def q4a8_matmul_avx2(
             tail[0] = tail_value(
                 qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
             )
-        y[i, row] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)])
+        y[i, row] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
 
     @T.macro
     def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows):
