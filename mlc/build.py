@@ -132,11 +132,14 @@ def build(opts: BuildOptions) -> Path:
         for line in quant.summary():
             _log(opts, f"Weights: {line}")
         if getattr(config, "num_experts", 0) and not quant.name.startswith("q0"):
-            _log(
-                opts,
-                f"Weights: the mixture-of-experts' expert weights stay in {quant.model_dtype} "
-                f"({quant.name} quantizes the other weights; quantized experts are not built yet)",
-            )
+            if quant.quantizes_experts:
+                _log(opts, f"Weights: the mixture-of-experts' expert weights are {quant.name} too")
+            else:
+                _log(
+                    opts,
+                    f"Weights: the mixture-of-experts' expert weights stay in {quant.model_dtype} "
+                    f"({quant.name} has no expert kernels; q4f16_1, q4f32_1 and q4a8_1 do)",
+                )
         model = quant.quantize_model(model)
         mod, named_params = export_model(model, target, preset)
         param_meta = [

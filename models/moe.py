@@ -108,17 +108,49 @@ def gather_matmul(x: Tensor, weight: Tensor, ids: Tensor, name: str) -> Tensor:
     or `[tokens, top_k, in]`."""
 
     def compute(x: te.Tensor, w: te.Tensor, ids: te.Tensor) -> te.Tensor:
-        tokens, top_k = ids.shape
-        n_out, n_in = w.shape[1], w.shape[2]
-        r = te.reduce_axis((0, n_in), name="r")
-
-        def value(t, j, n):
-            xv = x[t, r] if len(x.shape) == 2 else x[t, j, r]
-            return te.sum(xv.astype("float32") * w[ids[t, j], n, r].astype("float32"), axis=r)
-
-        return te.compute((tokens, top_k, n_out), value, name=name)
+        return gathered_rows(
+            x,
+            ids,
+            int(w.shape[1]),
+            int(w.shape[2]),
+            name,
+            lambda e, n, r: w[e, n, r].astype("float32"),
+        )
 
     return op.tensor_expr_op(compute, name, [x, weight, ids])
+
+
+def gathered_rows(x: te.Tensor, ids: te.Tensor, n_out: int, n_in: int, name: str, weight_value):
+    """The compute of a gather matmul whose weight value `weight_value(expert, n, r)` (float32)
+    may be read from a packed, quantized layout."""
+    tokens, top_k = ids.shape
+    r = te.reduce_axis((0, n_in), name="r")
+
+    def value(t, j, n):
+        xv = x[t, r] if len(x.shape) == 2 else x[t, j, r]
+        return te.sum(xv.astype("float32") * weight_value(ids[t, j], n, r), axis=r)
+
+    return te.compute((tokens, top_k, n_out), value, name=name)
+
+
+class Experts(nn.Module):
+    """The stacked weights `[experts, out, in]` of one projection of every expert; called with
+    the tokens' expert ids it multiplies each token by its chosen experts only (float32 out).
+    The quantization schemes swap it for a twin that reads packed weights."""
+
+    def __init__(
+        self, num_experts: int, out_features: int, in_features: int, dtype: str, name: str
+    ):
+        self.num_experts, self.out_features, self.in_features = (
+            num_experts,
+            out_features,
+            in_features,
+        )
+        self.kernel_name = name
+        self.weight = nn.Parameter((num_experts, out_features, in_features), dtype)
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        return gather_matmul(x, self.weight, ids, self.kernel_name)
 
 
 class SparseMoE(nn.Module):
@@ -132,26 +164,28 @@ class SparseMoE(nn.Module):
         self.normalize = config.norm_topk_prob
         self.act = ACTIVATIONS[config.hidden_act]
         self.num_experts = e
-        # The router; with a shared expert, its gate is one more row (a one-row matmul of its
-        # own is left to LLVM, which vectorises it across tokens: see `cpu_schedules`).
+        # The router `[routes, hidden]`; with a shared expert, its gate is one more row (a
+        # one-row matmul of its own is left to LLVM, which vectorises it across tokens: see
+        # `cpu_schedules`). Not a `.weight`: no quantization code touches it, since a routing
+        # decision that rounding flips swaps whole experts (llama.cpp keeps it float too).
         routes = e + (1 if shared_expert is not None else 0)
-        self.gate = nn.Linear(hidden_size, routes, bias=False, dtype=dtype)
-        self.experts_gate_up = nn.Parameter((e, 2 * inter, hidden_size), dtype)
-        self.experts_down = nn.Parameter((e, hidden_size, inter), dtype)
+        self.router = nn.Parameter((routes, hidden_size), dtype)
+        self.experts_gate_up = Experts(e, 2 * inter, hidden_size, dtype, "experts_gate_up")
+        self.experts_down = Experts(e, hidden_size, inter, dtype, "experts_down")
         self.shared_expert = shared_expert
 
     def forward(self, x: Tensor) -> Tensor:
         b, s, h = x.shape
         flat = op.reshape(x, (b * s, h))
-        logits = self.gate(flat).astype("float32")
+        logits = op.matmul(flat, op.permute_dims(self.router), out_dtype="float32")
         if self.shared_expert is not None:
             logits, shared_gate = op.split(logits, [self.num_experts], axis=-1)
         probs = op.softmax(logits, axis=-1)
         weights, ids = route(probs, self.top_k, self.normalize)
-        gate_up = gather_matmul(flat, self.experts_gate_up, ids, "experts_gate_up")
+        gate_up = self.experts_gate_up(flat, ids)
         gate, up = op.split(gate_up, 2, axis=-1)
         hidden = self.act(gate) * up
-        down = gather_matmul(hidden, self.experts_down, ids, "experts_down")
+        down = self.experts_down(hidden, ids)
         out = op.sum(down * op.unsqueeze(weights, -1), axis=1)
         if self.shared_expert is not None:
             out = out + self.shared_expert(flat).astype("float32") * op.sigmoid(shared_gate)
@@ -186,7 +220,7 @@ def moe_weights(
         ours, hf = f"layers.{i}.mlp", f"model.layers.{i}.{hf_mlp}"
         for n in ("up_proj.weight", "down_proj.weight"):
             mapping.pop(f"{ours}.{n}", None)
-        mapping[f"{ours}.gate.weight"] = WeightSource((f"{hf}.{router}.weight",))
+        mapping[f"{ours}.router"] = WeightSource((f"{hf}.{router}.weight",))
         experts = f"{hf}.experts"
         mapping.update(
             {
@@ -203,11 +237,13 @@ def _expert_weights(
     """Our `experts_gate_up` / `experts_down` from Hugging Face's per-expert tensors
     `{prefix}.{e}.{gate|up|down}.weight`."""
     return {
-        "experts_gate_up": stacked(
+        "experts_gate_up.weight": stacked(
             [
                 (f"{prefix}.{e}.{gate}.weight", f"{prefix}.{e}.{up}.weight")
                 for e in range(num_experts)
             ]
         ),
-        "experts_down": stacked([(f"{prefix}.{e}.{down}.weight",) for e in range(num_experts)]),
+        "experts_down.weight": stacked(
+            [(f"{prefix}.{e}.{down}.weight",) for e in range(num_experts)]
+        ),
     }

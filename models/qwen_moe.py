@@ -107,8 +107,8 @@ def hf_weight_map(config: QwenMoEConfig) -> dict[str, WeightSource]:
             mapping[f"{ours}.shared_expert.down_proj.weight"] = same(
                 f"{hf}.shared_expert.down_proj.weight"
             )
-            router = mapping[f"{ours}.gate.weight"].hf_names
-            mapping[f"{ours}.gate.weight"] = fused(*router, f"{hf}.shared_expert_gate.weight")
+            router = mapping[f"{ours}.router"].hf_names
+            mapping[f"{ours}.router"] = fused(*router, f"{hf}.shared_expert_gate.weight")
     return mapping
 
 

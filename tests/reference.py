@@ -52,8 +52,15 @@ def _has_experts(config) -> bool:
     )
 
 
+def is_router(name: str) -> bool:
+    """A mixture of experts' router weight (Qwen2-MoE's shared-expert gate included)."""
+    return name.endswith((".gate.weight", ".shared_expert_gate.weight"))
+
+
 def dequantized_reference(model_dir: Path, code: str):
-    """transformers with every Linear/Embedding weight replaced by its dequantized value w'.
+    """transformers with every Linear/Embedding weight, and the stacked experts' `[E, N, K]`
+    weights of a mixture of experts, replaced by its dequantized value w' (routers stay float,
+    as our builds keep them).
 
     Quantization groups run along each weight's input axis, so GPT-2's `Conv1D` weights
     (`[in, out]`) are quantized transposed, as the build stores them.
@@ -69,11 +76,13 @@ def dequantized_reference(model_dir: Path, code: str):
         return model
     transposed = {id(m.weight) for m in model.modules() if isinstance(m, Conv1D)}
     with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim != 2:
+        for name, param in model.named_parameters():
+            if param.ndim != 2 and not (param.ndim == 3 and ".experts." in name):
+                continue
+            if is_router(name):
                 continue
             w = param.numpy().T if id(param) in transposed else param.numpy()
-            w_deq = scheme.dequantize_weight(*scheme.quantize_weight(w), w.shape[1])
+            w_deq = scheme.dequantize_weight(*scheme.quantize_weight(w), w.shape[-1])
             param.copy_(torch.from_numpy(w_deq.T if id(param) in transposed else w_deq))
     return model
 
@@ -100,6 +109,8 @@ def quantize_activations_int8(model, group: int = 32, only: set[str] | None = No
 
     hooked = set()
     for name, module in model.named_modules():
+        if is_router(f"{name}.weight"):  # float in our builds, as their weights
+            continue
         if isinstance(module, torch.nn.Linear | Conv1D) and (only is None or name in only):
             module.register_forward_pre_hook(fake_quantize)
             hooked.add(name)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm  # trains the SentencePiece reference vocabulary
 import torch
-from reference import hf_logits, load_hf
+from reference import hf_logits, load_hf, quantize_activations_int8
 from tokenizer_samples import SENTENCEPIECE_BPE, TEXT, tokenizer_samples
 
 from mlc import ChatModule, GenerationConfig
@@ -80,8 +80,9 @@ def tiny_hf(tmp_path_factory):
 
 
 def load_gguf_reference(path, **config):
-    """`transformers` reading the GGUF file itself, in float64 with eager attention, as
-    `reference.load_hf` runs a model directory; `config` sets fields its loader does not read."""
+    """`transformers` reading the GGUF file itself, in float64 with eager attention (and eager
+    experts: the grouped ones take no float64), as `reference.load_hf` runs a model directory;
+    `config` sets fields its loader does not read."""
     from transformers import AutoModelForCausalLM, GgufConfig
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -92,6 +93,7 @@ def load_gguf_reference(path, **config):
         # Every weight dequantized into a dense float64 model, not computed in GGUF blocks by
         # float32 kernels.
         quantization_config=GgufConfig(dequantize=True),
+        **({"experts_implementation": "eager"} if "moe" in path.stem else {}),
         **config,
     )
     return model.eval()
@@ -118,6 +120,22 @@ PROMPT = list(range(5, 30))
 # and are told otherwise: Qwen3's head_dim (the file's `attention.key_length`; its default, 128,
 # is slow to build) and Gemma 2's `query_pre_attn_scalar`, which the file has no field for and
 # llama.cpp takes to be head_dim (its default is 256; a head_dim 256 build took >15 min here).
+QWEN3_MOE = {
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 48,
+    "norm_topk_prob": True,
+}
+QWEN2_MOE = {
+    "num_key_value_heads": 2,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 48,
+    "shared_expert_intermediate_size": 96,
+    "norm_topk_prob": False,
+}
 GGUF_ARCHITECTURES = {
     "qwen2": ({"num_key_value_heads": 2}, {}),
     "qwen3": ({"num_key_value_heads": 2, "head_dim": 32}, {"head_dim": 32}),
@@ -145,6 +163,18 @@ GGUF_ARCHITECTURES = {
         {"query_pre_attn_scalar": 32},
     ),
     "phi3": ({"num_key_value_heads": 2}, {}),
+    # Experts stacked `[experts, out, in]` per layer, the router kept F32. transformers' loader
+    # reads neither the experts' width (`expert_feed_forward_length`) nor llama.cpp's fixed
+    # renormalisation of the top k.
+    "qwen3_moe": (
+        QWEN3_MOE,
+        {"head_dim": 32, "moe_intermediate_size": 48, "norm_topk_prob": True},
+    ),
+    # Qwen2-MoE's shared expert and its one-row gate besides the routed experts.
+    "qwen2_moe": (
+        QWEN2_MOE,
+        {"moe_intermediate_size": 48, "shared_expert_intermediate_size": 96},
+    ),
     "stablelm": ({"num_key_value_heads": 2, "use_qkv_bias": True}, {}),
     "gpt2": ({"max_position_embeddings": 1024}, {}),
     "falcon": ({}, {}),  # Falcon-7B's layout: multi-query, one norm, parallel attention and MLP
@@ -200,6 +230,13 @@ ROUND_TRIPS = {
     "olmo2": ("olmo2", TINY),
     # SmolLM3: Llama's layout; llama.cpp skips RoPE on every fourth layer (here layer 3).
     "smollm3": ("smollm3", {**TINY, "num_hidden_layers": 4}),
+    # Mixtral: llama with experts (`block_sparse_moe`), Q/K permuted as Llama's.
+    "mixtral": (
+        "mixtral",
+        {"num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2},
+    ),
+    # OLMoE: whole-projection q/k norms, experts without renormalisation.
+    "olmoe": ("olmoe", {"num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": False}),
     # Falcon-40B's layout: KV groups, a norm for attention and one for the MLP.
     "falcon-40b": ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}),
     # Llama 3.1's RoPE scaling: `rope_freqs` divisors as llama.cpp's converter writes them, read
@@ -269,6 +306,17 @@ UNFAITHFUL_EXPORTS = {
         "query_pre_attn_scalar",
     ),
     "smollm3-nope-layer": ("smollm3", {"no_rope_layers": [1, 0]}, "the layers with RoPE"),
+    "qwen3_moe-unnormalised": (
+        "qwen3_moe",
+        {**QWEN3_MOE, "norm_topk_prob": False},
+        "norm_topk_prob",
+    ),
+    "qwen3_moe-dense-layer": ("qwen3_moe", {**QWEN3_MOE, "mlp_only_layers": [1]}, "dense layers"),
+    "qwen2_moe-renormalised": (
+        "qwen2_moe",
+        {**QWEN2_MOE, "norm_topk_prob": True},
+        "norm_topk_prob",
+    ),
 }
 
 
@@ -301,8 +349,9 @@ def test_tensor_names_are_llama_cpps(case, tmp_path):
     pairs = [(g, h) for g, h, _ in arch.tensor_names(ckpt.config) if h in present]
     assert {h for _, h in pairs} == present
     for gguf_name, hf_name in pairs:
-        # The converter stacks StableLM 2's per-head norms (`...norms.{h}`) before naming them.
-        stacked = re.sub(r"\.norms\.\d+", "", hf_name)
+        # The converter stacks StableLM 2's per-head norms (`...norms.{h}`) and a mixture's
+        # experts (`...experts.{e}.gate_proj`) before naming them.
+        stacked = re.sub(r"(\.experts)\.\d+", r"\1", re.sub(r"\.norms\.\d+", "", hf_name))
         assert names.get_name(stacked, try_suffixes=(".weight", ".bias")) == gguf_name, hf_name
 
 
@@ -313,6 +362,26 @@ def test_every_writable_type_matches_transformers_gguf_loader(tiny_hf, tmp_path)
     )
     prompt = list(range(7, 30))
     max_logit_error(built, hf_logits(load_gguf_reference(path), prompt), prompt, split=18)
+
+
+def test_quantized_experts_import_as_the_file_has_them(tmp_path, capsys):
+    """A Q8_0 mixture of experts (3-D expert stacks in blocks, the router F32) built with the
+    file's own formats: the experts, which have no block kernels, become float32 exactly as
+    `transformers` dequantizes them, and the build log says so."""
+    model_dir = save_model(tmp_path / "moe", model_type="qwen3_moe", vector_std=0.1, **QWEN3_MOE)
+    path = export_gguf(model_dir, tmp_path / "moe-q8.gguf", "Q8_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert types["blk.0.ffn_gate_exps.weight"] == "Q8_0"
+    assert types["blk.0.ffn_gate_inp.weight"] == "F32"
+    assert types["blk.0.ffn_down_exps.weight"] == "F16"  # rows of 48: not whole blocks
+    built = build(BuildOptions(model=path, quantization="gguf", output=tmp_path / "dist"))
+    assert "expert stacks are stored as float32" in capsys.readouterr().err
+    told = {"head_dim": 32, "moe_intermediate_size": 48, "norm_topk_prob": True}
+    # The Q8_0 Linear layers take int8 activations, as in llama.cpp; experts and router float.
+    reference = hf_logits(quantize_activations_int8(load_gguf_reference(path, **told)), PROMPT)
+    max_logit_error(built, reference, PROMPT, split=20)
+    # The file's rounding shows: the original weights' logits are elsewhere.
+    assert np.abs(hf_logits(load_hf(model_dir), PROMPT) - reference).max() > 1e-3
 
 
 def test_truncated_gguf(tiny_hf, tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import hf_logits, load_hf
+from reference import dequantized_reference, hf_logits, load_hf, quantize_activations_int8
 from safetensors.numpy import load_file, save_file
 from test_parity import settings as parity_settings
 
@@ -24,6 +24,7 @@ SPARSE = {
     "num_experts_per_tok": 1,
     "intermediate_size": 32,
 }
+CODE = "q4a8_1"
 PROMPT = [5, 17, 42, 99, 123, 7]
 FOLLOW = [250, 31, 64]
 
@@ -43,9 +44,12 @@ def chosen_experts(model, token_ids: list[int], layer: int) -> set[int]:
     return picked
 
 
-def test_unchosen_experts_are_never_read(tmp_path):
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # NaN to packed ints
+@pytest.mark.parametrize("code", ["q0f32", "q4f32_1"])
+def test_unchosen_experts_are_never_read(tmp_path, code):
     """NaN in every weight of an expert no token chooses: a kernel that read it (a dense
-    mixture, or a masked one) would turn the logits into NaN."""
+    mixture, or a masked one) would turn the logits into NaN. Quantized, the expert's scales
+    are NaN."""
     hf_dir = save_model(tmp_path / "hf", vector_std=0.1, **SPARSE)
     tokens = PROMPT + FOLLOW
     clean = load_hf(hf_dir)
@@ -60,18 +64,23 @@ def test_unchosen_experts_are_never_read(tmp_path):
         weights[name] = np.full_like(weights[name], np.nan)
     save_file(weights, hf_dir / "model.safetensors", metadata={"format": "pt"})
 
-    built = build(BuildOptions(model=hf_dir, output=tmp_path / "dist", quiet=True))
+    options = BuildOptions(model=hf_dir, output=tmp_path / "dist", quantization=code, quiet=True)
+    built = build(options)
     engine = CompiledModel(built)
-    reference = hf_logits(load_hf(hf_dir), tokens)  # transformers skips unchosen experts too
+    hf = load_hf(hf_dir) if code == "q0f32" else dequantized_reference(hf_dir, code)
+    reference = hf_logits(hf, tokens)  # transformers skips unchosen experts too
     ours = [engine.prefill(PROMPT)] + [engine.decode(t) for t in FOLLOW[:-1]]
     assert all(np.isfinite(o).all() for o in ours)
     for step, logits in enumerate(ours):
         np.testing.assert_allclose(logits, reference[len(PROMPT) - 1 + step], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
-def test_batched_decode_of_8_sequences_equals_sequential(tiny_builds, name):
-    _, built = tiny_builds.get(name, **parity_settings(name))
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("mixtral", "q0f32"), ("qwen2_moe", "q0f32"), ("mixtral", "q4f16_1"), ("qwen3_moe", CODE)],
+)
+def test_batched_decode_of_8_sequences_equals_sequential(tiny_builds, name, code):
+    _, built = tiny_builds.get(name, code, **parity_settings(name))
     rng = np.random.default_rng(3)
     prompts = [rng.integers(3, 300, size=n).astype(np.int32) for n in (3, 9, 5, 12, 1, 7, 4, 8)]
     nexts = [int(t) for t in rng.integers(3, 300, size=8)]
@@ -87,6 +96,29 @@ def test_batched_decode_of_8_sequences_equals_sequential(tiny_builds, name):
         batch.forward_prefill([seq], [prompts[seq]])
     together = batch.forward_decode(list(range(8)), nexts)
     np.testing.assert_array_equal(together, np.stack(solo))
+
+
+def test_q4a8_1_quantized_experts_match_transformers(tiny_builds, monkeypatch):
+    """Under `q4a8_1` the experts are 4-bit too (with float activations; the other Linear
+    layers take int8 ones): transformers on the dequantized weights and int8-rounded Linear
+    inputs, within the int8 tests' 1e-4."""
+    hf_dir, built = tiny_builds.get("qwen3_moe", CODE, **parity_settings("qwen3_moe"))
+    rng = np.random.default_rng(5)
+    prompt, follow = rng.integers(3, 300, 13).tolist(), rng.integers(3, 300, 5).tolist()
+    reference_model = quantize_activations_int8(dequantized_reference(hf_dir, CODE))
+    reference = hf_logits(reference_model, prompt + follow)
+    engine = CompiledModel(built)
+    ours = [engine.prefill(prompt)] + [engine.decode(t) for t in follow[:-1]]
+    np.testing.assert_allclose(np.stack(ours), reference[len(prompt) - 1 : -1], atol=1e-4, rtol=0)
+    # The experts really are quantized: with their float weights the reference moves away.
+    float_experts = quantize_activations_int8(dequantized_reference(hf_dir, CODE))
+    original = dict(load_hf(hf_dir).named_parameters())
+    with torch.no_grad():
+        for name, param in float_experts.named_parameters():
+            if ".experts." in name:
+                param.copy_(original[name])
+    moved = hf_logits(float_experts, prompt)[-1]
+    assert np.abs(moved - reference[len(prompt) - 1]).max() > 1e-2
 
 
 @pytest.mark.parametrize(
@@ -142,7 +174,7 @@ def test_expert_weights_are_stacked_per_expert():
             "num_local_experts": 2,
         }
     )
-    source = arch.hf_weight_map(config)["layers.0.mlp.experts_gate_up"]
+    source = arch.hf_weight_map(config)["layers.0.mlp.experts_gate_up.weight"]
     arrays = [np.full((3, 4), float(i)) for i in range(4)]  # e0 w1, e0 w3, e1 w1, e1 w3
     assert source.hf_names[:2] == (
         "model.layers.0.block_sparse_moe.experts.0.w1.weight",

@@ -281,6 +281,8 @@ def _llama_config(m: Metadata) -> dict[str, Any]:
     config["rms_norm_eps"] = float(m.get("attention.layer_norm_rms_epsilon", 1e-5))
     config["attention_bias"] = m.has("blk.0.attn_q.bias")
     config["mlp_bias"] = m.has("blk.0.ffn_up.bias")
+    if m.get("expert_count"):  # Mixtral: the converter writes it as llama with experts
+        config = {**config, "model_type": "mixtral", **_moe_config(m, True, None)}
     if m.has(_ROPE_FREQS):
         context = int(m.get("rope.scaling.original_context_length", LLAMA3_ORIGINAL_CONTEXT))
         factors = m.file.get(_ROPE_FREQS)
@@ -293,11 +295,13 @@ def _llama_config(m: Metadata) -> dict[str, Any]:
 
 
 def _llama_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    experts = hf.get("model_type") == "mixtral"
     return {
         **_rms_metadata(hf),
         **_rope_scaling_metadata(hf, llama3=True),
         "vocab_size": hf["vocab_size"],
         "rope.dimension_count": _llama_head_dim(hf),
+        **(_moe_metadata(hf, "mixtral", True, None) if experts else {}),
     }
 
 
@@ -314,9 +318,15 @@ def _llama3_factor_tensors(hf: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _llama_tensors(c: ModelConfig) -> list[TensorRule]:
+    """Llama's layout; Mixtral's experts (`block_sparse_moe`, w1 gate, w3 up, w2 down) in place
+    of the dense MLP."""
     q = (deinterleave_rotary(c.num_attention_heads), interleave_rotary(c.num_attention_heads))
     k = (deinterleave_rotary(c.num_key_value_heads), interleave_rotary(c.num_key_value_heads))
-    return _layout(c, _outer("model.embed_tokens", "model.norm"), _llama_like_tensors(q, k))
+    layer = _llama_like_tensors(q, k)
+    if getattr(c, "num_experts", 0):
+        experts = _expert_tensors(c.num_experts, "block_sparse_moe", ("w1", "w3", "w2"))
+        layer = [*_without_dense_mlp(layer), *experts]
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
 
 
 # --- granite: Llama's layout and four multipliers ----------------------------------------------
@@ -375,6 +385,151 @@ def _qk_norm_tensors(fix: tuple[Transform, Transform] = (keep, keep)) -> list[Te
 
 def _qwen3_tensors(c: ModelConfig) -> list[TensorRule]:
     layer = [*_llama_like_tensors(), *_qk_norm_tensors()]
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
+
+
+# --- qwen3moe: Qwen3's attention, a mixture of experts in every layer ---------------------------
+
+
+# Mixtures of experts: llama.cpp puts experts in every layer and fixes per architecture in code
+# whether the top k is renormalised (qwen3moe, llama: yes; qwen2moe, olmoe: no).
+
+
+def _moe_config(m: Metadata, renormalised: bool, width_key: str | None) -> dict[str, Any]:
+    """The expert fields of `config.json`; `width_key`: the metadata key of the experts' width
+    where it is not `feed_forward_length`."""
+    out = {
+        "num_experts": int(m.need("expert_count")),
+        "num_experts_per_tok": int(m.need("expert_used_count")),
+        "norm_topk_prob": renormalised,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+    }
+    if width_key:
+        out["moe_intermediate_size"] = int(m.need(width_key))
+    return out
+
+
+def _moe_metadata(
+    hf: dict[str, Any], model_type: str, renormalised: bool, width_key: str | None
+) -> dict[str, Any]:
+    """The `expert_*` keys; refuses what llama.cpp's code fixes otherwise (experts in every
+    layer, the top k renormalised or not)."""
+    _refuse_lost(model_type, "dense layers", list(hf.get("mlp_only_layers") or []), [])
+    _refuse_lost(model_type, "decoder_sparse_step", int(hf.get("decoder_sparse_step") or 1), 1)
+    normalised = renormalised if model_type == "mixtral" else bool(hf.get("norm_topk_prob"))
+    _refuse_lost(model_type, "norm_topk_prob", normalised, renormalised)
+    out = {
+        "expert_count": int(hf.get("num_experts") or hf["num_local_experts"]),
+        "expert_used_count": int(hf["num_experts_per_tok"]),
+    }
+    if width_key:
+        out[width_key] = int(hf["moe_intermediate_size"])
+    return out
+
+
+def _expert_tensors(
+    num_experts: int,
+    mlp: str = "mlp",
+    parts: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+) -> list[TensorRule]:
+    """The router and the experts' `[experts, out, in]` stacks (`ffn_{gate,up,down}_exps`),
+    one Hugging Face tensor per expert (a row of the stack); `parts` are Hugging Face's names
+    of an expert's gate, up and down projections."""
+    rules = [TensorRule("blk.{i}.ffn_gate_inp", f"model.layers.{{i}}.{mlp}.gate")]
+    for part, hf_part in zip(("gate", "up", "down"), parts, strict=True):
+        rules += [
+            TensorRule(
+                f"blk.{{i}}.ffn_{part}_exps",
+                f"model.layers.{{i}}.{mlp}.experts.{e}.{hf_part}",
+                to_hf=_row(e),
+            )
+            for e in range(num_experts)
+        ]
+    return rules
+
+
+def _without_dense_mlp(rules: list[TensorRule]) -> list[TensorRule]:
+    return [r for r in rules if not r.gguf.endswith(("ffn_gate", "ffn_up", "ffn_down"))]
+
+
+# --- qwen3moe, qwen2moe: Qwen3's / Qwen2's attention with experts -------------------------------
+
+
+def _qwen_moe_config(model_type: str) -> Callable[[Metadata], dict[str, Any]]:
+    qwen3 = model_type == "qwen3_moe"
+
+    def config(m: Metadata) -> dict[str, Any]:
+        out = _qwen_config("qwen3" if qwen3 else "qwen2")(m)
+        out = {**out, "model_type": model_type}
+        out.update(_moe_config(m, qwen3, "expert_feed_forward_length"))
+        if not qwen3:
+            out["shared_expert_intermediate_size"] = int(
+                m.get("expert_shared_feed_forward_length", 0)
+            )
+        return out
+
+    return config
+
+
+def _qwen_moe_metadata(model_type: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    qwen3 = model_type == "qwen3_moe"
+
+    def metadata(hf: dict[str, Any]) -> dict[str, Any]:
+        out = {
+            **_qwen_metadata(hf),
+            **_moe_metadata(hf, model_type, qwen3, "expert_feed_forward_length"),
+        }
+        if hf.get("shared_expert_intermediate_size"):
+            out["expert_shared_feed_forward_length"] = hf["shared_expert_intermediate_size"]
+        return out
+
+    return metadata
+
+
+def _qwen3_moe_tensors(c: ModelConfig) -> list[TensorRule]:
+    dense = _without_dense_mlp(_llama_like_tensors())
+    layer = [*dense, *_qk_norm_tensors(), *_expert_tensors(c.num_experts)]
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
+
+
+def _qwen2_moe_tensors(c: ModelConfig) -> list[TensorRule]:
+    """Qwen2-MoE's shared expert: its MLP (`ffn_*_shexp`) and its gate."""
+    shared = [
+        TensorRule(f"blk.{{i}}.ffn_{p}_shexp", f"model.layers.{{i}}.mlp.shared_expert.{p}_proj")
+        for p in ("gate", "up", "down")
+    ]
+    # The gate's one row is a vector `[hidden]` in llama.cpp's layout.
+    gate = TensorRule(
+        "blk.{i}.ffn_gate_inp_shexp",
+        "model.layers.{i}.mlp.shared_expert_gate",
+        to_hf=lambda w: w.reshape(1, -1),
+        to_gguf=lambda w: w.reshape(-1),
+    )
+    layer = [*_without_dense_mlp(_llama_like_tensors()), *_expert_tensors(c.num_experts)]
+    layer += [*shared, gate] if c.shared_expert_intermediate_size else []
+    return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
+
+
+# --- olmoe: OLMo 2's whole-projection q/k norms in a pre-norm layer, with experts -----------------
+
+
+def _olmoe_config(m: Metadata) -> dict[str, Any]:
+    out = _base_config(m, "olmoe")
+    out["rms_norm_eps"] = float(m.need("attention.layer_norm_rms_epsilon"))
+    return {**out, **_rope_scaling(m), **_moe_config(m, False, None)}
+
+
+def _olmoe_metadata(hf: dict[str, Any]) -> dict[str, Any]:
+    return {**_qwen_metadata(hf), **_moe_metadata(hf, "olmoe", False, None)}
+
+
+def _olmoe_tensors(c: ModelConfig) -> list[TensorRule]:
+    layer = [
+        *_without_dense_mlp(_llama_like_tensors()),
+        *_qk_norm_tensors(),
+        *_expert_tensors(c.num_experts),
+    ]
     return _layout(c, _outer("model.embed_tokens", "model.norm"), layer)
 
 
@@ -801,7 +956,7 @@ ARCHITECTURES: dict[str, GGUFArchitecture] = {
     for a in (
         GGUFArchitecture(
             "llama",
-            ("llama", "mistral"),
+            ("llama", "mistral", "mixtral"),
             _llama_config,
             _llama_metadata,
             _llama_tensors,
@@ -817,6 +972,21 @@ ARCHITECTURES: dict[str, GGUFArchitecture] = {
         GGUFArchitecture(
             "qwen3", ("qwen3",), _qwen_config("qwen3"), _qwen_metadata, _qwen3_tensors
         ),
+        GGUFArchitecture(
+            "qwen3moe",
+            ("qwen3_moe",),
+            _qwen_moe_config("qwen3_moe"),
+            _qwen_moe_metadata("qwen3_moe"),
+            _qwen3_moe_tensors,
+        ),
+        GGUFArchitecture(
+            "qwen2moe",
+            ("qwen2_moe",),
+            _qwen_moe_config("qwen2_moe"),
+            _qwen_moe_metadata("qwen2_moe"),
+            _qwen2_moe_tensors,
+        ),
+        GGUFArchitecture("olmoe", ("olmoe",), _olmoe_config, _olmoe_metadata, _olmoe_tensors),
         GGUFArchitecture("gemma2", ("gemma2",), _gemma2_config, _gemma2_metadata, _gemma2_tensors),
         GGUFArchitecture(
             "gemma3", ("gemma3_text",), _gemma3_config, _gemma3_metadata, _gemma3_tensors

@@ -4,6 +4,8 @@ tokenizer and chat template written out as `tokenizer.json` / `tokenizer_config.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ from .reader import GGUFError, GGUFFile
 from .tokenizer import adds_bos, tokenizer_from_gguf
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "GGUFCheckpoint"]
+
+# Expert stacks (gate, up and down of a layer or two) kept dequantized while read.
+STACKS_KEPT = 6
 
 
 class GGUFCheckpoint:
@@ -33,6 +38,8 @@ class GGUFCheckpoint:
             for gguf_name, hf_name, rule in arch.tensor_names(self.config)
             if gguf_name in self.file.tensors
         }
+        self._stacks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._stacks_lock = threading.Lock()
         known = {gguf_name for gguf_name, _ in self._sources.values()} | set(arch.config_tensors)
         unknown = sorted(set(self.file.tensors) - known)
         if unknown:
@@ -54,7 +61,23 @@ class GGUFCheckpoint:
 
     def get(self, name: str) -> np.ndarray:
         gguf_name, fix = self._source(name)
-        return fix(self.file.get(gguf_name))
+        if len(self.file.tensors[gguf_name].shape) < 3:
+            return fix(self.file.get(gguf_name))
+        return fix(self._stack(gguf_name))
+
+    def _stack(self, gguf_name: str) -> np.ndarray:
+        """A 3-D tensor (a layer's experts, read one expert at a time), dequantized once while
+        its experts are read: the last `STACKS_KEPT` stay."""
+        with self._stacks_lock:
+            if gguf_name in self._stacks:
+                self._stacks.move_to_end(gguf_name)
+                return self._stacks[gguf_name]
+        array = self.file.get(gguf_name)
+        with self._stacks_lock:
+            self._stacks[gguf_name] = array
+            while len(self._stacks) > STACKS_KEPT:
+                self._stacks.popitem(last=False)
+        return array
 
     def tensor_type(self, name: str) -> str:
         """The ggml type the file stores Hugging Face tensor `name` in (`Q4_1`, `F32`, ...)."""

@@ -21,8 +21,9 @@ from mlc.hf_checkpoint import HFCheckpoint
 from .architectures import for_model_type
 from .sentencepiece_model import read_sentencepiece_model
 
-# Tensors the converter always keeps in F32 (besides every 1-D one).
-_F32_TENSORS = ("position_embd.weight",)
+# Tensors the converter always keeps in F32, besides every 1-D one and every norm (StableLM 2's
+# stacked per-head norms are 2-D): learned positions and a mixture of experts' router.
+_F32_TENSORS = ("position_embd.weight", "ffn_gate_inp.weight", "_norm.weight")
 # Buffers some checkpoints carry that are not weights (the converter skips them too).
 _BUFFERS = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
@@ -34,7 +35,8 @@ def export_gguf(
     architecture: str | None = None,
     overrides: dict[str, str] | None = None,
 ) -> Path:
-    """Write `out_path`; 2-D weights in `tensor_type`, norms and biases in F32. `overrides` maps
+    """Write `out_path`; weights (2-D, and 3-D expert stacks) in `tensor_type`, norms, biases
+    and routers in F32. `overrides` maps
     a GGUF tensor name to another type (tests use it to cover every type); `architecture`
     renames `general.architecture` (tests use it to make a file of an unknown one)."""
     try:
@@ -60,12 +62,15 @@ def export_gguf(
         _add_value(writer, f"{name}.{key}", value)
     _add_tokenizer(writer, model_dir, hf)
     # Several Hugging Face tensors with one GGUF name are stacked, in table order (StableLM 2's
-    # per-head norms, as the converter stacks them).
-    stacks: dict[str, list[np.ndarray]] = {}
+    # per-head norms, a layer's experts, as the converter stacks them). One GGUF tensor is read
+    # at a time: the float weights are never all in memory.
+    sources: dict[str, list[tuple[str, Any]]] = {}
     for gguf_name, hf_name, rule in placed:
-        stacks.setdefault(gguf_name, []).append(rule.to_gguf(ckpt.get(hf_name).astype(np.float32)))
-    for gguf_name, arrays in stacks.items():
+        sources.setdefault(gguf_name, []).append((hf_name, rule))
+    for gguf_name, parts in sources.items():
+        arrays = [rule.to_gguf(ckpt.get(h).astype(np.float32)) for h, rule in parts]
         array = arrays[0] if len(arrays) == 1 else np.stack(arrays)
+        del arrays
         _add_tensor(writer, gguf, gguf_name, array, tensor_type, overrides or {})
     for gguf_name, array in arch.extra_tensors(hf).items():
         _add_tensor(writer, gguf, gguf_name, array, "F32", {})
@@ -89,13 +94,18 @@ def _add_value(writer, key: str, value: Any) -> None:
 
 
 def _add_tensor(writer, gguf, name: str, array: np.ndarray, kind: str, overrides: dict) -> None:
-    if array.ndim != 2 or name in _F32_TENSORS:
+    if array.ndim == 1 or name.endswith(_F32_TENSORS):
         kind = "F32"
     qtype = gguf.GGMLQuantizationType[overrides.get(name, kind)]
     if qtype == gguf.GGMLQuantizationType.F32:
         writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
-    else:
-        writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+        return
+    try:
+        data = gguf.quants.quantize(array, qtype)
+    except gguf.quants.QuantError:  # rows that are not whole blocks: F16, as the converter does
+        qtype = gguf.GGMLQuantizationType.F16
+        data = gguf.quants.quantize(array, qtype)
+    writer.add_tensor(name, data, raw_dtype=qtype)
 
 
 def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:

@@ -47,6 +47,11 @@ class Quantization:
         return array.astype(np.float32)
 
     @property
+    def quantizes_experts(self) -> bool:
+        """Whether a mixture of experts' stacked weights are quantized (else kept float)."""
+        return False
+
+    @property
     def cpu_only(self) -> bool:
         """Whether only the CPU target (llvm) has kernels for the stored formats."""
         return False

@@ -92,8 +92,18 @@ class GGUFNative(Quantization):
         counts = Counter(fmt for _, fmt in self.tensor_formats)
         lines = [f"{count} tensors as {fmt}" for fmt, count in sorted(counts.items())]
         kept = dict(self.formats)
-        unkept = [types for name, types in self.file_types if name not in kept]
+        experts = [types for name, types in self.file_types if ".experts_" in name]
+        unkept = [
+            types for name, types in self.file_types if name not in kept and ".experts_" not in name
+        ]
         no_kernel = sorted({types[0] for types in unkept if len(types) == 1} - FLOAT_TYPES)
+        expert_types = sorted({t for types in experts for t in types} - FLOAT_TYPES)
+        if expert_types:
+            lines.append(
+                f"the experts' {', '.join(expert_types)} blocks have no expert kernels yet: "
+                f"{len(experts)} expert stacks are stored as float32 (exact); --quantization "
+                "q4a8_1 stores them in 4 bits, lossy"
+            )
         if no_kernel:
             lines.append(
                 f"{', '.join(no_kernel)} have no kernel here yet: those tensors are stored as "

@@ -7,8 +7,9 @@ For a weight `W[N, K]`, group size `G` and `max_int = 2^(bits-1) - 1`:
 multiple of G (padding dequantizes to 0 and is never read by the kernels).
 
 The kernels never materialise `w'`: the Linear layer is one `dequantize_matmul` kernel whose
-reduction reads the packed words and scales directly, and the embedding dequantizes only the
-rows it looks up.
+reduction reads the packed words and scales directly, the embedding dequantizes only the
+rows it looks up, and a mixture of experts' stacked weights `[experts, N, K]` are quantized
+row by row alike and read, dequantized, only for the experts each token chose.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
+
+from mlc.models.moe import Experts, gathered_rows
 
 from .base import Quantization
 
@@ -53,7 +56,7 @@ class GroupQuantization(Quantization):
             "group_size": self.group_size,
             "scale_dtype": self.scale_dtype,
             "storage": f"{STORAGE_DTYPE}, {self.elems_per_word} values per word, NK",
-            "quantized": "every Linear weight, the token embedding and the LM head",
+            "quantized": "every Linear weight, the experts, the token embedding and the LM head",
         }
 
     # --- numpy: build-time packing and the reference dequantization ------------------------
@@ -61,8 +64,22 @@ class GroupQuantization(Quantization):
     def padded_k(self, k: int) -> int:
         return math.ceil(k / self.group_size) * self.group_size
 
+    @property
+    def quantizes_experts(self) -> bool:
+        return True
+
+    @property
+    def expert_scheme(self) -> GroupQuantization:
+        """The scheme (the layout) of the experts' packed weights: this one."""
+        return self
+
     def quantize_weight(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`W[N, K]` → (`q_weight: uint32[N, Kp / per_word]`, `q_scale: [N, Kp / G]`)."""
+        """`W[N, K]` → (`q_weight: uint32[N, Kp / per_word]`, `q_scale: [N, Kp / G]`); stacked
+        experts `[E, N, K]` row by row, keeping the expert axis."""
+        if weight.ndim == 3:
+            q_weight, q_scale = self.quantize_weight(weight.reshape(-1, weight.shape[-1]))
+            lead = weight.shape[:2]
+            return q_weight.reshape(*lead, -1), q_scale.reshape(*lead, -1)
         n, k = weight.shape
         kp = self.padded_k(k)
         w = np.zeros((n, kp), dtype=np.float32)
@@ -102,14 +119,21 @@ class GroupQuantization(Quantization):
         return values.reshape(words.shape[0], -1)
 
     def dequantize_weight(self, q_weight: np.ndarray, q_scale: np.ndarray, k: int) -> np.ndarray:
-        """`w'` as float32 `[N, K]`: the weights the quantized model really computes with."""
+        """`w'` as float32 `[N, K]` (or `[E, N, K]`): the weights the quantized model really
+        computes with."""
+        if q_weight.ndim == 3:
+            flat = self.dequantize_weight(
+                q_weight.reshape(-1, q_weight.shape[-1]), q_scale.reshape(-1, q_scale.shape[-1]), k
+            )
+            return flat.reshape(*q_weight.shape[:2], k)
         q = self.unpack(q_weight).astype(np.float32) - self.max_int
         scale = np.repeat(q_scale.astype(np.float32), self.group_size, axis=1)
         return (q * scale)[:, :k]
 
     def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-        if is_quantized_param(name, array):
-            q_weight, q_scale = self.quantize_weight(array.astype(np.float32))
+        if is_quantized_param(name, array) or is_expert_param(name, array):
+            scheme = self.expert_scheme if array.ndim == 3 else self
+            q_weight, q_scale = scheme.quantize_weight(array.astype(np.float32))
             prefix = name.removesuffix(".weight")
             yield f"{prefix}.q_weight", q_weight
             yield f"{prefix}.q_scale", q_scale
@@ -121,7 +145,8 @@ class GroupQuantization(Quantization):
     def dequantize_stored(self, tensors: list[tuple[str, np.ndarray]], k: int) -> np.ndarray:
         if len(tensors) == 2:
             stored = {name.rsplit(".", 1)[-1]: array for name, array in tensors}
-            return self.dequantize_weight(stored["q_weight"], stored["q_scale"], k)
+            scheme = self.expert_scheme if stored["q_weight"].ndim == 3 else self
+            return scheme.dequantize_weight(stored["q_weight"], stored["q_scale"], k)
         return super().dequantize_stored(tensors, k)
 
     # --- the model rewrite -----------------------------------------------------------------
@@ -131,26 +156,38 @@ class GroupQuantization(Quantization):
 
     # --- tensor expressions used by the quantized layers -----------------------------------
 
-    def packed_params(self, rows: int, k: int) -> tuple[nn.Parameter, nn.Parameter]:
-        """The `q_weight` and `q_scale` parameters of a quantized `[rows, k]` weight."""
+    def packed_params(
+        self, rows: int, k: int, experts: int | None = None
+    ) -> tuple[nn.Parameter, nn.Parameter]:
+        """The `q_weight` and `q_scale` parameters of a quantized `[rows, k]` weight (of
+        `[experts, rows, k]` stacked experts)."""
         kp = self.padded_k(k)
+        lead = (rows,) if experts is None else (experts, rows)
         return (
-            nn.Parameter((rows, kp // self.elems_per_word), STORAGE_DTYPE),
-            nn.Parameter((rows, kp // self.group_size), self.scale_dtype),
+            nn.Parameter((*lead, kp // self.elems_per_word), STORAGE_DTYPE),
+            nn.Parameter((*lead, kp // self.group_size), self.scale_dtype),
         )
 
     def dequantize_value(self, q_weight: te.Tensor, q_scale: te.Tensor, n, k) -> tirx.PrimExpr:
-        """`w'[n, k]` in float32, read straight from the packed words."""
-        word = q_weight[n, self.stored_word(k // self.elems_per_word, int(q_weight.shape[1]))]
+        """`w'[n, k]` in float32, read straight from the packed words; `n` is a row, or an
+        `(expert, row)` pair of stacked experts."""
+        row = n if isinstance(n, tuple) else (n,)
+        words = int(q_weight.shape[-1])
+        word = q_weight[(*row, self.stored_word(k // self.elems_per_word, words))]
         shift = ((k % self.elems_per_word) * self.bits).astype(STORAGE_DTYPE)
         q = (word >> shift) & tirx.const((1 << self.bits) - 1, STORAGE_DTYPE)
-        scale = q_scale[n, k // self.group_size].astype("float32")
+        scale = q_scale[(*row, k // self.group_size)].astype("float32")
         return (q.astype("float32") - tirx.const(self.max_int, "float32")) * scale
 
 
 def is_quantized_param(name: str, array: np.ndarray) -> bool:
     """Every 2-D `.weight` in our models belongs to a Linear or an Embedding."""
     return name.endswith(".weight") and array.ndim == 2
+
+
+def is_expert_param(name: str, array: np.ndarray) -> bool:
+    """Every 3-D `.weight` in our models is a projection of stacked experts (`models.moe`)."""
+    return name.endswith(".weight") and array.ndim == 3
 
 
 class GroupQuantizedLinear(nn.Module):
@@ -209,6 +246,35 @@ class GroupQuantizedEmbedding(nn.Module):
         )
 
 
+class GroupQuantizedExperts(nn.Module):
+    """Stacked experts' packed weights; each token's chosen experts are dequantized inside
+    the gather matmul's reduction (float32 out), the others never read."""
+
+    def __init__(self, scheme: GroupQuantization, experts: Experts):
+        self.scheme = scheme
+        self.out_features, self.in_features = experts.out_features, experts.in_features
+        self.kernel_name = experts.kernel_name
+        self.q_weight, self.q_scale = scheme.packed_params(
+            experts.out_features, experts.in_features, experts=experts.num_experts
+        )
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        scheme, name = self.scheme, self.kernel_name
+        n_out, n_in = self.out_features, self.in_features
+
+        def compute(x: te.Tensor, ids: te.Tensor, q_weight: te.Tensor, q_scale: te.Tensor):
+            return gathered_rows(
+                x,
+                ids,
+                n_out,
+                n_in,
+                name,
+                lambda e, n, r: scheme.dequantize_value(q_weight, q_scale, (e, n), r),
+            )
+
+        return op.tensor_expr_op(compute, name, [x, ids, self.q_weight, self.q_scale])
+
+
 def dequantize_matmul(
     scheme: GroupQuantization,
     x: Tensor,
@@ -255,6 +321,8 @@ class _SwapLayers(nn.Mutator):
         if isinstance(node, nn.Linear):
             bias = node.bias is not None
             return self.linear(self.scheme, node.in_features, node.out_features, bias, dtype)
+        if isinstance(node, Experts):
+            return GroupQuantizedExperts(self.scheme.expert_scheme, node)
         if isinstance(node, nn.Embedding):
             return self.embedding(self.scheme, node.num, node.dim, dtype)
         return self.visit(name, node)

@@ -143,6 +143,14 @@ class Int8ActivationQuantization(GroupQuantization):
         return stored_word(word, words)
 
     @property
+    def expert_scheme(self) -> GroupQuantization:
+        """The experts take float activations (`GroupQuantizedExperts`), so their words stay
+        in place: `q4f32_1`'s layout, with this code's float16 scales."""
+        return GroupQuantization(
+            self.name, self.model_dtype, self.bits, self.group_size, self.scale_dtype
+        )
+
+    @property
     def sum_factor(self) -> float:
         """`xc = sum_factor · xs · Σ xq`: minus the zero point of the unsigned weights."""
         return -float(self.max_int)

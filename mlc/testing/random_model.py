@@ -61,12 +61,14 @@ def save_model(
     max_shard_size: str | None = None,
     init_std: float | None = 0.2,
     vector_std: float | None = None,
+    dtype: str = "float32",
     **overrides: Any,
 ) -> Path:
     """A random causal LM of any `model_type` with a matching tokenizer, saved as a model
     directory. `overrides` are `config.json` fields, passed as they are. `vector_std` adds noise
     to the 1-D parameters (biases start at zero, norm weights at one), so that a misplaced one
-    shows."""
+    shows. `dtype` is the torch dtype the weights are made and saved in (`bfloat16` halves the
+    memory a benchmark-sized model needs)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -82,7 +84,7 @@ def save_model(
     settings.update(overrides)
     torch.manual_seed(seed)
     config = AutoConfig.for_model(model_type, **settings)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).eval()
     if init_std is not None:
         # transformers' init is small; widen it so logits differ clearly between tokens.
         with torch.no_grad():
@@ -110,6 +112,20 @@ def save_model(
 save_llama = save_model
 
 
+QWEN3_SHAPE: dict[str, Any] = {
+    "vocab_size": 151936,
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 4096,
+    "init_std": None,
+    "dtype": "bfloat16",
+    "max_shard_size": "2GB",
+}
+
 # Shapes for tests, the quick start and benchmarks.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"num_key_value_heads": 2},
@@ -124,5 +140,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 2048,
         "init_std": None,
         "max_shard_size": "2GB",
+    },
+    # Qwen3-0.6B's shape (random weights): the dense twin of `qwen3-moe-3b-a0.6b`.
+    "qwen3-0.6b": {
+        "model_type": "qwen3",
+        **QWEN3_SHAPE,
+        "intermediate_size": 3072,
+    },
+    # A Qwen3-MoE shape with Qwen3-0.6B's active parameters: 80 experts of width 384, 8 per
+    # token (as much as the dense MLP of width 3072); about 3 B parameters in all.
+    "qwen3-moe-3b-a0.6b": {
+        "model_type": "qwen3_moe",
+        **QWEN3_SHAPE,
+        "intermediate_size": 3072,
+        "num_experts": 80,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 384,
+        "norm_topk_prob": True,
     },
 }
