@@ -19,6 +19,8 @@ group written straight into the kernel layout.
 
 from __future__ import annotations
 
+import dataclasses
+
 import tvm
 from tvm import tirx
 from tvm.script import tirx as T
@@ -30,12 +32,25 @@ from mlc.quantization.int8_activations import (
     BLOCK_WORDS,
     GROUP,
     KERNEL_ATTR,
+    Q4A8_GATHER_MATMUL,
     Q4A8_MATMUL,
     QUANTIZE_ACTIVATIONS,
     block_offset,
 )
 
 TILE_N = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Gather:
+    """A mixture's expert matmul: `experts` stacked weights, `top_k` slots per token, and
+    whether the slots of a token share its activations (`shared`, the gate/up input)."""
+
+    experts: int
+    top_k: int
+    shared: bool
+
+
 # The micro-kernel: the outputs of 4 tokens x 2 weight rows at a time, so a block's weights are
 # loaded and unpacked once for 4 tokens and a token's activations loaded once for 2 rows
 # (the tile shapes measured are in docs/performance.md). Each
@@ -209,11 +224,14 @@ def q4a8_matmul_avx2(
     vnni: bool = False,
     has_min: bool = False,
     weight_bits: int = 4,
+    gather: Gather | None = None,
 ) -> tirx.PrimFunc:
     """The kernel for `[n, k_padded]` weights; `vnni` uses AVX512-VNNI's `vpdpbusd` for the
     integer dot products where the CPU has it (512-bit registers for 4-bit blocks); `has_min`
     takes a per-group minimum (`Q4_1`) that weights `xc`; `weight_bits` 8 takes signed bytes
-    in the activations' layout (`Q8_0`)."""
+    in the activations' layout (`Q8_0`). With `gather`, the kernel of a mixture's experts
+    (`q4a8_gather_matmul`): each (token, slot) multiplies the rows of the expert `ids` names,
+    one output at a time (the lone-token path), so that a prompt's slots equal decode's."""
     groups = k_padded // GROUP
     words = k_padded // (4 if weight_bits == 8 else 8)
     blocks = groups // BLOCK_GROUPS
@@ -249,8 +267,9 @@ def q4a8_matmul_avx2(
         return _fence(_fma(sw, _fma(T.Cast("float32", dot), xs[i, group], xc[i, group]), acc))
 
     @T.macro
-    def finish_row(qw, qs, qm, xq, xs, xc, y, acc, base, part, tail, row, i):
-        """The groups after the whole blocks, then the output value of (i, row)."""
+    def finish_row(qw, qs, qm, xq, xs, xc, y, acc, base, part, tail, row, i, y_row, y_col):
+        """The groups after the whole blocks, then the output value of (i, row), written to
+        `y[y_row, y_col]`."""
         tail[0] = T.float32(0)
         for p in range(tail_pairs):
             pair = blocks * BLOCK_GROUPS // 2 + p
@@ -263,14 +282,15 @@ def q4a8_matmul_avx2(
             tail[0] = tail_value(
                 qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
             )
-        y[i, row] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
+        y[y_row, y_col] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
 
     @T.macro
-    def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows):
+    def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows, y0, c0):
         """Outputs of `tokens` tokens from i0 and `rows` weight rows from r0, block by block,
         so each block's weights are loaded and unpacked once for all the tokens and each
-        token's activations once for all the rows. Every output is summed in the same order
-        whatever the tile, so a prompt's rows equal decode steps' bit for bit."""
+        token's activations once for all the rows; written to `y` from row y0, column c0.
+        Every output is summed in the same order whatever the tile, so a prompt's rows equal
+        decode steps' bit for bit."""
         for o in T.unroll(tokens * rows):
             acc[T.Ramp(o * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
         for b in range(blocks):
@@ -289,7 +309,21 @@ def q4a8_matmul_avx2(
                 )
         for o in T.unroll(tokens * rows):
             finish_row(
-                qw, qs, qm, xq, xs, xc, y, acc, o * lanes, part, tail, r0 + o % rows, i0 + o // rows
+                qw,
+                qs,
+                qm,
+                xq,
+                xs,
+                xc,
+                y,
+                acc,
+                o * lanes,
+                part,
+                tail,
+                r0 + o % rows,
+                i0 + o // rows,
+                y0 + o // rows,
+                c0 + o % rows,
             )
 
     @T.macro
@@ -317,13 +351,15 @@ def q4a8_matmul_avx2(
                 for i in range(rows // TOKENS):
                     for t in range(TILE_N // ROWS):
                         r0 = T.meta_var(tile * TILE_N + t * ROWS)
+                        i0 = T.meta_var(i * TOKENS)
                         micro(
-                            qw, qs, qm, xq, xs, xc, y, acc, part, tail, i * TOKENS, r0, TOKENS, ROWS
+                            qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, TOKENS, ROWS, i0, r0
                         )
             grouped = T.meta_var(T.if_then_else(whole, rows // TOKENS * TOKENS, T.int64(0)))
             for i in range(grouped, rows):
                 for t in range(T.min(TILE_N, n - tile * TILE_N)):
-                    micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i, tile * TILE_N + t, 1, 1)
+                    r = T.meta_var(tile * TILE_N + t)
+                    micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i, r, 1, 1, i, r)
 
     @T.prim_func
     def q4a8_matmul(
@@ -350,6 +386,74 @@ def q4a8_matmul_avx2(
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         matmul(qw, qs, qm, var_xq, var_xs, var_xc, var_y)
 
+    if gather is not None:
+        experts, top_k = gather.experts, gather.top_k
+        slots_per_row = top_k if gather.shared else 1
+
+    @T.macro
+    def gather_matmul(qw3, qs3, var_xq, var_xs, var_xc, var_ids, var_y):
+        tokens = T.int64()
+        ids_in = T.match_buffer(var_ids, (tokens, top_k), "int32")
+        # The activations `[1, tokens, k]` (a row per token, shared by its slots) or
+        # `[tokens, top_k, k]` (a row per slot).
+        outer = T.int64()
+        inner = T.int64()
+        xq_in = T.match_buffer(var_xq, (outer, inner, k_padded), "int8")
+        xs_in = T.match_buffer(var_xs, (outer, inner, groups), "float32")
+        xc_in = T.match_buffer(var_xc, (outer, inner, groups), "float32")
+        y_out = T.match_buffer(var_y, (tokens, top_k, n), "float32")
+        x_rows = T.meta_var(outer * inner)
+        xq = T.decl_buffer((x_rows, k_padded), "int8", data=xq_in.data)
+        xs = T.decl_buffer((x_rows, groups), "float32", data=xs_in.data)
+        xc = T.decl_buffer((x_rows, groups), "float32", data=xc_in.data)
+        slots = T.meta_var(tokens * top_k)
+        ids = T.decl_buffer((slots,), "int32", data=ids_in.data)
+        y = T.decl_buffer((slots, n), "float32", data=y_out.data)
+        # Every expert's rows one after another: expert e's row r is row e · n + r.
+        qw = T.decl_buffer((experts * n, words), "uint32", data=qw3.data)
+        qs = T.decl_buffer((experts * n, groups), scale_dtype, data=qs3.data)
+        # The slots in order of their experts (a counting sort, stable): the slots of one
+        # expert follow each other, so a tile's rows of that expert are read from memory once.
+        order = T.decl_buffer((slots,), "int32", scope="global")
+        start = T.decl_buffer((experts + 1,), "int32", scope="global")
+        for e in range(experts + 1):
+            start[e] = 0
+        for s in range(slots):
+            start[ids[s] + 1] = start[ids[s] + 1] + 1
+        for e in range(experts):
+            start[e + 1] = start[e + 1] + start[e]
+        for s in range(slots):
+            order[start[ids[s]]] = T.Cast("int32", s)
+            start[ids[s]] = start[ids[s]] + 1
+        for tile in T.parallel(tiles):
+            acc = T.decl_buffer((lanes,), "float32", scope="global")
+            part = T.decl_buffer((8,), "int32", scope="global")
+            tail = T.decl_buffer((1,), "float32", scope="global")
+            for sorted_slot in range(slots):
+                s = T.meta_var(T.Cast("int64", order[sorted_slot]))
+                expert = T.meta_var(T.Cast("int64", ids[s]) * n)
+                x_row = T.meta_var(s // slots_per_row)
+                for t in range(T.min(TILE_N, n - tile * TILE_N)):
+                    r = T.meta_var(tile * TILE_N + t)
+                    row = T.meta_var(expert + T.Cast("int64", r))
+                    micro(qw, qs, qs, xq, xs, xc, y, acc, part, tail, x_row, row, 1, 1, s, r)
+
+    if gather is not None:
+
+        @T.prim_func
+        def q4a8_gather_matmul(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            var_ids: T.handle,
+            qw3: T.Buffer((experts, n, words), "uint32"),
+            qs3: T.Buffer((experts, n, groups), scale_dtype),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            gather_matmul(qw3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
+
+        return q4a8_gather_matmul
     return q4a8_matmul_with_min if has_min else q4a8_matmul
 
 
@@ -498,6 +602,11 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                 bits = int(a["mlc.weight_bits"])
                 scale_dtype = str(a["mlc.scale_dtype"])
                 fast = q4a8_matmul_avx2(n, k_padded, scale_dtype, vnni, has_min, bits)
+            elif a[KERNEL_ATTR] == Q4A8_GATHER_MATMUL:
+                n, k_padded = int(a["mlc.n"]), int(a["mlc.k_padded"])
+                gather = Gather(int(a["mlc.experts"]), int(a["mlc.top_k"]), bool(a["mlc.shared"]))
+                scale_dtype = str(a["mlc.scale_dtype"])
+                fast = q4a8_matmul_avx2(n, k_padded, scale_dtype, vnni, gather=gather)
             elif a[KERNEL_ATTR] == QUANTIZE_ACTIVATIONS and str(a["mlc.dtype"]) == "float32":
                 fast = quantize_activations_avx2(int(a["mlc.k"]), float(a["mlc.sum_factor"]))
             else:

@@ -87,25 +87,32 @@ def dequantized_reference(model_dir: Path, code: str):
     return model
 
 
-def quantize_activations_int8(model, group: int = 32, only: set[str] | None = None):
-    """Make every Linear (and GPT-2 `Conv1D`) of `model`, or those named in `only`, see its
-    input as `q4a8_1` kernels do: per token and per group of `group` values along K,
+def int8_rounded(x: torch.Tensor, group: int = 32) -> torch.Tensor:
+    """`x` as `q4a8_1` kernels see it: per token and per group of `group` values along K,
     `xs = max|x| / 127`, `x' = round(x · (127 / max|x|)) · xs`, in float32 as the kernels
-    compute it.
-    """
+    compute it."""
+    k = x.shape[-1]
+    padded = torch.nn.functional.pad(x, (0, (-k) % group))
+    groups = padded.reshape(*padded.shape[:-1], -1, group).float()
+    # The kernels' float32 arithmetic: q = round(x * (127 / max|x|)), ties to even.
+    absmax = groups.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(absmax > 0, 127 / absmax, torch.zeros_like(absmax))
+    q = torch.round(groups * inverse)
+    scale = absmax / 127
+    return (q * scale).reshape(padded.shape)[..., :k].to(x.dtype)
+
+
+def quantize_activations_int8(
+    model, group: int = 32, only: set[str] | None = None, experts: bool = False
+):
+    """Make every Linear (and GPT-2 `Conv1D`) of `model`, or those named in `only`, see its
+    input as `q4a8_1` kernels do (`int8_rounded`); with `experts`, also the gate/up and down
+    matmuls of a mixture's experts (transformers' eager experts call `F.linear`)."""
     from transformers.pytorch_utils import Conv1D
 
     def fake_quantize(_module, inputs):
         (x, *rest) = inputs
-        k = x.shape[-1]
-        padded = torch.nn.functional.pad(x, (0, (-k) % group))
-        groups = padded.reshape(*padded.shape[:-1], -1, group).float()
-        # The kernels' float32 arithmetic: q = round(x * (127 / max|x|)), ties to even.
-        absmax = groups.abs().amax(dim=-1, keepdim=True)
-        inverse = torch.where(absmax > 0, 127 / absmax, torch.zeros_like(absmax))
-        q = torch.round(groups * inverse)
-        scale = absmax / 127
-        return ((q * scale).reshape(padded.shape)[..., :k].to(x.dtype), *rest)
+        return (int8_rounded(x, group), *rest)
 
     hooked = set()
     for name, module in model.named_modules():
@@ -114,9 +121,29 @@ def quantize_activations_int8(model, group: int = 32, only: set[str] | None = No
         if isinstance(module, torch.nn.Linear | Conv1D) and (only is None or name in only):
             module.register_forward_pre_hook(fake_quantize)
             hooked.add(name)
+        if experts and type(module).__name__.endswith("Experts"):
+            module.forward = _int8_expert_forward(module.forward, group)
+            hooked.add(name)
     if only is not None and hooked != set(only):
         raise ValueError(f"no Linear layers named {sorted(set(only) - hooked)}")
     return model
+
+
+def _int8_expert_forward(forward, group: int):
+    """`forward` of an experts module with each `F.linear` input int8-rounded."""
+    linear = torch.nn.functional.linear
+
+    def rounded_linear(x, weight, bias=None):
+        return linear(int8_rounded(x, group), weight, bias)
+
+    def wrapped(*args, **kwargs):
+        torch.nn.functional.linear = rounded_linear
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            torch.nn.functional.linear = linear
+
+    return wrapped
 
 
 def _to_fp16(tensor: torch.Tensor) -> torch.Tensor:

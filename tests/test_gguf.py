@@ -364,20 +364,27 @@ def test_every_writable_type_matches_transformers_gguf_loader(tiny_hf, tmp_path)
     max_logit_error(built, hf_logits(load_gguf_reference(path), prompt), prompt, split=18)
 
 
-def test_quantized_experts_import_as_the_file_has_them(tmp_path, capsys):
-    """A Q8_0 mixture of experts (3-D expert stacks in blocks, the router F32) built with the
-    file's own formats: the experts, which have no block kernels, become float32 exactly as
-    `transformers` dequantizes them, and the build log says so."""
+@pytest.mark.parametrize("tensor_type", ["Q8_0", "Q4_1"])
+def test_quantized_experts_keep_the_files_blocks(tmp_path, tensor_type):
+    """A mixture of experts whose 3-D expert stacks are in blocks (the router F32) built with
+    the file's own formats: the experts stay in their blocks, decoded inside the gather
+    matmuls, and the logits match `transformers` on the file."""
     model_dir = save_model(tmp_path / "moe", model_type="qwen3_moe", vector_std=0.1, **QWEN3_MOE)
-    path = export_gguf(model_dir, tmp_path / "moe-q8.gguf", "Q8_0")
+    path = export_gguf(model_dir, tmp_path / f"moe-{tensor_type}.gguf", tensor_type)
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
-    assert types["blk.0.ffn_gate_exps.weight"] == "Q8_0"
+    assert types["blk.0.ffn_gate_exps.weight"] == tensor_type
     assert types["blk.0.ffn_gate_inp.weight"] == "F32"
     assert types["blk.0.ffn_down_exps.weight"] == "F16"  # rows of 48: not whole blocks
-    built = build(BuildOptions(model=path, quantization="gguf", output=tmp_path / "dist"))
-    assert "expert stacks are stored as float32" in capsys.readouterr().err
+    built = build(
+        BuildOptions(model=path, quantization="gguf", output=tmp_path / "dist", quiet=True)
+    )
+    stored = json.loads((built / "tensor-cache.json").read_text())
+    names = {t["name"] for shard in stored["records"] for t in shard["records"]}
+    assert "layers.0.mlp.experts_gate_up.q_weight" in names  # blocks, not float32
+    assert "layers.0.mlp.experts_down.weight" in names  # F16 in the file: float32
     told = {"head_dim": 32, "moe_intermediate_size": 48, "norm_topk_prob": True}
-    # The Q8_0 Linear layers take int8 activations, as in llama.cpp; experts and router float.
+    # The block-format Linear layers take int8 activations, as in llama.cpp; the experts
+    # (float activations) and the router do not.
     reference = hf_logits(quantize_activations_int8(load_gguf_reference(path, **told)), PROMPT)
     max_logit_error(built, reference, PROMPT, split=20)
     # The file's rounding shows: the original weights' logits are elsewhere.

@@ -22,12 +22,14 @@ from mlc.quantization import get_quantization
 from mlc.quantization.int8_activations import (
     GROUP,
     activation_layout,
+    q4a8_gather_matmul,
     q4a8_matmul,
     quantize_activations,
     stored_word,
 )
 from mlc.runtime import CompiledModel
 from mlc.targets.x86_kernels import (
+    Gather,
     has_avx2,
     q4a8_matmul_avx2,
     quantize_activations_avx2,
@@ -117,6 +119,57 @@ def test_x86_kernel_rows_are_independent(vnni):
     np.testing.assert_array_equal(together, alone)
 
 
+def _gather_problem(shared: bool, experts: int = 3, n: int = 40, k: int = 1056, tokens: int = 5):
+    """A mixture's expert matmul: activations (a row per token, or per slot), stacked expert
+    weights, each slot's expert id, and the exact float64 result `[tokens, 2, n]`."""
+    top_k = 2
+    rows = tokens if shared else tokens * top_k
+    _, (xq, xs, xc, _, _), _ = _int8_problem(n, k, rows)
+    kp = xq.shape[1]
+    natural = np.empty_like(xq)
+    natural[:, activation_layout(kp)] = xq
+    scheme = get_quantization(CODE)
+    stacks = [_int8_problem(n, k, 1, seed=e + 1)[1][3:] for e in range(experts)]
+    q_weight = np.stack([w for w, _ in stacks])
+    q_scale = np.stack([sc for _, sc in stacks])
+    ids = np.random.default_rng(9).integers(0, experts, (tokens, top_k)).astype(np.int32)
+    x = natural.astype(np.float64) * np.repeat(xs, GROUP, axis=1)
+    exact = np.zeros((tokens, top_k, n))
+    for t in range(tokens):
+        for j in range(top_k):
+            w = scheme.dequantize_weight(q_weight[ids[t, j]], q_scale[ids[t, j]], kp)
+            exact[t, j] = x[t if shared else t * top_k + j] @ w.astype(np.float64).T
+    lead = (1, tokens) if shared else (tokens, top_k)
+    acts = [a.reshape(*lead, -1) for a in (xq, xs, xc)]
+    return acts, ids, q_weight, q_scale, exact
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["gate-up", "down"])
+@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
+def test_x86_expert_kernel_is_exact_and_slots_are_independent(vnni, shared):
+    """The experts' gather kernel: each slot multiplies its own expert's weights, exactly up to
+    float rounding; a prompt's slots equal each token's alone, bit for bit."""
+    target = x86_target(vnni)
+    acts, ids, q_weight, q_scale, exact = _gather_problem(shared)
+    experts, n = q_weight.shape[:2]
+    kp = acts[0].shape[-1]
+    kernel = q4a8_matmul_avx2(n, kp, "float16", vnni, gather=Gather(experts, 2, shared))
+
+    def run(tokens: slice) -> np.ndarray:
+        part = [a[:, tokens] if shared else a[tokens] for a in acts]
+        out = np.zeros((len(ids[tokens]), 2, n), "f4")
+        return run_kernel(kernel, target, [*part, ids[tokens], q_weight, q_scale, out])[0]
+
+    together = run(slice(0, len(ids)))
+    np.testing.assert_allclose(together, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    alone = np.concatenate([run(slice(t, t + 1)) for t in range(len(ids))])
+    np.testing.assert_array_equal(together, alone)
+    # The check can fail: every slot given expert 0's weights is far off.
+    zeros = np.zeros_like(ids)
+    wrong = run_kernel(kernel, target, [*acts, zeros, q_weight, q_scale, np.zeros_like(together)])
+    assert np.abs(wrong[0] - exact).max() > 1e-2 * np.abs(exact).max()
+
+
 # K with a partial last group inside a block (500) or a pair (250), at the end of a pair (40,
 # 300) and alone (200); whole blocks then a pair (576) or a single group (1056).
 @pytest.mark.parametrize("k", [500, 250, 40, 300, 200, 96, 576, 1056])
@@ -165,6 +218,40 @@ def test_portable_kernels_are_exact(n, k, rows):
     np.testing.assert_array_equal(xq.numpy(), inputs[0])
     np.testing.assert_allclose(xs.numpy(), inputs[1], rtol=1e-6)
     np.testing.assert_allclose(xc.numpy(), inputs[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.numpy(), exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["gate-up", "down"])
+def test_portable_expert_kernel_is_exact(shared):
+    """The experts' TE gather kernel (what every other target starts from), compiled for a CPU
+    without AVX2."""
+    acts, ids, q_weight, q_scale, exact = _gather_problem(shared)
+    scheme = get_quantization(CODE)
+    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
+
+    class Layer(nn.Module):
+        def __init__(self):
+            self.q_weight = nn.Parameter(q_weight.shape, "uint32")
+            self.q_scale = nn.Parameter(q_scale.shape, "float16")
+
+        def forward(self, xq: nn.Tensor, xs: nn.Tensor, xc: nn.Tensor, ids: nn.Tensor):
+            w, sc = self.q_weight, self.q_scale
+            return q4a8_gather_matmul(scheme, xq, xs, xc, ids, w, sc, "experts", shared)
+
+    names = ("xq", "xs", "xc")
+    inputs = {n: nn.spec.Tensor(a.shape, str(a.dtype)) for n, a in zip(names, acts, strict=True)}
+    spec = {
+        "forward": {
+            **inputs,
+            "ids": nn.spec.Tensor(ids.shape, "int32"),
+            "$": {"param_mode": "packed", "effect_mode": "none"},
+        }
+    }
+    with generic:
+        mod, _ = Layer().export_tvm(spec=spec)
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, generic), tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in (*acts, ids)]
+    out = vm["forward"](*args, [tvm.runtime.tensor(q_weight), tvm.runtime.tensor(q_scale)])
     np.testing.assert_allclose(out.numpy(), exact, rtol=0, atol=1e-5 * np.abs(exact).max())
 
 

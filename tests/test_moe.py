@@ -98,20 +98,24 @@ def test_batched_decode_of_8_sequences_equals_sequential(tiny_builds, name, code
     np.testing.assert_array_equal(together, np.stack(solo))
 
 
-def test_q4a8_1_quantized_experts_match_transformers(tiny_builds, monkeypatch):
-    """Under `q4a8_1` the experts are 4-bit too (with float activations; the other Linear
-    layers take int8 ones): transformers on the dequantized weights and int8-rounded Linear
-    inputs, within the int8 tests' 1e-4."""
+def test_q4a8_1_quantized_experts_match_transformers(tiny_builds):
+    """Under `q4a8_1` the experts are 4-bit with int8 activations, as the other Linear
+    layers: transformers on the dequantized weights and int8-rounded matmul inputs (the
+    experts' too), within the int8 tests' 1e-4."""
     hf_dir, built = tiny_builds.get("qwen3_moe", CODE, **parity_settings("qwen3_moe"))
     rng = np.random.default_rng(5)
     prompt, follow = rng.integers(3, 300, 13).tolist(), rng.integers(3, 300, 5).tolist()
-    reference_model = quantize_activations_int8(dequantized_reference(hf_dir, CODE))
+    reference_model = quantize_activations_int8(dequantized_reference(hf_dir, CODE), experts=True)
     reference = hf_logits(reference_model, prompt + follow)
     engine = CompiledModel(built)
     ours = [engine.prefill(prompt)] + [engine.decode(t) for t in follow[:-1]]
     np.testing.assert_allclose(np.stack(ours), reference[len(prompt) - 1 : -1], atol=1e-4, rtol=0)
-    # The experts really are quantized: with their float weights the reference moves away.
-    float_experts = quantize_activations_int8(dequantized_reference(hf_dir, CODE))
+    # The experts' activations really are int8: with float ones the reference moves away.
+    float_inputs = quantize_activations_int8(dequantized_reference(hf_dir, CODE))
+    moved = hf_logits(float_inputs, prompt)[-1]
+    assert np.abs(moved - reference[len(prompt) - 1]).max() > 1e-3
+    # And their weights 4-bit: with the float weights the reference moves away.
+    float_experts = quantize_activations_int8(dequantized_reference(hf_dir, CODE), experts=True)
     original = dict(load_hf(hf_dir).named_parameters())
     with torch.no_grad():
         for name, param in float_experts.named_parameters():

@@ -86,9 +86,13 @@ class GGUFCheckpoint:
     def block_rows(self, name: str) -> np.ndarray | None:
         """The order in which tensor `name`'s rows in the file become Hugging Face's; None
         where the layout change is not a reordering of whole rows (a transpose), so that its
-        blocks cannot be kept. Reads no tensor data."""
+        blocks cannot be kept. An expert of a 3-D stack is its rows in place. Reads no
+        tensor data."""
         gguf_name, fix = self._source(name)
-        return row_order(fix, self.file.tensors[gguf_name].shape[0])
+        shape = self.file.tensors[gguf_name].shape
+        if len(shape) == 3:
+            return np.arange(shape[1]) if _picks_a_slice(fix, shape[0]) else None
+        return row_order(fix, shape[0])
 
     def get_blocks(self, name: str) -> np.ndarray:
         """Tensor `name` as the file's own blocks, uint8 `[rows, blocks, bytes]`, with its rows
@@ -96,7 +100,11 @@ class GGUFCheckpoint:
         order = self.block_rows(name)
         if order is None:
             raise GGUFError(f"{self.path}: {name!r} is not stored as whole rows of blocks")
-        return self.file.blocks(self._source(name)[0])[order]
+        gguf_name, fix = self._source(name)
+        blocks = self.file.blocks(gguf_name)
+        if blocks.ndim == 4:  # one expert of a stack
+            return np.array(fix(blocks))
+        return blocks[order]
 
     def _source(self, name: str) -> tuple[str, Transform]:
         if name not in self._sources:
@@ -125,6 +133,16 @@ class GGUFCheckpoint:
             config["chat_template"] = meta["tokenizer.chat_template"]
         (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         return ["tokenizer.json", "tokenizer_config.json"]
+
+
+def _picks_a_slice(fix: Transform, count: int) -> bool:
+    """Whether `fix` takes one slice of the leading axis of a `[count, ...]` stack as it is."""
+    probe = np.arange(count * 2, dtype=np.float64).reshape(count, 2)
+    try:
+        picked = np.asarray(fix(probe))
+    except (ValueError, IndexError):
+        return False
+    return picked.shape == (2,) and any(np.array_equal(picked, row) for row in probe)
 
 
 def row_order(fix: Transform, rows: int) -> np.ndarray | None:

@@ -125,13 +125,17 @@ class GGUFFile:
         return np.fromfile(self.path, dtype=np.uint8, count=tensor.nbytes, offset=tensor.offset)
 
     def blocks(self, name: str) -> np.ndarray:
-        """A 2-D tensor's bytes as uint8 `[rows, blocks per row, bytes per block]`."""
+        """A tensor's bytes as uint8 `[..., rows, blocks per row, bytes per block]`: a 2-D
+        tensor read into memory, a 3-D one (a layer's experts) mapped, so that taking one
+        expert reads only its bytes."""
         tensor = self.tensors[name]
         kind = GGML_TYPES.get(tensor.ggml_type)
-        if kind is None or len(tensor.shape) != 2 or tensor.shape[1] % kind.block_size:
+        if kind is None or len(tensor.shape) not in (2, 3) or tensor.shape[-1] % kind.block_size:
             raise GGUFError(f"{self.path}: tensor {name} is not a 2-D tensor of whole blocks")
-        rows, k = tensor.shape
-        return self.raw(name).reshape(rows, k // kind.block_size, kind.type_size)
+        shape = (*tensor.shape[:-1], tensor.shape[-1] // kind.block_size, kind.type_size)
+        if len(tensor.shape) == 2:
+            return self.raw(name).reshape(shape)
+        return np.memmap(self.path, np.uint8, mode="r", offset=tensor.offset, shape=shape)
 
 
 def _read(f: BinaryIO, fmt: str) -> tuple:

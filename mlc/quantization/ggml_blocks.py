@@ -30,6 +30,8 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
+from mlc.models.moe import Experts, gathered_rows
+
 from .int8_activations import (
     Int8ActivationQuantization,
     activation_layout,
@@ -281,6 +283,29 @@ class BlockLinear(_BlockWeight):
         if self.dtype != "float32":
             y = y.astype(self.dtype)
         return y + self.bias if self.bias is not None else y
+
+
+class BlockExperts(_BlockWeight):
+    """Stacked experts in one GGML block format, their rows flat (`[experts · out, ...]`,
+    expert e's rows from `e · out`): the gather matmul decodes the chosen experts' blocks
+    inside the reduction (float activations), the others are never read."""
+
+    def __init__(self, fmt, experts: Experts):
+        self.out_features, self.in_features = experts.out_features, experts.in_features
+        self.kernel_name = experts.kernel_name
+        self._add_weight(fmt, experts.num_experts * experts.out_features, experts.in_features)
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        fmt, name, keys = self.fmt, self.kernel_name, self.stored_keys
+        n_out, n_in = self.out_features, self.in_features
+
+        def compute(x: te.Tensor, ids: te.Tensor, *arrays: te.Tensor) -> te.Tensor:
+            stored = dict(zip(keys, arrays, strict=True))
+            return gathered_rows(
+                x, ids, n_out, n_in, name, lambda e, n, r: fmt.value(stored, e * n_out + n, r)
+            )
+
+        return op.tensor_expr_op(compute, name, [x, ids, *self.stored().values()])
 
 
 class BlockEmbedding(_BlockWeight):

@@ -1,11 +1,11 @@
 """`gguf`: a GGUF file's weights as the file stores them, each tensor in its own format.
 
-Every Linear and Embedding weight stored in a block format our kernels compute (`FORMATS`:
-`ggml_blocks`' Q4_0 … Q8_0 and `kquant_blocks`' Q4_K, Q5_K, Q6_K) keeps its blocks, bits
-unchanged; every other tensor (norms, biases, F32/F16/BF16 weights, block formats without a
-kernel yet) is stored as float32, which holds their values exactly. A fused weight (q/k/v,
-gate/up) keeps its blocks when its parts share one format, else it is stored as float32 too.
-The model's activations are float32.
+Every Linear and Embedding weight, and every stack of a mixture's experts, stored in a block
+format our kernels compute (`FORMATS`: `ggml_blocks`' Q4_0 … Q8_0 and `kquant_blocks`' Q4_K,
+Q5_K, Q6_K) keeps its blocks, bits unchanged; every other tensor (norms, biases, F32/F16/BF16
+weights, block formats without a kernel yet) is stored as float32, which holds their values
+exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one format,
+else it is stored as float32 too. The model's activations are float32.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import numpy as np
 from tvm.relax.frontend import nn
 
 from mlc.models.base import concat_rows
+from mlc.models.moe import Experts
 
 from .base import Quantization
 from .fidelity import FLOAT_TYPES, source_types
 from .ggml_blocks import FORMATS as LEGACY_FORMATS
-from .ggml_blocks import BlockEmbedding, BlockLinear
+from .ggml_blocks import BlockEmbedding, BlockExperts, BlockLinear
 from .kquant_blocks import K_FORMATS
 
 # Every block format kept as the file stores it.
@@ -49,7 +50,9 @@ class GGUFNative(Quantization):
         for ours, source in weight_map.items():
             types = tuple(sorted(source_types(checkpoint, source)))
             file_types[ours] = types
-            rows_only = source.combine is None or source.combine is concat_rows
+            # A layer's experts stack whole rows of each expert (`models.moe.stacked`).
+            expert = ".experts_" in ours
+            rows_only = source.combine is None or source.combine is concat_rows or expert
             if (
                 len(types) == 1
                 and types[0] in FORMATS
@@ -92,18 +95,8 @@ class GGUFNative(Quantization):
         counts = Counter(fmt for _, fmt in self.tensor_formats)
         lines = [f"{count} tensors as {fmt}" for fmt, count in sorted(counts.items())]
         kept = dict(self.formats)
-        experts = [types for name, types in self.file_types if ".experts_" in name]
-        unkept = [
-            types for name, types in self.file_types if name not in kept and ".experts_" not in name
-        ]
+        unkept = [types for name, types in self.file_types if name not in kept]
         no_kernel = sorted({types[0] for types in unkept if len(types) == 1} - FLOAT_TYPES)
-        expert_types = sorted({t for types in experts for t in types} - FLOAT_TYPES)
-        if expert_types:
-            lines.append(
-                f"the experts' {', '.join(expert_types)} blocks have no expert kernels yet: "
-                f"{len(experts)} expert stacks are stored as float32 (exact); --quantization "
-                "q4a8_1 stores them in 4 bits, lossy"
-            )
         if no_kernel:
             lines.append(
                 f"{', '.join(no_kernel)} have no kernel here yet: those tensors are stored as "
@@ -128,6 +121,7 @@ class GGUFNative(Quantization):
         if fmt is None:
             return super().convert_source(name, source, checkpoint)
         blocks = source.build([checkpoint.get_blocks(h) for h in source.hf_names])
+        blocks = blocks.reshape(-1, *blocks.shape[-2:])  # experts: their rows one after another
         stored = FORMATS[fmt].from_ggml_blocks(blocks)
         prefix = name.removesuffix(".weight")
         size = blocks.shape[0] * blocks.shape[1] * FORMATS[fmt].block_size
@@ -140,13 +134,16 @@ class GGUFNative(Quantization):
 
 
 class _KeepBlocks(nn.Mutator):
-    """Replaces each Linear and Embedding whose weight keeps its blocks with its block twin."""
+    """Replaces each Linear, Embedding and Experts whose weight keeps its blocks with its block
+    twin."""
 
     def __init__(self, formats: dict[str, str], dtype: str):
         self.formats, self.dtype = formats, dtype
 
     def visit_module(self, name: str, node: nn.Module):
         fmt = FORMATS.get(self.formats.get(f"{name}.weight", ""))
+        if fmt is not None and isinstance(node, Experts):
+            return BlockExperts(fmt, node)
         if fmt is not None and isinstance(node, nn.Linear):
             bias = node.bias is not None
             return BlockLinear(fmt, node.in_features, node.out_features, bias, self.dtype)

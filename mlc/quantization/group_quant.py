@@ -68,11 +68,6 @@ class GroupQuantization(Quantization):
     def quantizes_experts(self) -> bool:
         return True
 
-    @property
-    def expert_scheme(self) -> GroupQuantization:
-        """The scheme (the layout) of the experts' packed weights: this one."""
-        return self
-
     def quantize_weight(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`W[N, K]` → (`q_weight: uint32[N, Kp / per_word]`, `q_scale: [N, Kp / G]`); stacked
         experts `[E, N, K]` row by row, keeping the expert axis."""
@@ -132,8 +127,7 @@ class GroupQuantization(Quantization):
 
     def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
         if is_quantized_param(name, array) or is_expert_param(name, array):
-            scheme = self.expert_scheme if array.ndim == 3 else self
-            q_weight, q_scale = scheme.quantize_weight(array.astype(np.float32))
+            q_weight, q_scale = self.quantize_weight(array.astype(np.float32))
             prefix = name.removesuffix(".weight")
             yield f"{prefix}.q_weight", q_weight
             yield f"{prefix}.q_scale", q_scale
@@ -145,8 +139,7 @@ class GroupQuantization(Quantization):
     def dequantize_stored(self, tensors: list[tuple[str, np.ndarray]], k: int) -> np.ndarray:
         if len(tensors) == 2:
             stored = {name.rsplit(".", 1)[-1]: array for name, array in tensors}
-            scheme = self.expert_scheme if stored["q_weight"].ndim == 3 else self
-            return scheme.dequantize_weight(stored["q_weight"], stored["q_scale"], k)
+            return self.dequantize_weight(stored["q_weight"], stored["q_scale"], k)
         return super().dequantize_stored(tensors, k)
 
     # --- the model rewrite -----------------------------------------------------------------
@@ -305,16 +298,18 @@ def dequantize_matmul(
 
 
 class _SwapLayers(nn.Mutator):
-    """Replaces every `nn.Linear` and `nn.Embedding` with its quantized twin (by default the
-    group-quantized ones; other schemes pass their own layer classes)."""
+    """Replaces every `nn.Linear`, `nn.Embedding` and `Experts` with its quantized twin (by
+    default the group-quantized ones; other schemes pass their own layer classes)."""
 
     def __init__(
         self,
         scheme: GroupQuantization,
         linear: type[nn.Module] = GroupQuantizedLinear,
         embedding: type[nn.Module] = GroupQuantizedEmbedding,
+        experts: type[nn.Module] = GroupQuantizedExperts,
     ):
         self.scheme, self.linear, self.embedding = scheme, linear, embedding
+        self.experts = experts
 
     def visit_module(self, name: str, node: nn.Module):
         dtype = self.scheme.model_dtype
@@ -322,7 +317,7 @@ class _SwapLayers(nn.Mutator):
             bias = node.bias is not None
             return self.linear(self.scheme, node.in_features, node.out_features, bias, dtype)
         if isinstance(node, Experts):
-            return GroupQuantizedExperts(self.scheme.expert_scheme, node)
+            return self.experts(self.scheme, node)
         if isinstance(node, nn.Embedding):
             return self.embedding(self.scheme, node.num, node.dim, dtype)
         return self.visit(name, node)

@@ -38,12 +38,18 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
-from .group_quant import GroupQuantization, GroupQuantizedEmbedding, _SwapLayers
+from .group_quant import (
+    GroupQuantization,
+    GroupQuantizedEmbedding,
+    GroupQuantizedExperts,
+    _SwapLayers,
+)
 
 GROUP = 32
 ACT_MAX = 127
 KERNEL_ATTR = "mlc.kernel"
 Q4A8_MATMUL = "q4a8_matmul"
+Q4A8_GATHER_MATMUL = "q4a8_gather_matmul"
 QUANTIZE_ACTIVATIONS = "quantize_activations"
 
 
@@ -136,19 +142,12 @@ class Int8ActivationQuantization(GroupQuantization):
         return {
             **super().describe(),
             "storage": "uint32, 8 values per word, NK, the words of each 16 groups transposed",
-            "activations": "int8 per token and group of 32 (block-transposed) in every Linear",
+            "activations": "int8 per token and group of 32 (block-transposed) in every Linear "
+            "and expert matmul",
         }
 
     def stored_word(self, word, words: int):
         return stored_word(word, words)
-
-    @property
-    def expert_scheme(self) -> GroupQuantization:
-        """The experts take float activations (`GroupQuantizedExperts`), so their words stay
-        in place: `q4f32_1`'s layout, with this code's float16 scales."""
-        return GroupQuantization(
-            self.name, self.model_dtype, self.bits, self.group_size, self.scale_dtype
-        )
 
     @property
     def sum_factor(self) -> float:
@@ -156,7 +155,9 @@ class Int8ActivationQuantization(GroupQuantization):
         return -float(self.max_int)
 
     def quantize_model(self, model: nn.Module) -> nn.Module:
-        return _SwapLayers(self, Int8ActivationLinear, Int8ActivationEmbedding).visit("", model)
+        return _SwapLayers(
+            self, Int8ActivationLinear, Int8ActivationEmbedding, Int8ActivationExperts
+        ).visit("", model)
 
 
 def quantize_activations(
@@ -305,6 +306,89 @@ class Int8ActivationLinear(nn.Module):
         k, n = self.in_features, self.out_features
         y = _linear(self.scheme, x, self.q_weight, self.q_scale, k, n)
         return y + self.bias if self.bias is not None else y
+
+
+def q4a8_gather_matmul(
+    scheme: Int8ActivationQuantization,
+    xq: Tensor,
+    xs: Tensor,
+    xc: Tensor,
+    ids: Tensor,
+    q_weight: Tensor,
+    q_scale: Tensor,
+    name: str,
+    shared: bool,
+) -> Tensor:
+    """`y[t, j, n]`: `q4a8_matmul` of slot j of token t with the weights of its expert
+    `ids[t, j]` (`q_weight` `[experts, N, words]`), float32. The activations are one row per
+    token (`xq` `[1, tokens, Kp]`: every slot multiplies the same input) or per slot
+    (`[tokens, top_k, Kp]`), as `shared` says. The portable reference; x86 swaps in its own
+    kernel."""
+    n = int(q_weight.shape[1])
+
+    def compute(xq, xs, xc, ids, q_weight, q_scale):
+        tokens, top_k = ids.shape
+        kp = xq.shape[-1]
+        groups = kp // GROUP
+        per_word = scheme.elems_per_word
+        p = te.reduce_axis((0, kp), name="p")
+        g = te.reduce_axis((0, groups), name="g")
+
+        def row(t, j):
+            return (0, t) if shared else (t, j)
+
+        def term(t, j, m):
+            e, k = ids[t, j], source_index(p, groups)
+            word = q_weight[e, m, stored_word(k // per_word, int(kp) // per_word)]
+            shift = ((k % per_word) * scheme.bits).astype("uint32")
+            w = ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
+            scale = q_scale[e, m, k // GROUP].astype("float32") * xs[(*row(t, j), k // GROUP)]
+            return w * xq[(*row(t, j), p)].astype("float32") * scale
+
+        dots = te.compute(
+            (tokens, top_k, n), lambda t, j, m: te.sum(term(t, j, m), axis=p), name="dots"
+        )
+        zero = te.compute(
+            (tokens, top_k, n),
+            lambda t, j, m: te.sum(
+                q_scale[ids[t, j], m, g].astype("float32") * xc[(*row(t, j), g)], axis=g
+            ),
+            name="zero_point",
+        )
+        return te.compute((tokens, top_k, n), lambda *i: dots[i] + zero[i], name=name)
+
+    return op.tensor_expr_op(
+        compute,
+        name,
+        [xq, xs, xc, ids, q_weight, q_scale],
+        attrs={
+            KERNEL_ATTR: Q4A8_GATHER_MATMUL,
+            "mlc.n": n,
+            "mlc.k_padded": int(q_scale.shape[2]) * GROUP,
+            "mlc.experts": int(q_weight.shape[0]),
+            "mlc.top_k": int(ids.shape[1]),
+            "mlc.shared": shared,
+            "mlc.scale_dtype": scheme.scale_dtype,
+            "mlc.ndim": 3,  # the x86 kernels' activations (`[batch, seq, k]`) fit
+            "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
+        },
+    )
+
+
+class Int8ActivationExperts(GroupQuantizedExperts):
+    """`GroupQuantizedExperts` whose gather matmuls take int8 activations: quantized once per
+    token (the gate/up input, shared by the token's experts) or per slot (the down input)."""
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        k = self.in_features
+        shared = len(x.shape) == 2
+        # The activation kernels take `[batch, seq, k]`: `[1, tokens, k]` for the gate/up input.
+        xq, xs, xc = quantize_activations(
+            op.unsqueeze(x, 0) if shared else x, k, self.scheme.sum_factor
+        )
+        return q4a8_gather_matmul(
+            self.scheme, xq, xs, xc, ids, self.q_weight, self.q_scale, self.kernel_name, shared
+        )
 
 
 class Int8ActivationEmbedding(GroupQuantizedEmbedding):
