@@ -133,12 +133,17 @@ def build(opts: BuildOptions) -> Path:
             _log(opts, f"Weights: {line}")
         if getattr(config, "num_experts", 0) and not quant.name.startswith("q0"):
             if quant.quantizes_experts:
-                _log(opts, f"Weights: the mixture-of-experts' expert weights are {quant.name} too")
+                _log(
+                    opts,
+                    f"Weights: the mixture-of-experts' expert weights follow {quant.name} "
+                    "like the other weights",
+                )
             else:
                 _log(
                     opts,
                     f"Weights: the mixture-of-experts' expert weights stay in {quant.model_dtype} "
-                    f"({quant.name} has no expert kernels; q4f16_1, q4f32_1 and q4a8_1 do)",
+                    f"({quant.name} has no expert kernels; q4f16_1, q4f32_1, q4a8_1 and gguf "
+                    "do)",
                 )
         model = quant.quantize_model(model)
         mod, named_params = export_model(model, target, preset)

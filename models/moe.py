@@ -141,11 +141,9 @@ class Experts(nn.Module):
     def __init__(
         self, num_experts: int, out_features: int, in_features: int, dtype: str, name: str
     ):
-        self.num_experts, self.out_features, self.in_features = (
-            num_experts,
-            out_features,
-            in_features,
-        )
+        self.num_experts = num_experts
+        self.out_features = out_features
+        self.in_features = in_features
         self.kernel_name = name
         self.weight = nn.Parameter((num_experts, out_features, in_features), dtype)
 

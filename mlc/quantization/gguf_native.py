@@ -70,6 +70,11 @@ class GGUFNative(Quantization):
         return True
 
     @property
+    def quantizes_experts(self) -> bool:
+        """Expert stacks keep the file's blocks, as the other weights do."""
+        return True
+
+    @property
     def tensor_formats(self) -> list[tuple[str, str]]:
         """(parameter, how it is stored): its block format, or float32 from the file's types."""
         kept = dict(self.formats)
