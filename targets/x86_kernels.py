@@ -39,6 +39,9 @@ from mlc.quantization.int8_activations import (
 )
 
 TILE_N = 16
+# Scratch ints per output: a pair's or a group's 8 partial sums, then (from PART_DOTS) the dot
+# products of the groups after the whole blocks.
+PART_DOTS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,23 +269,49 @@ def q4a8_matmul_avx2(
             return _fence(_fma(sw, T.Cast("float32", dot) * xs[i, group], with_min))
         return _fence(_fma(sw, _fma(T.Cast("float32", dot), xs[i, group], xc[i, group]), acc))
 
+    tail_groups = groups - blocks * BLOCK_GROUPS
+
+    def tail_lanes(qs, qm, xs, xc, row, i, part, acc):
+        """`acc` + each trailing group's `sw · (dot · xs + xc)` (with minima: `acc + m · xc +
+        sw · (dot · xs)`), one lane per group, fenced as `block_value`."""
+        count = tail_groups
+        groups_at = T.Ramp(blocks * BLOCK_GROUPS, 1, count)
+        sw = T.Cast(f"float32x{count}", qs[row, groups_at])
+        dot = T.Cast(f"float32x{count}", part[T.Ramp(PART_DOTS, 1, count)])
+        if has_min:
+            m = T.Cast(f"float32x{count}", qm[row, groups_at])
+            with_min = _fence(_fma(m, xc[i, groups_at], acc))
+            return _fence(_fma(sw, dot * xs[i, groups_at], with_min))
+        return _fence(_fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc))
+
     @T.macro
     def finish_row(qw, qs, qm, xq, xs, xc, y, acc, base, part, tail, row, i, y_row, y_col):
         """The groups after the whole blocks, then the output value of (i, row), written to
-        `y[y_row, y_col]`."""
-        tail[0] = T.float32(0)
-        for p in range(tail_pairs):
-            pair = blocks * BLOCK_GROUPS // 2 + p
-            part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, vnni)
-            first = blocks * BLOCK_GROUPS + 2 * p
-            tail[0] = tail_value(qs, qm, xs, xc, row, i, first, _lanes_sum(part, 0, 4), tail[0])
-            tail[0] = tail_value(qs, qm, xs, xc, row, i, first + 1, _lanes_sum(part, 4, 4), tail[0])
-        if single:
-            part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni)
-            tail[0] = tail_value(
-                qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
+        `y[y_row, y_col]`. Two or more such groups are summed like a block's: their integer
+        dot products gathered in `part[8:]`, then scaled and added lane by lane into the
+        output's block lanes (a serial chain of scalar steps was the slow part of rows that
+        are not whole blocks, such as an expert's 384 values)."""
+        if tail_groups >= 2:
+            for p in range(tail_pairs):
+                pair = blocks * BLOCK_GROUPS // 2 + p
+                part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, vnni)
+                part[PART_DOTS + 2 * p] = _lanes_sum(part, 0, 4)
+                part[PART_DOTS + 2 * p + 1] = _lanes_sum(part, 4, 4)
+            if single:
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni)
+                part[PART_DOTS + tail_groups - 1] = _lanes_sum(part, 0, 8)
+            acc[T.Ramp(base, 1, tail_groups)] = tail_lanes(
+                qs, qm, xs, xc, row, i, part, acc[T.Ramp(base, 1, tail_groups)]
             )
-        y[y_row, y_col] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
+            y[y_row, y_col] = _reduce_add(T.float32(0), acc[T.Ramp(base, 1, lanes)], lanes)
+        else:
+            tail[0] = T.float32(0)
+            if single:
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni)
+                tail[0] = tail_value(
+                    qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
+                )
+            y[y_row, y_col] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
 
     @T.macro
     def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows, y0, c0):
@@ -342,7 +371,7 @@ def q4a8_matmul_avx2(
         y = T.decl_buffer((rows, n), "float32", data=y_out.data)
         for tile in T.parallel(tiles):
             acc = T.decl_buffer((TOKENS * ROWS * lanes,), "float32", scope="global")
-            part = T.decl_buffer((8,), "int32", scope="global")
+            part = T.decl_buffer((PART_DOTS + BLOCK_GROUPS,), "int32", scope="global")
             tail = T.decl_buffer((1,), "float32", scope="global")
             # Whole tiles take TOKENS tokens x ROWS rows at a time; the tokens left over, and
             # every token of the last, partial tile, go row by row.
@@ -427,7 +456,7 @@ def q4a8_matmul_avx2(
             start[ids[s]] = start[ids[s]] + 1
         for tile in T.parallel(tiles):
             acc = T.decl_buffer((lanes,), "float32", scope="global")
-            part = T.decl_buffer((8,), "int32", scope="global")
+            part = T.decl_buffer((PART_DOTS + BLOCK_GROUPS,), "int32", scope="global")
             tail = T.decl_buffer((1,), "float32", scope="global")
             for sorted_slot in range(slots):
                 s = T.meta_var(T.Cast("int64", order[sorted_slot]))

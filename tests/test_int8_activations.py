@@ -100,12 +100,18 @@ def test_x86_kernel_is_exact(n, k, rows, vnni):
     np.testing.assert_allclose(out[0], exact, rtol=0, atol=1e-6 * np.abs(exact).max())
 
 
+# K after whole blocks: one single group (1056), pairs only (384, an expert's width), pairs and
+# a single group (1120).
+TAIL_KS = (1056, 384, 1120)
+
+
+@pytest.mark.parametrize("k", TAIL_KS)
 @pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
-def test_x86_kernel_rows_are_independent(vnni):
+def test_x86_kernel_rows_are_independent(vnni, k):
     """A prompt's rows come out bit for bit as when each is the only row (a decode step): the
     int8 activations downstream would round differently on a 1-ulp difference."""
     target = x86_target(vnni)
-    n, k, rows = 40, 1056, 5
+    n, rows = 40, 5
     _, (xq, xs, xc, q_weight, q_scale), _ = _int8_problem(n, k, rows)
     kernel = q4a8_matmul_avx2(n, xq.shape[1], "float16", vnni=vnni)
 
