@@ -415,6 +415,45 @@ def q4a8_matmul_avx2(
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         matmul(qw, qs, qm, var_xq, var_xs, var_xc, var_y)
 
+    @T.macro
+    def micro_slots(qw, qs, xq, xs, xc, y, acc, part, tail, sel, r0, c0):
+        """`micro` for TOKENS slots of one expert and ROWS of its rows: the slots' x rows are
+        `sel[:TOKENS]` and their y rows `sel[TOKENS:]`; the same arithmetic per output."""
+        for o in T.unroll(TOKENS * ROWS):
+            acc[T.Ramp(o * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+        for b in range(blocks):
+            for o in T.unroll(TOKENS * ROWS):
+                acc[T.Ramp(o * lanes, 1, lanes)] = block_value(
+                    qw,
+                    qs,
+                    qs,
+                    xq,
+                    xs,
+                    xc,
+                    r0 + o % ROWS,
+                    sel[o // ROWS],
+                    b,
+                    acc[T.Ramp(o * lanes, 1, lanes)],
+                )
+        for o in T.unroll(TOKENS * ROWS):
+            finish_row(
+                qw,
+                qs,
+                qs,
+                xq,
+                xs,
+                xc,
+                y,
+                acc,
+                o * lanes,
+                part,
+                tail,
+                r0 + o % ROWS,
+                sel[o // ROWS],
+                sel[TOKENS + o // ROWS],
+                c0 + o % ROWS,
+            )
+
     if gather is not None:
         experts, top_k = gather.experts, gather.top_k
         slots_per_row = top_k if gather.shared else 1
@@ -441,31 +480,49 @@ def q4a8_matmul_avx2(
         # Every expert's rows one after another: expert e's row r is row e · n + r.
         qw = T.decl_buffer((experts * n, words), "uint32", data=qw3.data)
         qs = T.decl_buffer((experts * n, groups), scale_dtype, data=qs3.data)
-        # The slots in order of their experts (a counting sort, stable): the slots of one
-        # expert follow each other, so a tile's rows of that expert are read from memory once.
+        # The slots in order of their experts (a counting sort, stable): expert e's slots are
+        # order[first[e]:first[e + 1]], so a tile's rows of an expert are read from memory once
+        # and unpacked once for every TOKENS of its slots.
         order = T.decl_buffer((slots,), "int32", scope="global")
-        start = T.decl_buffer((experts + 1,), "int32", scope="global")
+        first = T.decl_buffer((experts + 1,), "int32", scope="global")
+        cursor = T.decl_buffer((experts,), "int32", scope="global")
         for e in range(experts + 1):
-            start[e] = 0
+            first[e] = 0
         for s in range(slots):
-            start[ids[s] + 1] = start[ids[s] + 1] + 1
+            first[ids[s] + 1] = first[ids[s] + 1] + 1
         for e in range(experts):
-            start[e + 1] = start[e + 1] + start[e]
+            first[e + 1] = first[e + 1] + first[e]
+            cursor[e] = first[e]
         for s in range(slots):
-            order[start[ids[s]]] = T.Cast("int32", s)
-            start[ids[s]] = start[ids[s]] + 1
+            order[cursor[ids[s]]] = T.Cast("int32", s)
+            cursor[ids[s]] = cursor[ids[s]] + 1
         for tile in T.parallel(tiles):
-            acc = T.decl_buffer((lanes,), "float32", scope="global")
+            acc = T.decl_buffer((TOKENS * ROWS * lanes,), "float32", scope="global")
             part = T.decl_buffer((PART_DOTS + BLOCK_GROUPS,), "int32", scope="global")
             tail = T.decl_buffer((1,), "float32", scope="global")
-            for sorted_slot in range(slots):
-                s = T.meta_var(T.Cast("int64", order[sorted_slot]))
-                expert = T.meta_var(T.Cast("int64", ids[s]) * n)
-                x_row = T.meta_var(s // slots_per_row)
-                for t in range(T.min(TILE_N, n - tile * TILE_N)):
-                    r = T.meta_var(tile * TILE_N + t)
-                    row = T.meta_var(expert + T.Cast("int64", r))
-                    micro(qw, qs, qs, xq, xs, xc, y, acc, part, tail, x_row, row, 1, 1, s, r)
+            # The x rows, then the y rows, of the TOKENS slots taken together.
+            sel = T.decl_buffer((2 * TOKENS,), "int64", scope="global")
+            whole: T.let[T.bool] = tile * TILE_N + TILE_N <= n
+            for e in range(experts):
+                begin = T.meta_var(first[e])
+                grouped = T.meta_var(T.if_then_else(whole, (first[e + 1] - begin) // TOKENS, 0))
+                base = T.meta_var(T.Cast("int64", e) * n)
+                for q in range(grouped):
+                    for u in range(TOKENS):
+                        slot = T.meta_var(T.Cast("int64", order[begin + q * TOKENS + u]))
+                        sel[u] = slot // slots_per_row
+                        sel[TOKENS + u] = slot
+                    for t in range(TILE_N // ROWS):
+                        r = T.meta_var(tile * TILE_N + t * ROWS)
+                        row = T.meta_var(base + T.Cast("int64", r))
+                        micro_slots(qw, qs, xq, xs, xc, y, acc, part, tail, sel, row, r)
+                for rest in range(begin + grouped * TOKENS, first[e + 1]):
+                    s = T.meta_var(T.Cast("int64", order[rest]))
+                    x_row = T.meta_var(s // slots_per_row)
+                    for t in range(T.min(TILE_N, n - tile * TILE_N)):
+                        r = T.meta_var(tile * TILE_N + t)
+                        row = T.meta_var(base + T.Cast("int64", r))
+                        micro(qw, qs, qs, xq, xs, xc, y, acc, part, tail, x_row, row, 1, 1, s, r)
 
     if gather is not None:
 

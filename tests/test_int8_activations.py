@@ -125,7 +125,7 @@ def test_x86_kernel_rows_are_independent(vnni, k):
     np.testing.assert_array_equal(together, alone)
 
 
-def _gather_problem(shared: bool, experts: int = 3, n: int = 40, k: int = 1056, tokens: int = 5):
+def _gather_problem(shared: bool, experts: int = 3, n: int = 40, k: int = 1056, tokens: int = 9):
     """A mixture's expert matmul: activations (a row per token, or per slot), stacked expert
     weights, each slot's expert id, and the exact float64 result `[tokens, 2, n]`."""
     top_k = 2
@@ -154,9 +154,11 @@ def _gather_problem(shared: bool, experts: int = 3, n: int = 40, k: int = 1056, 
 @pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
 def test_x86_expert_kernel_is_exact_and_slots_are_independent(vnni, shared):
     """The experts' gather kernel: each slot multiplies its own expert's weights, exactly up to
-    float rounding; a prompt's slots equal each token's alone, bit for bit."""
+    float rounding; a prompt's slots (an expert's slots four at a time) equal each token's
+    alone (its two slots one by one), bit for bit."""
     target = x86_target(vnni)
     acts, ids, q_weight, q_scale, exact = _gather_problem(shared)
+    assert np.bincount(ids.ravel()).max() >= 4  # some expert's slots go four at a time
     experts, n = q_weight.shape[:2]
     kp = acts[0].shape[-1]
     kernel = q4a8_matmul_avx2(n, kp, "float16", vnni, gather=Gather(experts, 2, shared))
