@@ -212,6 +212,16 @@ def _reduce_add(start, vector, lanes: int):
     return _fence(start + vector)
 
 
+def _consecutive(first, u):
+    """Row u of rows that follow `first` (a `micro` row picker)."""
+    return first + u
+
+
+def _listed(rows, u):
+    """Row u of the rows listed in buffer `rows` (a `micro` row picker)."""
+    return rows[u]
+
+
 def _lanes_sum(buf, base, lanes):
     """The integer sum of `lanes` elements (exact in any order)."""
     total = buf[base]
@@ -314,12 +324,13 @@ def q4a8_matmul_avx2(
             y[y_row, y_col] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
 
     @T.macro
-    def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, tokens, rows, y0, c0):
-        """Outputs of `tokens` tokens from i0 and `rows` weight rows from r0, block by block,
-        so each block's weights are loaded and unpacked once for all the tokens and each
-        token's activations once for all the rows; written to `y` from row y0, column c0.
-        Every output is summed in the same order whatever the tile, so a prompt's rows equal
-        decode steps' bit for bit."""
+    def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, xi, r0, tokens, rows, yi, c0, pick):
+        """Outputs of `tokens` tokens and `rows` weight rows from r0, block by block, so each
+        block's weights are loaded and unpacked once for all the tokens and each token's
+        activations once for all the rows. Token u is row `pick(xi, u)` of x and its outputs
+        row `pick(yi, u)` of `y`, from column c0 (`_consecutive` rows from a first one, or
+        `_listed` in a buffer). Every output is summed in the same order whatever the tile,
+        so a prompt's rows equal decode steps' bit for bit."""
         for o in T.unroll(tokens * rows):
             acc[T.Ramp(o * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
         for b in range(blocks):
@@ -332,7 +343,7 @@ def q4a8_matmul_avx2(
                     xs,
                     xc,
                     r0 + o % rows,
-                    i0 + o // rows,
+                    pick(xi, o // rows),
                     b,
                     acc[T.Ramp(o * lanes, 1, lanes)],
                 )
@@ -350,8 +361,8 @@ def q4a8_matmul_avx2(
                 part,
                 tail,
                 r0 + o % rows,
-                i0 + o // rows,
-                y0 + o // rows,
+                pick(xi, o // rows),
+                pick(yi, o // rows),
                 c0 + o % rows,
             )
 
@@ -382,13 +393,17 @@ def q4a8_matmul_avx2(
                         r0 = T.meta_var(tile * TILE_N + t * ROWS)
                         i0 = T.meta_var(i * TOKENS)
                         micro(
-                            qw, qs, qm, xq, xs, xc, y, acc, part, tail, i0, r0, TOKENS, ROWS, i0, r0
-                        )
+                            qw, qs, qm, xq, xs, xc, y, acc, part, tail,
+                            i0, r0, TOKENS, ROWS, i0, r0, _consecutive,
+                        )  # fmt: skip
             grouped = T.meta_var(T.if_then_else(whole, rows // TOKENS * TOKENS, T.int64(0)))
             for i in range(grouped, rows):
                 for t in range(T.min(TILE_N, n - tile * TILE_N)):
                     r = T.meta_var(tile * TILE_N + t)
-                    micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, i, r, 1, 1, i, r)
+                    micro(
+                        qw, qs, qm, xq, xs, xc, y, acc, part, tail,
+                        i, r, 1, 1, i, r, _consecutive,
+                    )  # fmt: skip
 
     @T.prim_func
     def q4a8_matmul(
@@ -414,45 +429,6 @@ def q4a8_matmul_avx2(
     ):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         matmul(qw, qs, qm, var_xq, var_xs, var_xc, var_y)
-
-    @T.macro
-    def micro_slots(qw, qs, xq, xs, xc, y, acc, part, tail, sel, r0, c0):
-        """`micro` for TOKENS slots of one expert and ROWS of its rows: the slots' x rows are
-        `sel[:TOKENS]` and their y rows `sel[TOKENS:]`; the same arithmetic per output."""
-        for o in T.unroll(TOKENS * ROWS):
-            acc[T.Ramp(o * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
-        for b in range(blocks):
-            for o in T.unroll(TOKENS * ROWS):
-                acc[T.Ramp(o * lanes, 1, lanes)] = block_value(
-                    qw,
-                    qs,
-                    qs,
-                    xq,
-                    xs,
-                    xc,
-                    r0 + o % ROWS,
-                    sel[o // ROWS],
-                    b,
-                    acc[T.Ramp(o * lanes, 1, lanes)],
-                )
-        for o in T.unroll(TOKENS * ROWS):
-            finish_row(
-                qw,
-                qs,
-                qs,
-                xq,
-                xs,
-                xc,
-                y,
-                acc,
-                o * lanes,
-                part,
-                tail,
-                r0 + o % ROWS,
-                sel[o // ROWS],
-                sel[TOKENS + o // ROWS],
-                c0 + o % ROWS,
-            )
 
     if gather is not None:
         experts, top_k = gather.experts, gather.top_k
@@ -500,8 +476,9 @@ def q4a8_matmul_avx2(
             acc = T.decl_buffer((TOKENS * ROWS * lanes,), "float32", scope="global")
             part = T.decl_buffer((PART_DOTS + BLOCK_GROUPS,), "int32", scope="global")
             tail = T.decl_buffer((1,), "float32", scope="global")
-            # The x rows, then the y rows, of the TOKENS slots taken together.
-            sel = T.decl_buffer((2 * TOKENS,), "int64", scope="global")
+            # The x rows and the y rows of the TOKENS slots taken together.
+            x_sel = T.decl_buffer((TOKENS,), "int64", scope="global")
+            y_sel = T.decl_buffer((TOKENS,), "int64", scope="global")
             whole: T.let[T.bool] = tile * TILE_N + TILE_N <= n
             for e in range(experts):
                 begin = T.meta_var(first[e])
@@ -510,19 +487,25 @@ def q4a8_matmul_avx2(
                 for q in range(grouped):
                     for u in range(TOKENS):
                         slot = T.meta_var(T.Cast("int64", order[begin + q * TOKENS + u]))
-                        sel[u] = slot // slots_per_row
-                        sel[TOKENS + u] = slot
+                        x_sel[u] = slot // slots_per_row
+                        y_sel[u] = slot
                     for t in range(TILE_N // ROWS):
                         r = T.meta_var(tile * TILE_N + t * ROWS)
                         row = T.meta_var(base + T.Cast("int64", r))
-                        micro_slots(qw, qs, xq, xs, xc, y, acc, part, tail, sel, row, r)
+                        micro(
+                            qw, qs, qs, xq, xs, xc, y, acc, part, tail,
+                            x_sel, row, TOKENS, ROWS, y_sel, r, _listed,
+                        )  # fmt: skip
                 for rest in range(begin + grouped * TOKENS, first[e + 1]):
                     s = T.meta_var(T.Cast("int64", order[rest]))
                     x_row = T.meta_var(s // slots_per_row)
                     for t in range(T.min(TILE_N, n - tile * TILE_N)):
                         r = T.meta_var(tile * TILE_N + t)
                         row = T.meta_var(base + T.Cast("int64", r))
-                        micro(qw, qs, qs, xq, xs, xc, y, acc, part, tail, x_row, row, 1, 1, s, r)
+                        micro(
+                            qw, qs, qs, xq, xs, xc, y, acc, part, tail,
+                            x_row, row, 1, 1, s, r, _consecutive,
+                        )  # fmt: skip
 
     if gather is not None:
 

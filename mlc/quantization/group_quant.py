@@ -161,16 +161,23 @@ class GroupQuantization(Quantization):
             nn.Parameter((*lead, kp // self.group_size), self.scale_dtype),
         )
 
-    def dequantize_value(self, q_weight: te.Tensor, q_scale: te.Tensor, n, k) -> tirx.PrimExpr:
-        """`w'[n, k]` in float32, read straight from the packed words; `n` is a row, or an
-        `(expert, row)` pair of stacked experts."""
+    def packed_value(self, q_weight: te.Tensor, n, k) -> tirx.PrimExpr:
+        """The unsigned stored value `q[n, k]` as float32, read from the packed words; `n` is
+        a row, or an `(expert, row)` pair of stacked experts."""
         row = n if isinstance(n, tuple) else (n,)
         words = int(q_weight.shape[-1])
         word = q_weight[(*row, self.stored_word(k // self.elems_per_word, words))]
         shift = ((k % self.elems_per_word) * self.bits).astype(STORAGE_DTYPE)
         q = (word >> shift) & tirx.const((1 << self.bits) - 1, STORAGE_DTYPE)
+        return q.astype("float32")
+
+    def dequantize_value(self, q_weight: te.Tensor, q_scale: te.Tensor, n, k) -> tirx.PrimExpr:
+        """`w'[n, k]` in float32, read straight from the packed words; `n` as in
+        `packed_value`."""
+        row = n if isinstance(n, tuple) else (n,)
         scale = q_scale[(*row, k // self.group_size)].astype("float32")
-        return (q.astype("float32") - tirx.const(self.max_int, "float32")) * scale
+        q = self.packed_value(q_weight, n, k)
+        return (q - tirx.const(self.max_int, "float32")) * scale
 
 
 def is_quantized_param(name: str, array: np.ndarray) -> bool:

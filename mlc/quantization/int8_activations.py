@@ -247,19 +247,16 @@ def q4a8_matmul(
     def compute(xq, xs, xc, q_weight, q_scale, q_min=None):
         lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
-        per_word = scheme.elems_per_word
         p = te.reduce_axis((0, kp), name="p")
         g = te.reduce_axis((0, groups), name="g")
-
-        def nibble(j, k):
-            word = q_weight[j, stored_word(k // per_word, int(kp) // per_word)]
-            shift = ((k % per_word) * scheme.bits).astype("uint32")
-            return ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
 
         def term(row, j, p):
             k = source_index(p, groups)
             scale = q_scale[j, k // GROUP].astype("float32") * xs[(*row, k // GROUP)]
-            w = signed_byte(q_weight, j, p) if weight_bits == 8 else nibble(j, k)
+            if weight_bits == 8:
+                w = signed_byte(q_weight, j, p)
+            else:
+                w = scheme.packed_value(q_weight, j, k)
             return w * xq[(*row, p)].astype("float32") * scale
 
         dots = te.compute(
@@ -330,7 +327,6 @@ def q4a8_gather_matmul(
         tokens, top_k = ids.shape
         kp = xq.shape[-1]
         groups = kp // GROUP
-        per_word = scheme.elems_per_word
         p = te.reduce_axis((0, kp), name="p")
         g = te.reduce_axis((0, groups), name="g")
 
@@ -339,9 +335,7 @@ def q4a8_gather_matmul(
 
         def term(t, j, m):
             e, k = ids[t, j], source_index(p, groups)
-            word = q_weight[e, m, stored_word(k // per_word, int(kp) // per_word)]
-            shift = ((k % per_word) * scheme.bits).astype("uint32")
-            w = ((word >> shift) & tirx.const(15, "uint32")).astype("float32")
+            w = scheme.packed_value(q_weight, (e, m), k)
             scale = q_scale[e, m, k // GROUP].astype("float32") * xs[(*row(t, j), k // GROUP)]
             return w * xq[(*row(t, j), p)].astype("float32") * scale
 
