@@ -87,32 +87,44 @@ def dequantized_reference(model_dir: Path, code: str):
     return model
 
 
-def int8_rounded(x: torch.Tensor, group: int = 32) -> torch.Tensor:
+def int8_rounded(
+    x: torch.Tensor, group: int = 32, margins: list[float] | None = None
+) -> torch.Tensor:
     """`x` as `q4a8_1` kernels see it: per token and per group of `group` values along K,
     `xs = max|x| / 127`, `x' = round(x · (127 / max|x|)) · xs`, in float32 as the kernels
-    compute it."""
+    compute it. `margins` receives the scaled values' smallest distance from a rounding
+    boundary: a value closer than our float32 arithmetic's error may round the other way in a
+    build (a one-step change in an int8 value, 1e-2 in the logits)."""
     k = x.shape[-1]
     padded = torch.nn.functional.pad(x, (0, (-k) % group))
     groups = padded.reshape(*padded.shape[:-1], -1, group).float()
     # The kernels' float32 arithmetic: q = round(x * (127 / max|x|)), ties to even.
     absmax = groups.abs().amax(dim=-1, keepdim=True)
     inverse = torch.where(absmax > 0, 127 / absmax, torch.zeros_like(absmax))
-    q = torch.round(groups * inverse)
+    scaled = groups * inverse
+    q = torch.round(scaled)
+    if margins is not None:
+        margins.append(float((scaled - scaled.floor() - 0.5).abs().min()))
     scale = absmax / 127
     return (q * scale).reshape(padded.shape)[..., :k].to(x.dtype)
 
 
 def quantize_activations_int8(
-    model, group: int = 32, only: set[str] | None = None, experts: bool = False
+    model,
+    group: int = 32,
+    only: set[str] | None = None,
+    experts: bool = False,
+    margins: list[float] | None = None,
 ):
     """Make every Linear (and GPT-2 `Conv1D`) of `model`, or those named in `only`, see its
-    input as `q4a8_1` kernels do (`int8_rounded`); with `experts`, also the gate/up and down
-    matmuls of a mixture's experts (transformers' eager experts call `F.linear`)."""
+    input as `q4a8_1` kernels do (`int8_rounded`, which reports to `margins`); with `experts`,
+    also the gate/up and down matmuls of a mixture's experts (transformers' eager experts call
+    `F.linear`)."""
     from transformers.pytorch_utils import Conv1D
 
     def fake_quantize(_module, inputs):
         (x, *rest) = inputs
-        return (int8_rounded(x, group), *rest)
+        return (int8_rounded(x, group, margins), *rest)
 
     hooked = set()
     for name, module in model.named_modules():
@@ -122,19 +134,19 @@ def quantize_activations_int8(
             module.register_forward_pre_hook(fake_quantize)
             hooked.add(name)
         if experts and type(module).__name__.endswith("Experts"):
-            module.forward = _int8_expert_forward(module.forward, group)
+            module.forward = _int8_expert_forward(module.forward, group, margins)
             hooked.add(name)
     if only is not None and hooked != set(only):
         raise ValueError(f"no Linear layers named {sorted(set(only) - hooked)}")
     return model
 
 
-def _int8_expert_forward(forward, group: int):
+def _int8_expert_forward(forward, group: int, margins: list[float] | None):
     """`forward` of an experts module with each `F.linear` input int8-rounded."""
     linear = torch.nn.functional.linear
 
     def rounded_linear(x, weight, bias=None):
-        return linear(int8_rounded(x, group), weight, bias)
+        return linear(int8_rounded(x, group, margins), weight, bias)
 
     def wrapped(*args, **kwargs):
         torch.nn.functional.linear = rounded_linear

@@ -253,12 +253,17 @@ def test_a_gguf_file_builds_in_its_own_formats_by_default(mixed):
 
 def test_mixed_file_matches_transformers_reading_it(mixed):
     path, built = mixed
-    prompt = list(range(7, 40))
+    prompt = list(range(19, 35))
     reference = load_gguf_reference(path, tie_word_embeddings=True)
     plain = hf_logits(reference, prompt)
-    expected = hf_logits(quantize_activations_int8(reference, only=INT8_LAYERS), prompt)
+    margins: list[float] = []
+    int8_reference = quantize_activations_int8(reference, only=INT8_LAYERS, margins=margins)
+    expected = hf_logits(int8_reference, prompt)
+    # A well-posed comparison: no int8 activation of this prompt lies within 1e-4 of a rounding
+    # boundary (another prompt had one 8e-6 away, which rounded the other way on one CPU).
+    assert min(margins) > 1e-4
     # Prefill, then decode step by step: within 1e-4 of the reference at every position.
-    max_logit_error(built, expected, prompt, split=20)
+    max_logit_error(built, expected, prompt, split=8)
     # The comparison can fail: without the int8 activations the logits move far more.
     assert np.abs(plain - expected).max() > 1e-2
 

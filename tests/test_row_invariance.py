@@ -59,10 +59,12 @@ def _run(lib, func, inputs: dict[str, np.ndarray], shapes) -> dict[str, np.ndarr
     return {name: t.numpy() for name, t in tensors.items()}
 
 
-# The dense model at every code; a mixture of experts (routing, gather matmuls; 4 experts, so
-# that the random ids 0..3 the cases get are valid) at one.
+# The dense model at every code; mixtures of experts (routing, gather matmuls; 4 experts, so
+# that the random ids 0..3 the cases get are valid); Qwen3's per-head q/k norms, whose
+# reciprocal square root LLVM's reciprocal estimate once computed differently in the vector
+# loop and its scalar rest (AVX-512 CPUs).
 CASES = [("gqa", code) for code in ("q0f32", "q4f16_1", "q4f32_1", "q8f16_1")]
-CASES += [("mixtral", "q4f32_1"), ("qwen2_moe", "q4f32_1")]
+CASES += [("mixtral", "q4f32_1"), ("qwen2_moe", "q4f32_1"), ("qwen3_moe", "q4a8_1")]
 
 
 @pytest.mark.parametrize(("name", "code"), CASES)
