@@ -29,6 +29,7 @@ from .base import (
 )
 from .head_norm import HeadNorm, normalize_heads
 from .kv_cache import AttentionFacts, KVCacheSpec, generic_kv_cache
+from .rotary import Rotary
 
 # --- config ------------------------------------------------------------------------------------
 
@@ -67,6 +68,8 @@ def decoder_fields(
     theta, rope_scaling = rope_parameters(hf)
     check_rope_scaling(model_type, rope_scaling, scaling)
     context = int(hf.get("max_position_embeddings", 2048))
+    if rope_scaling is not None and rope_scaling["rope_type"] in MODEL_SIDE_SCALINGS:
+        rope_scaling = complete_yarn(rope_scaling, hf, context)
     return dict(
         vocab_size=require(hf, "vocab_size", model_type),
         hidden_size=hidden,
@@ -129,6 +132,33 @@ def cached_attention(
         qkv = qkv.astype(kv_dtype)
     out = kv_cache.attention_with_fused_qkv(layer_id, qkv, num_q_heads, sm_scale)
     return out.astype(dtype) if kv_dtype != dtype else out
+
+
+# RoPE scalings the paged KV cache cannot apply: the attention layers rotate (`scaled_rotary`).
+MODEL_SIDE_SCALINGS = ("yarn",)
+
+
+def complete_yarn(scaling: dict[str, Any], hf: dict[str, Any], context: int) -> dict[str, Any]:
+    """YaRN's scaling with the defaults transformers fills in written out: the original context
+    (a top-level `original_max_position_embeddings` first, else `max_position_embeddings`) and
+    the factor (their ratio when absent)."""
+    out = dict(scaling)
+    original = hf.get("original_max_position_embeddings") or out.get(
+        "original_max_position_embeddings", context
+    )
+    out["original_max_position_embeddings"] = int(original)
+    if out.get("factor") is None:
+        out["factor"] = context / out["original_max_position_embeddings"]
+    return out
+
+
+def scaled_rotary(config: DecoderConfig) -> Rotary | None:
+    """The model-side RoPE for a scaling the paged KV cache lacks (YaRN; the cache then runs
+    without RoPE, see `CausalLM.kv_cache_spec`), else None: the cache rotates."""
+    scaling = config.rope_scaling
+    if scaling is None or scaling["rope_type"] not in MODEL_SIDE_SCALINGS:
+        return None
+    return Rotary(config.rope_theta, config.rotary_dim, scaling)
 
 
 def check_rope_scaling(
@@ -219,7 +249,9 @@ class Attention(nn.Module):
     """Fused QKV projection (rows: all query heads, then key heads, then value heads), attention
     in the paged KV cache (which applies RoPE), output projection. `qk_norms` normalise queries
     and keys before RoPE (`head_norm.py`); `rotary` applies a RoPE variant the cache lacks (the
-    cache then runs with `RopeMode.NONE`)."""
+    cache then runs with `RopeMode.NONE`). Without one, a layer rotates in the model when the
+    config's scaling is one the cache lacks (`scaled_rotary`), so a model that accepts YaRN needs
+    nothing more; a model whose layers skip RoPE must refuse YaRN."""
 
     def __init__(
         self,
@@ -231,7 +263,7 @@ class Attention(nn.Module):
         sm_scale: float | None = None,
         rotary: nn.Module | None = None,
     ):
-        self.rotary = rotary
+        self.rotary = rotary if rotary is not None else scaled_rotary(config)
         self.config = config
         self.sm_scale = sm_scale if sm_scale is not None else config.head_dim**-0.5
         self.num_q_heads = config.num_attention_heads
@@ -420,6 +452,8 @@ class CausalLM(nn.Module):
         scaling = dict(c.rope_scaling or {})
         rope_type = scaling.get("rope_type")
         rope_mode = self.options.rope_mode if c.rotary_dim else RopeMode.NONE
+        if rope_type in MODEL_SIDE_SCALINGS:  # the attention layers rotate (`scaled_rotary`)
+            rope_mode = RopeMode.NONE
         if rope_mode == RopeMode.NONE:  # no rotary, or the model applies its own
             scaling, rope_type = {}, None
         return KVCacheSpec(

@@ -29,7 +29,8 @@ class LlamaConfig(DecoderConfig):
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> LlamaConfig:
         model_type = hf.get("model_type", "llama")
-        fields = decoder_fields(hf, model_type, norm_eps_default=1e-6, scaling=("linear", "llama3"))
+        scaling = ("linear", "llama3", "yarn")
+        fields = decoder_fields(hf, model_type, norm_eps_default=1e-6, scaling=scaling)
         # transformers' Mistral slides on every layer, whatever `layer_types` says.
         window = int(hf.get("sliding_window") or 0)
         fields["sliding_window"] = window

@@ -25,7 +25,7 @@ MODEL_TYPES = ("qwen2",)
 class Qwen2Config(DecoderConfig):
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> Qwen2Config:
-        fields = decoder_fields(hf, "qwen2", scaling=("linear", "llama3"))
+        fields = decoder_fields(hf, "qwen2", scaling=("linear", "llama3", "yarn"))
         set_sliding_window(fields, hf, lambda i: i >= hf.get("max_window_layers", 28))
         return cls(**fields)
 

@@ -28,7 +28,7 @@ class Qwen3Config(DecoderConfig):
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> Qwen3Config:
-        fields = decoder_fields(hf, "qwen3", scaling=("linear", "llama3"))
+        fields = decoder_fields(hf, "qwen3", scaling=("linear", "llama3", "yarn"))
         set_sliding_window(fields, hf, lambda i: i >= hf.get("max_window_layers", 28))
         return cls(**fields, attention_bias=bool(hf.get("attention_bias", False)))
 

@@ -57,25 +57,76 @@ class LongRoPE(nn.Module):
         return op.tensor_expr_op(compute, "longrope", [qkv, positions, short, long])
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature `0.1 · mscale · ln(factor) + 1` (1 for factor ≤ 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_parameters(
+    theta: float, rotary_dim: int, scaling: dict[str, Any]
+) -> tuple[np.ndarray, float]:
+    """YaRN's inverse frequencies (float32, as transformers computes them) and the factor on
+    cos/sin: frequencies that turn fewer than `beta_slow` times over the original context are
+    interpolated (divided by `factor`), those that turn more than `beta_fast` times are kept,
+    and a linear ramp over the pair index blends the ones between."""
+    original = int(scaling["original_max_position_embeddings"])
+    factor = float(scaling["factor"])
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = yarn_mscale(factor)
+
+    def correction_dim(rotations: float) -> float:
+        """The pair index whose frequency turns `rotations` times over the original context."""
+        return rotary_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = correction_dim(scaling.get("beta_fast") or 32)
+    high = correction_dim(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    if low == high:
+        high += 0.001
+    half = rotary_dim // 2
+    ramp = np.clip((np.arange(half, dtype=np.float32) - low) / (high - low), 0, 1)
+    kept = (np.float32(1) - ramp).astype(np.float32)
+    extrapolated = rope_inv_freq(theta, rotary_dim, [1.0] * half)
+    interpolated = rope_inv_freq(theta, rotary_dim, [factor] * half)
+    inv_freq = interpolated * (np.float32(1) - kept) + extrapolated * kept
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
 class Rotary(nn.Module):
     """Plain RoPE (rotate-half layout over the first `rotary_dim` of each head) with its own
-    base and scaling, for models whose layers rotate differently: Gemma 3's two bases, SmolLM3's
-    layers without RoPE. The cache then runs with `RopeMode.NONE`."""
+    base and scaling (`linear` or `yarn`), for models whose layers rotate differently (Gemma 3's
+    two bases, SmolLM3's layers without RoPE) and for the scalings the cache lacks (YaRN). The
+    cache then runs with `RopeMode.NONE`."""
 
     def __init__(self, theta: float, rotary_dim: int, scaling: dict[str, Any] | None = None):
         self.rotary_dim = rotary_dim
-        factor = 1.0
-        if scaling is not None:
-            if scaling["rope_type"] != "linear":
-                raise ValueError(f"rope scaling {scaling['rope_type']!r} is not supported here")
-            factor = float(scaling["factor"])
-        # transformers divides the inverse frequencies by the linear factor.
-        self.inv_freq = rope_inv_freq(theta, rotary_dim, [factor] * (rotary_dim // 2))
+        self.attention_factor = 1.0
+        kind = scaling["rope_type"] if scaling is not None else None
+        if kind == "yarn":
+            self.inv_freq, self.attention_factor = yarn_parameters(theta, rotary_dim, scaling)
+        elif kind in (None, "linear"):
+            # transformers divides the inverse frequencies by the linear factor.
+            factor = float(scaling["factor"]) if scaling is not None else 1.0
+            self.inv_freq = rope_inv_freq(theta, rotary_dim, [factor] * (rotary_dim // 2))
+        else:
+            raise ValueError(f"rope scaling {kind!r} is not supported here")
 
     def forward(self, qkv: Tensor, positions: Tensor, num_rotated_heads: int) -> Tensor:
         def compute(qkv, positions, inv_freq):
             return rotate_half(
-                qkv, positions, lambda i: inv_freq[i], 1.0, self.rotary_dim, num_rotated_heads
+                qkv,
+                positions,
+                lambda i: inv_freq[i],
+                self.attention_factor,
+                self.rotary_dim,
+                num_rotated_heads,
             )
 
         inv_freq = Tensor.from_const(self.inv_freq)

@@ -75,11 +75,33 @@ def _u8(value: int, lanes: int):
     return T.Broadcast(T.uint8(value), lanes)
 
 
-def _word_dot(acc, w, x_even, x_odd, vnni: bool):
+def _fifth_bits(high, by, lanes: int):
+    """Bytes `0x10` where a 5-bit value's fifth bit is set: lane l of `high` (uint32x`lanes`, a
+    group's `q_high` word) shifted right by lane l of `by` (`2j + p` for word j's low or high
+    nibbles, `int8_activations.high_bit`) leaves the bits of that word's four bytes at bit 0 of
+    each byte; as uint8x(4 · lanes)."""
+    ones = T.Broadcast(T.uint32(0x01010101), lanes)
+    bits = T.bitwise_and(T.shift_right(high, by), ones)
+    return T.reinterpret(f"uint8x{4 * lanes}", T.shift_left(bits, T.Broadcast(T.uint32(4), lanes)))
+
+
+def _shift(amount: int, lanes: int):
+    return T.Broadcast(T.uint32(amount), lanes)
+
+
+def _word_shifts(p: int):
+    """uint32x4 `2j + p` for words j = 0..3 of a group."""
+    return T.Ramp(T.uint32(p), T.uint32(2), 4)
+
+
+def _word_dot(acc, w, x_even, x_odd, vnni: bool, fifth=None):
     """`acc` + the int32x8 sums of 32 weight bytes' low nibbles times `x_even` and high nibbles
-    times `x_odd` (four products per lane each)."""
+    times `x_odd` (four products per lane each); `fifth`: the (low, high) nibbles' fifth bits
+    (`_fifth_bits`) set on top, for 5-bit weights."""
     lo = T.bitwise_and(w, _u8(15, 32))
     hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
+    if fifth is not None:
+        lo, hi = T.bitwise_or(lo, fifth[0]), T.bitwise_or(hi, fifth[1])
     if vnni:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
         acc = T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, lo, x_even)
         return T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, hi, x_odd)
@@ -108,7 +130,7 @@ def _bytes(qw, n, word):
     return T.reinterpret("int8x32", qw[n, T.Ramp(word, 1, 8)])
 
 
-def _pair_dot_8(qw, xq, n, i, pair, vnni: bool = False):
+def _pair_dot_8(qw, xq, n, i, pair, vnni: bool = False, qh=None):
     """`_pair_dot` for byte weights stored in the activations' own layout."""
     acc = _signed_dot(
         T.Broadcast(T.int32(0), 8), _bytes(qw, n, pair * 16), xq[i, T.Ramp(pair * 64, 1, 32)], vnni
@@ -118,13 +140,13 @@ def _pair_dot_8(qw, xq, n, i, pair, vnni: bool = False):
     )
 
 
-def _single_dot_8(qw, xq, n, i, group, vnni: bool = False):
+def _single_dot_8(qw, xq, n, i, group, vnni: bool = False, qh=None):
     """`_single_dot` for byte weights."""
     x = xq[i, T.Ramp(group * GROUP, 1, 32)]
     return _signed_dot(T.Broadcast(T.int32(0), 8), _bytes(qw, n, group * 8), x, vnni)
 
 
-def _block_sums_8(qw, xq, n, i, block, vnni: bool = False):
+def _block_sums_8(qw, xq, n, i, block, vnni: bool = False, qh=None):
     """`_block_sums` for byte weights: the block's 512 bytes in eight 64-byte spans, each the
     same span of `xq`; bytes 4g .. 4g+3 of a span belong to group g."""
     halves = []
@@ -137,47 +159,71 @@ def _block_sums_8(qw, xq, n, i, block, vnni: bool = False):
     return T.Shuffle(halves, list(range(16)))
 
 
-def _pair_dot(qw, xq, n, i, pair, vnni: bool = False):
-    """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second."""
+def _pair_dot(qw, xq, n, i, pair, vnni: bool = False, qh=None):
+    """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second
+    (words 0-3 of each); `qh`: the groups' fifth bits."""
     w = T.reinterpret("uint8x32", qw[n, T.Ramp(pair * 8, 1, 8)])
     even_x, odd_x = xq[i, T.Ramp(pair * 64, 1, 32)], xq[i, T.Ramp(pair * 64 + 32, 1, 32)]
-    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, vnni)
+    fifth = None
+    if qh is not None:
+        groups = [T.Broadcast(qh[n, 2 * pair + g], 4) for g in range(2)]
+        high = T.Shuffle(groups, list(range(8)))
+        fifth = tuple(
+            _fifth_bits(high, T.Shuffle([_word_shifts(p)] * 2, list(range(8))), 8) for p in (0, 1)
+        )
+    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, vnni, fifth)
 
 
-def _single_dot(qw, xq, n, i, group, vnni: bool = False):
-    """int32x8 partial sums of one unpaired group (layout: 16 even values, then 16 odd)."""
+def _single_dot(qw, xq, n, i, group, vnni: bool = False, qh=None):
+    """int32x8 partial sums of one unpaired group (layout: 16 even values, then 16 odd);
+    `qh`: its fifth bits."""
     w = T.reinterpret("uint8x16", qw[n, T.Ramp(group * 4, 1, 4)])
     lo = T.bitwise_and(w, _u8(15, 16))
     hi = T.bitwise_and(T.shift_right(w, _u8(4, 16)), _u8(15, 16))
+    if qh is not None:
+        high = T.Broadcast(qh[n, group], 4)
+        lo = T.bitwise_or(lo, _fifth_bits(high, _word_shifts(0), 4))
+        hi = T.bitwise_or(hi, _fifth_bits(high, _word_shifts(1), 4))
     q = T.Shuffle([lo, hi], list(range(32)))
     p = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, q, xq[i, T.Ramp(group * GROUP, 1, 32)])
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
 
 
-def _block_sums(qw, xq, n, i, block, vnni: bool = False):
+def _block_sums(qw, xq, n, i, block, vnni: bool = False, qh=None):
     """int32x16: lane g holds the integer dot product of group g of `block` (AVX2: two halves
-    of 8 groups, each word j's 32 bytes of weights against 32 even and 32 odd values)."""
+    of 8 groups, each word j's 32 bytes of weights against 32 even and 32 odd values); `qh`:
+    the groups' fifth bits, one uint32 lane per group as the words."""
     halves = []
     for h in range(2):
         acc = T.Broadcast(T.int32(0), 8)
+        if qh is not None:
+            high = qh[n, T.Ramp(block * BLOCK_GROUPS + 8 * h, 1, 8)]
         for j in range(4):
             w = T.reinterpret("uint8x32", qw[n, T.Ramp(block * BLOCK_WORDS + 16 * j + 8 * h, 1, 8)])
             even, odd = (block * BLOCK + block_offset(j, o) + 32 * h for o in (0, 1))
             x_even, x_odd = xq[i, T.Ramp(even, 1, 32)], xq[i, T.Ramp(odd, 1, 32)]
-            acc = _word_dot(acc, w, x_even, x_odd, vnni=False)
+            fifth = None
+            if qh is not None:
+                fifth = tuple(_fifth_bits(high, _shift(2 * j + p, 8), 8) for p in (0, 1))
+            acc = _word_dot(acc, w, x_even, x_odd, vnni=False, fifth=fifth)
         halves.append(acc)
     return T.Shuffle(halves, list(range(16)))
 
 
-def _block_sums_512(qw, xq, n, i, block, vnni: bool = True):
+def _block_sums_512(qw, xq, n, i, block, vnni: bool = True, qh=None):
     """`_block_sums` on 512-bit registers (AVX512-VNNI `vpdpbusd`): word j of the 16 groups at
     once, the even words and the odd words in two accumulators (two short dependency chains);
     the sums are exact integers, so the result is the AVX2 one."""
     chains = [T.Broadcast(T.int32(0), 16), T.Broadcast(T.int32(0), 16)]
+    if qh is not None:
+        high = qh[n, T.Ramp(block * BLOCK_GROUPS, 1, 16)]
     for j in range(4):
         w = T.reinterpret("uint8x64", qw[n, T.Ramp(block * BLOCK_WORDS + 16 * j, 1, 16)])
         lo = T.bitwise_and(w, _u8(15, 64))
         hi = T.bitwise_and(T.shift_right(w, _u8(4, 64)), _u8(15, 64))
+        if qh is not None:
+            lo = T.bitwise_or(lo, _fifth_bits(high, _shift(2 * j, 16), 16))
+            hi = T.bitwise_or(hi, _fifth_bits(high, _shift(2 * j + 1, 16), 16))
         even, odd = (block * BLOCK + block_offset(j, o) for o in (0, 1))
         acc = T.call_llvm_pure_intrin(
             "int32x16", _DPBUSD_512, chains[j % 2], lo, xq[i, T.Ramp(even, 1, 64)]
@@ -257,15 +303,20 @@ def q4a8_matmul_avx2(
         block_sums = _block_sums_512 if vnni else _block_sums
         pair_dot, single_dot = _pair_dot, _single_dot
     lanes = BLOCK_GROUPS
+    five = weight_bits == 5
 
-    def block_value(qw, qs, qm, xq, xs, xc, row, i, b, acc):
+    def fifth(qh):
+        """The fifth bits' buffer for the dot products (None unless 5-bit weights)."""
+        return qh if five else None
+
+    def block_value(qw, qs, qm, qh, xq, xs, xc, row, i, b, acc):
         """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane (with
         minima: `acc + m · xc + sw · (dot · xs)`). The sum is fenced: fast-math reassociated
         the chain over the blocks differently in the 4-token micro-kernel than for a lone
         token on AVX2, 1 ulp apart."""
         groups_at = T.Ramp(b * BLOCK_GROUPS, 1, lanes)
         sw = T.Cast(f"float32x{lanes}", qs[row, groups_at])
-        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, vnni))
+        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, vnni, fifth(qh)))
         if has_min:
             m = T.Cast(f"float32x{lanes}", qm[row, groups_at])
             return _fence(_fma(sw, dot * xs[i, groups_at], _fence(_fma(m, xc[i, groups_at], acc))))
@@ -295,7 +346,7 @@ def q4a8_matmul_avx2(
         return _fence(_fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc))
 
     @T.macro
-    def finish_row(qw, qs, qm, xq, xs, xc, y, acc, base, part, tail, row, i, y_row, y_col):
+    def finish_row(qw, qs, qm, qh, xq, xs, xc, y, acc, base, part, tail, row, i, y_row, y_col):
         """The groups after the whole blocks, then the output value of (i, row), written to
         `y[y_row, y_col]`. Two or more such groups are summed like a block's: their integer
         dot products gathered in `part[8:]`, then scaled and added lane by lane into the
@@ -304,11 +355,11 @@ def q4a8_matmul_avx2(
         if tail_groups >= 2:
             for p in range(tail_pairs):
                 pair = blocks * BLOCK_GROUPS // 2 + p
-                part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, vnni)
+                part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, vnni, fifth(qh))
                 part[PART_DOTS + 2 * p] = _lanes_sum(part, 0, 4)
                 part[PART_DOTS + 2 * p + 1] = _lanes_sum(part, 4, 4)
             if single:
-                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni)
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni, fifth(qh))
                 part[PART_DOTS + tail_groups - 1] = _lanes_sum(part, 0, 8)
             acc[T.Ramp(base, 1, tail_groups)] = tail_lanes(
                 qs, qm, xs, xc, row, i, part, acc[T.Ramp(base, 1, tail_groups)]
@@ -317,14 +368,14 @@ def q4a8_matmul_avx2(
         else:
             tail[0] = T.float32(0)
             if single:
-                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni)
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni, fifth(qh))
                 tail[0] = tail_value(
                     qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
                 )
             y[y_row, y_col] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
 
     @T.macro
-    def micro(qw, qs, qm, xq, xs, xc, y, acc, part, tail, xi, r0, tokens, rows, yi, c0, pick):
+    def micro(qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail, xi, r0, tokens, rows, yi, c0, pick):
         """Outputs of `tokens` tokens and `rows` weight rows from r0, block by block, so each
         block's weights are loaded and unpacked once for all the tokens and each token's
         activations once for all the rows. Token u is row `pick(xi, u)` of x and its outputs
@@ -339,6 +390,7 @@ def q4a8_matmul_avx2(
                     qw,
                     qs,
                     qm,
+                    qh,
                     xq,
                     xs,
                     xc,
@@ -352,6 +404,7 @@ def q4a8_matmul_avx2(
                 qw,
                 qs,
                 qm,
+                qh,
                 xq,
                 xs,
                 xc,
@@ -367,7 +420,7 @@ def q4a8_matmul_avx2(
             )
 
     @T.macro
-    def matmul(qw, qs, qm, var_xq, var_xs, var_xc, var_y):
+    def matmul(qw, qs, qm, qh, var_xq, var_xs, var_xc, var_y):
         batch = T.int64()
         seq = T.int64()
         xq_in = T.match_buffer(var_xq, (batch, seq, k_padded), "int8")
@@ -393,7 +446,7 @@ def q4a8_matmul_avx2(
                         r0 = T.meta_var(tile * TILE_N + t * ROWS)
                         i0 = T.meta_var(i * TOKENS)
                         micro(
-                            qw, qs, qm, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
                             i0, r0, TOKENS, ROWS, i0, r0, _consecutive,
                         )  # fmt: skip
             grouped = T.meta_var(T.if_then_else(whole, rows // TOKENS * TOKENS, T.int64(0)))
@@ -401,34 +454,65 @@ def q4a8_matmul_avx2(
                 for t in range(T.min(TILE_N, n - tile * TILE_N)):
                     r = T.meta_var(tile * TILE_N + t)
                     micro(
-                        qw, qs, qm, xq, xs, xc, y, acc, part, tail,
+                        qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
                         i, r, 1, 1, i, r, _consecutive,
                     )  # fmt: skip
 
-    @T.prim_func
-    def q4a8_matmul(
-        var_xq: T.handle,
-        var_xs: T.handle,
-        var_xc: T.handle,
-        qw: T.Buffer((n, words), "uint32"),
-        qs: T.Buffer((n, groups), scale_dtype),
-        var_y: T.handle,
-    ):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        matmul(qw, qs, qs, var_xq, var_xs, var_xc, var_y)
+    if not five:
 
-    @T.prim_func
-    def q4a8_matmul_with_min(
-        var_xq: T.handle,
-        var_xs: T.handle,
-        var_xc: T.handle,
-        qw: T.Buffer((n, words), "uint32"),
-        qs: T.Buffer((n, groups), scale_dtype),
-        qm: T.Buffer((n, groups), scale_dtype),
-        var_y: T.handle,
-    ):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        matmul(qw, qs, qm, var_xq, var_xs, var_xc, var_y)
+        @T.prim_func
+        def q4a8_matmul(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            qw: T.Buffer((n, words), "uint32"),
+            qs: T.Buffer((n, groups), scale_dtype),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            matmul(qw, qs, qs, qs, var_xq, var_xs, var_xc, var_y)
+
+        @T.prim_func
+        def q4a8_matmul_with_min(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            qw: T.Buffer((n, words), "uint32"),
+            qs: T.Buffer((n, groups), scale_dtype),
+            qm: T.Buffer((n, groups), scale_dtype),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            matmul(qw, qs, qm, qs, var_xq, var_xs, var_xc, var_y)
+
+    if five:
+
+        @T.prim_func
+        def q5a8_matmul(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            qw: T.Buffer((n, words), "uint32"),
+            qs: T.Buffer((n, groups), scale_dtype),
+            qh: T.Buffer((n, groups), "uint32"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            matmul(qw, qs, qs, qh, var_xq, var_xs, var_xc, var_y)
+
+        @T.prim_func
+        def q5a8_matmul_with_min(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            qw: T.Buffer((n, words), "uint32"),
+            qs: T.Buffer((n, groups), scale_dtype),
+            qm: T.Buffer((n, groups), scale_dtype),
+            qh: T.Buffer((n, groups), "uint32"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            matmul(qw, qs, qm, qh, var_xq, var_xs, var_xc, var_y)
 
     if gather is not None:
         experts, top_k = gather.experts, gather.top_k
@@ -493,7 +577,7 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t * ROWS)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qs, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qs, qs, xq, xs, xc, y, acc, part, tail,
                             x_sel, row, TOKENS, ROWS, y_sel, r, _listed,
                         )  # fmt: skip
                 for rest in range(begin + grouped * TOKENS, first[e + 1]):
@@ -503,7 +587,7 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qs, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qs, qs, xq, xs, xc, y, acc, part, tail,
                             x_row, row, 1, 1, s, r, _consecutive,
                         )  # fmt: skip
 
@@ -523,6 +607,8 @@ def q4a8_matmul_avx2(
             gather_matmul(qw3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
 
         return q4a8_gather_matmul
+    if five:
+        return q5a8_matmul_with_min if has_min else q5a8_matmul
     return q4a8_matmul_with_min if has_min else q4a8_matmul
 
 

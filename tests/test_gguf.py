@@ -45,7 +45,15 @@ WRITABLE_TYPES = {
 def _random_blocks(kind, n_blocks: int, rng) -> np.ndarray:
     """Random bytes in the type's block layout, with finite float16 scales where they live."""
     raw = rng.integers(0, 256, size=(n_blocks, kind.type_size), dtype=np.uint8)
-    scale_offsets = {"Q6_K": [208], "Q4_1": [0, 2], "Q5_1": [0, 2], "Q4_K": [0, 2], "Q5_K": [0, 2]}
+    scale_offsets = {
+        "Q6_K": [208],
+        "Q4_1": [0, 2],
+        "Q5_1": [0, 2],
+        "Q2_K": [80, 82],
+        "Q3_K": [108],
+        "Q4_K": [0, 2],
+        "Q5_K": [0, 2],
+    }
     if kind.block_size > 1:
         for offset in scale_offsets.get(kind.name, [0]):
             scales = rng.uniform(-1, 1, n_blocks).astype(np.float16)
@@ -254,6 +262,23 @@ ROUND_TRIPS = {
             },
         },
     ),
+    # YaRN (Qwen2.5's long context) as `rope.scaling.*` keys, the optional ones included: the
+    # first 3 frequencies kept, 4 blended, 9 divided by the factor.
+    "qwen2-yarn": (
+        "qwen2",
+        {
+            **TINY,
+            "rope_theta": 100.0,
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 4.0,
+                "beta_slow": 1.0,
+                "attention_factor": 1.25,
+            },
+        },
+    ),
     # Phi-3-128k's LongRoPE: factors as tensors, the prompt past the original window.
     "phi3-longrope": (
         "phi3",
@@ -426,6 +451,41 @@ def test_tensors_mlc_cannot_place_are_refused(tiny_hf, tmp_path, monkeypatch, te
     with pytest.raises(GGUFError, match=message):
         build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
     assert _nothing_written(tmp_path / "dist")
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"rope.scaling.yarn_ext_factor": 0.5}, r"llama\.rope\.scaling\.yarn_ext_factor 0\.5"),
+        ({"rope.scaling.yarn_log_multiplier": 0.1}, r"llama\.rope\.scaling\.yarn_log_multiplier"),
+    ],
+)
+def test_yarn_keys_transformers_cannot_express_are_refused(
+    tiny_hf, tmp_path, monkeypatch, keys, message
+):
+    """llama.cpp's YaRN extras with no `rope_scaling` equivalent would otherwise be dropped."""
+    llama = ARCHITECTURES["llama"]
+    yarn = {
+        "rope.scaling.type": "yarn",
+        "rope.scaling.factor": 4.0,
+        "rope.scaling.original_context_length": 64,
+        **keys,
+    }
+    extra = dataclasses.replace(llama, metadata=lambda hf: {**llama.metadata(hf), **yarn})
+    monkeypatch.setitem(ARCHITECTURES, "llama", extra)
+    path = export_gguf(tiny_hf, tmp_path / "yarn.gguf", "F32")
+    monkeypatch.setitem(ARCHITECTURES, "llama", llama)
+    with pytest.raises(GGUFError, match=message):
+        build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    assert _nothing_written(tmp_path / "dist")
+
+
+def test_yarn_llama_cpp_cannot_hold_is_not_exported(tmp_path):
+    scaling = {"rope_type": "yarn", "factor": 4.0, "truncate": False}
+    model_dir = save_model(tmp_path / "m", model_type="qwen2", **TINY, rope_scaling=scaling)
+    with pytest.raises(ValueError, match="truncate: false.*llama.cpp has no key"):
+        export_gguf(model_dir, tmp_path / "m.gguf", "F32")
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_unsupported_tensor_type_is_named(tiny_hf, tmp_path):

@@ -143,6 +143,17 @@ VARIANTS: dict[str, dict] = {
         },
     },
     "linear-rope-scaling": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    # Qwen3 with YaRN as its model card enables it (the factor, the original context; defaults
+    # for the rest): rotated in the model, since the cache has no YaRN.
+    "qwen3-yarn-rope-scaling": {
+        **ARCHITECTURES["qwen3"],
+        "rope_theta": 1000.0,
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    },
     "odd-sizes": {
         "hidden_size": 320,
         "num_attention_heads": 5,
@@ -321,3 +332,53 @@ def test_longrope_switches_to_the_long_factors_past_the_original_window(tiny_bui
     np.testing.assert_allclose(np.stack(ours), np.stack(reference), atol=ATOL, rtol=0)
     # Past the crossing the long factors matter: a one-shot forward (all long) differs.
     assert np.abs(ours[-1] - hf_logits(hf, tokens)[-1]).max() > 0.1
+
+
+# YaRN settings: the tiny model's, Qwen2.5's card (factor 4 over 32,768), and every optional
+# field (betas, no truncation, an explicit attention factor; DeepSeek's mscale pair).
+YARN_CASES = [
+    (1000.0, 32, 32, {"factor": 4.0, "original_max_position_embeddings": 32}),
+    (1e6, 128, 32768, {"factor": 4.0, "original_max_position_embeddings": 32768}),
+    (
+        1e4,
+        64,
+        4096,
+        {
+            "factor": 2.0,
+            "beta_fast": 16,
+            "beta_slow": 2,
+            "truncate": False,
+            "attention_factor": 1.5,
+        },
+    ),
+    (1e4, 64, 4096, {"factor": 8.0, "mscale": 1.0, "mscale_all_dim": 0.707}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(YARN_CASES)))
+def test_yarn_frequencies_match_transformers(case):
+    """Our YaRN inverse frequencies and cos/sin factor against transformers' own, to float32
+    rounding (numpy's and torch's `pow` may differ by an ulp); the ramp must show: some
+    frequencies kept, some divided by the factor."""
+    from transformers import Qwen2Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from mlc.models.layers import complete_yarn
+    from mlc.models.rotary import rope_inv_freq, yarn_parameters
+
+    theta, head_dim, context, fields = YARN_CASES[case]
+    scaling = {"rope_type": "yarn", **fields}
+    config = Qwen2Config(
+        hidden_size=4 * head_dim,
+        num_attention_heads=4,
+        head_dim=head_dim,
+        max_position_embeddings=context,
+        rope_parameters={"rope_theta": theta, **scaling},
+    )
+    reference, reference_factor = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+    ours, factor = yarn_parameters(theta, head_dim, complete_yarn(scaling, {}, context))
+    np.testing.assert_allclose(ours, reference.numpy(), rtol=3e-7, atol=0)
+    assert factor == pytest.approx(reference_factor, rel=1e-12)
+    plain = rope_inv_freq(theta, head_dim, [1.0] * (head_dim // 2))
+    assert np.isclose(ours[0], plain[0], rtol=1e-6)
+    assert np.isclose(ours[-1], plain[-1] / scaling["factor"], rtol=1e-6)

@@ -21,7 +21,7 @@ from mlc.models import get_architecture
 from mlc.models.base import ModelConfig, rope_parameters
 from mlc.models.falcon import FalconConfig, grouped_to_fused
 from mlc.models.gemma3 import Gemma3Config
-from mlc.models.layers import partial_rotary_factor
+from mlc.models.layers import complete_yarn, partial_rotary_factor
 from mlc.models.smollm3 import SmolLM3Config
 
 from .reader import GGUFError, GGUFFile
@@ -248,12 +248,36 @@ def _layout(c: ModelConfig, outer: list[TensorRule], layer: list[TensorRule]) ->
     return [*outer, *per_layer(layer, c.num_hidden_layers)]
 
 
+# YaRN's optional `rope.scaling.*` keys and the `rope_scaling` fields llama.cpp's converter
+# writes into them.
+_YARN_KEYS = (
+    ("yarn_beta_fast", "beta_fast"),
+    ("yarn_beta_slow", "beta_slow"),
+    ("yarn_attn_factor", "attention_factor"),
+)
+
+
 def _rope_scaling(m: Metadata) -> dict[str, Any]:
     """`rope_scaling` as the converter's `TextModel` writes it (models refuse kinds they lack)."""
     kind = m.get("rope.scaling.type", "none")
     if kind == "none":
         return {}
-    return {"rope_scaling": {"rope_type": kind, "factor": float(m.need("rope.scaling.factor"))}}
+    scaling = {"rope_type": kind, "factor": float(m.need("rope.scaling.factor"))}
+    if kind == "yarn":
+        scaling["original_max_position_embeddings"] = int(
+            m.need("rope.scaling.original_context_length")
+        )
+        for key, field in _YARN_KEYS:
+            if (value := m.get(f"rope.scaling.{key}")) is not None:
+                scaling[field] = float(value)
+        # llama.cpp's extrapolation mix (-1: its default, 1 for YaRN) and DeepSeek's log
+        # multiplier have no `transformers` equivalent for these architectures.
+        ext = m.get("rope.scaling.yarn_ext_factor")
+        if ext is not None and float(ext) not in (-1.0, 1.0):
+            raise m.fail(f"{m.arch}.rope.scaling.yarn_ext_factor {ext} (only 1) is not supported")
+        if m.get("rope.scaling.yarn_log_multiplier"):
+            raise m.fail(f"{m.arch}.rope.scaling.yarn_log_multiplier is not supported")
+    return {"rope_scaling": scaling}
 
 
 def _rope_scaling_metadata(hf: dict[str, Any], llama3: bool = False) -> dict[str, Any]:
@@ -262,9 +286,32 @@ def _rope_scaling_metadata(hf: dict[str, Any], llama3: bool = False) -> dict[str
     _, scaling = rope_parameters(hf)
     if scaling is None or (llama3 and scaling["rope_type"] == "llama3"):
         return {}
-    if scaling["rope_type"] != "linear":
-        raise ValueError(f"GGUF export of {scaling['rope_type']!r} RoPE scaling is not supported")
+    kind = scaling["rope_type"]
+    if kind == "yarn":
+        return _yarn_metadata(hf, scaling)
+    if kind != "linear":
+        raise ValueError(f"GGUF export of {kind!r} RoPE scaling is not supported")
     return {"rope.scaling.type": "linear", "rope.scaling.factor": float(scaling["factor"])}
+
+
+def _yarn_metadata(hf: dict[str, Any], scaling: dict[str, Any]) -> dict[str, Any]:
+    """YaRN's keys as llama.cpp's converter writes them; what llama.cpp cannot hold (no
+    truncation of the ramp's ends, DeepSeek's `mscale`) is refused."""
+    if scaling.get("truncate", True) is False or scaling.get("mscale") is not None:
+        raise ValueError(
+            "GGUF export of YaRN RoPE scaling with `truncate: false` or `mscale` is not "
+            "supported: llama.cpp has no key for them"
+        )
+    scaling = complete_yarn(scaling, hf, int(hf.get("max_position_embeddings", 2048)))
+    out = {
+        "rope.scaling.type": "yarn",
+        "rope.scaling.factor": float(scaling["factor"]),
+        "rope.scaling.original_context_length": scaling["original_max_position_embeddings"],
+    }
+    for key, field in _YARN_KEYS:
+        if scaling.get(field) is not None:
+            out[f"rope.scaling.{key}"] = float(scaling[field])
+    return out
 
 
 # --- llama (and Mistral, which the converter writes as llama) ----------------------------------

@@ -2,7 +2,8 @@
 
 Each quantized type stores fixed-size blocks along a row: the legacy types 32 values per block
 (a float16 scale `d`, sometimes a float16 minimum `m`, then packed integers), the K-quants 256
-values per super-block with 6-bit (Q4_K, Q5_K) or 8-bit (Q6_K) sub-block scales.
+values per super-block with 4-bit (Q2_K), 6-bit (Q3_K, Q4_K, Q5_K) or 8-bit (Q6_K) sub-block
+scales.
 """
 
 from __future__ import annotations
@@ -64,6 +65,46 @@ def _decode_q5_1(b: np.ndarray) -> np.ndarray:
 
 def _decode_q8_0(b: np.ndarray) -> np.ndarray:
     return _f16(b, 0) * b[:, 2:34].view(np.int8).astype(np.float32)
+
+
+def _two_bit_runs(qs: np.ndarray) -> np.ndarray:
+    """Q2_K/Q3_K's 64 bytes of 2-bit values → 256 values in 8 runs of 32: per 32-byte half h,
+    run 4h + j is bits 2j of its bytes."""
+    halves = qs.reshape(qs.shape[0], 2, 1, 32)
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    return ((halves >> shifts) & 3).reshape(qs.shape[0], 8, 32)
+
+
+def _decode_q2_k(b: np.ndarray) -> np.ndarray:
+    """Sixteen 4-bit scale/min pairs (one per 16 values), fp16 `d` and `dmin` at 80 and 82:
+    `w = d · sc · q - dmin · m`."""
+    n = b.shape[0]
+    scales = b[:, 0:16]
+    d, dmin = _f16(b, 80), _f16(b, 82)
+    dl = (d * (scales & 0x0F).astype(np.float32))[:, :, None]
+    ml = (dmin * (scales >> 4).astype(np.float32))[:, :, None]
+    q = _two_bit_runs(b[:, 16:80]).reshape(n, 16, 16).astype(np.float32)
+    return (dl * q - ml).reshape(n, QK_K)
+
+
+def q3_k_scales(raw: np.ndarray) -> np.ndarray:
+    """Q3_K's sixteen 6-bit scales minus 32 from their 12 bytes: scale s has its low 4 bits in
+    byte s % 8 (bits 4 · (s // 8)) and its high 2 in byte 8 + s % 4 (bits 2 · (s // 4))."""
+    s = np.arange(16)
+    low = (raw[:, s % 8] >> (4 * (s // 8)).astype(np.uint8)) & 0x0F
+    high = (raw[:, 8 + s % 4] >> (2 * (s // 4)).astype(np.uint8)) & 0x03
+    return (low | (high << 4)).astype(np.int32) - 32
+
+
+def _decode_q3_k(b: np.ndarray) -> np.ndarray:
+    """32 bytes of high bits (bit r of byte e: value e of run r; a clear bit subtracts 4), the
+    2-bit values, sixteen 6-bit scales, fp16 `d` at 108: `w = d · (sc - 32) · q`."""
+    n = b.shape[0]
+    hmask = b[:, 0:32]
+    high = (hmask[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+    q = _two_bit_runs(b[:, 32:96]).astype(np.int32) - 4 * (1 - high.astype(np.int32))
+    dl = (_f16(b, 108) * q3_k_scales(b[:, 96:108]).astype(np.float32))[:, :, None]
+    return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
 
 
 def _k_scales_mins(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +182,8 @@ GGML_TYPES: dict[int, GGMLType] = {
     6: GGMLType("Q5_0", 32, 22, _decode_q5_0),
     7: GGMLType("Q5_1", 32, 24, _decode_q5_1),
     8: GGMLType("Q8_0", 32, 34, _decode_q8_0),
+    10: GGMLType("Q2_K", QK_K, 84, _decode_q2_k),
+    11: GGMLType("Q3_K", QK_K, 110, _decode_q3_k),
     12: GGMLType("Q4_K", QK_K, 144, _decode_q4_k),
     13: GGMLType("Q5_K", QK_K, 176, _decode_q5_k),
     14: GGMLType("Q6_K", QK_K, 210, _decode_q6_k),

@@ -13,12 +13,14 @@ We store the same bits, moved (a lossless permutation, `to_ggml_blocks` puts the
   activations, `int8_activations.source_index`, so that weights and activations meet lane by
   lane);
 - `q_scale` float16 `[N, K / 32]`; `q_min` float16 `[N, K / 32]` (`Q4_1`, `Q5_1`);
-- `q_high` uint32 `[N, K / 32]` (`Q5_0`, `Q5_1`): the block's 32 fifth bits, bit i for value i,
-  the GGUF block's own `qh` word.
+- `q_high` uint32 `[N, K / 32]` (`Q5_0`, `Q5_1`): the block's 32 fifth bits (the GGUF block's
+  `qh` word, bit v for value v), moved as `int8_activations.high_bit` says, so that a kernel
+  turns word j's fifth bits into bytes `0x10` lined up with the word's nibbles by one shift
+  and one mask.
 
-`Q4_0`, `Q4_1` and `Q8_0` layers multiply int8-quantized activations (the `q4a8_1` kernels, as
-llama.cpp multiplies them with its `Q8_0`/`Q8_1` activations); `Q5_0` and `Q5_1` dequantize
-inside a float matmul.
+Every format multiplies int8-quantized activations (the `q4a8_1` kernels, as llama.cpp
+multiplies its block formats with its `Q8_0`/`Q8_1` activations); the 5-bit values are the
+nibble with its fifth bit set on top, unsigned bytes as the 4-bit ones.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mlc.models.moe import Experts, gathered_rows
 from .int8_activations import (
     Int8ActivationQuantization,
     activation_layout,
+    high_bit,
     q4a8_matmul,
     quantize_activations,
     signed_byte,
@@ -59,8 +62,8 @@ class GGMLFormat:
 
     @property
     def int8_activations(self) -> bool:
-        """Computed by the int8-activation kernels (the 4- and 8-bit formats)."""
-        return self.bits in (4, 8)
+        """Computed by the int8-activation kernels (all of these formats)."""
+        return self.bits in (4, 5, 8)
 
     @property
     def per_word(self) -> int:
@@ -91,7 +94,7 @@ class GGMLFormat:
             out["q_weight"] = permuted.view(np.uint32)
             return _ordered(out)
         if self.bits == 5:
-            out["q_high"] = fields.u32(4 if self.has_min else 2)
+            out["q_high"] = _move_high_bits(fields.u32(4 if self.has_min else 2), HIGH_BIT)
         qs = blocks[..., self.type_size - 16 :]
         nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, nb * BLOCK)
         out["q_weight"] = _pack_nibbles(nibbles, self.int8_activations)
@@ -109,7 +112,7 @@ class GGMLFormat:
             parts.append(_natural_bytes(words).view(np.uint8).reshape(n, nb, BLOCK))
             return np.concatenate(parts, axis=-1)
         if self.bits == 5:
-            high = np.ascontiguousarray(stored["q_high"], dtype=np.uint32)
+            high = _move_high_bits(stored["q_high"], np.argsort(HIGH_BIT))
             parts.append(high.view(np.uint8).reshape(n, nb, 4))
         nibbles = _unpack_nibbles(words, self.int8_activations).reshape(n, nb, BLOCK)
         parts.append((nibbles[..., :16] | (nibbles[..., 16:] << 4)).astype(np.uint8))
@@ -124,7 +127,7 @@ class GGMLFormat:
             q = _unpack_nibbles(words, self.int8_activations).astype(np.int32)
             if self.bits == 5:
                 high = np.ascontiguousarray(stored["q_high"], dtype=np.uint32)
-                bits = (high[..., None] >> np.arange(BLOCK, dtype=np.uint32)) & 1
+                bits = (high[..., None] >> HIGH_BIT.astype(np.uint32)) & 1
                 q = q | (bits.reshape(q.shape).astype(np.int32) << 4)
             q = q.astype(np.float32)
         d = np.repeat(stored["q_scale"].astype(np.float32), BLOCK, axis=1)
@@ -158,7 +161,7 @@ class GGMLFormat:
                 word_index = stored_word(word_index, int(words.shape[1]))
             q = (words[n, word_index] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
             if self.bits == 5:
-                high = tensors["q_high"][n, g] >> (k % BLOCK).astype("uint32")
+                high = tensors["q_high"][n, g] >> high_bit(k % BLOCK).astype("uint32")
                 q = q | ((high & tirx.const(1, "uint32")) << tirx.const(4, "uint32"))
             q = q.astype("float32")
         d = tensors["q_scale"][n, g].astype("float32")
@@ -178,6 +181,15 @@ FORMATS: dict[str, GGMLFormat] = {
     )
 }
 _ORDER = ("q_weight", "q_scale", "q_min", "q_high")
+
+HIGH_BIT = high_bit(np.arange(BLOCK))
+
+
+def _move_high_bits(words: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Bit v of each uint32 moved to bit `where[v]`."""
+    bits = (np.ascontiguousarray(words, dtype=np.uint32)[..., None] >> np.arange(BLOCK)) & 1
+    moved = bits.astype(np.uint32) << where.astype(np.uint32)
+    return np.bitwise_or.reduce(moved, axis=-1).astype(np.uint32)
 
 
 def _ordered(tensors: dict) -> dict:
@@ -233,12 +245,14 @@ def _unpack_nibbles(words: np.ndarray, transposed: bool) -> np.ndarray:
 
 
 def block_matmul(fmt: GGMLFormat, x: Tensor, tensors: dict[str, Tensor], k: int, n: int) -> Tensor:
-    """`x[..., K] @ w[N, K]^T` in float32: int8 activations for the 4- and 8-bit formats,
+    """`x[..., K] @ w[N, K]^T` in float32: int8 activations for the formats that have them,
     else one kernel that dequantizes inside the reduction."""
     if fmt.int8_activations:
         xq, xs, xc = quantize_activations(x, k, fmt.sum_factor)
         q_weight, q_scale, q_min = tensors["q_weight"], tensors["q_scale"], tensors.get("q_min")
-        return q4a8_matmul(_Q4_LAYOUT, xq, xs, xc, q_weight, q_scale, n, q_min, fmt.bits)
+        return q4a8_matmul(
+            _Q4_LAYOUT, xq, xs, xc, q_weight, q_scale, n, q_min, fmt.bits, tensors.get("q_high")
+        )
     keys = list(tensors)
 
     def compute(x: te.Tensor, *arrays: te.Tensor) -> te.Tensor:

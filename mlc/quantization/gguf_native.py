@@ -1,8 +1,8 @@
 """`gguf`: a GGUF file's weights as the file stores them, each tensor in its own format.
 
 Every Linear and Embedding weight, and every stack of a mixture's experts, stored in a block
-format our kernels compute (`FORMATS`: `ggml_blocks`' Q4_0 … Q8_0 and `kquant_blocks`' Q4_K,
-Q5_K, Q6_K) keeps its blocks, bits unchanged; every other tensor (norms, biases, F32/F16/BF16
+format our kernels compute (`FORMATS`: `ggml_blocks`' Q4_0 … Q8_0 and `kquant_blocks`' Q2_K …
+Q6_K) keeps its blocks, bits unchanged; every other tensor (norms, biases, F32/F16/BF16
 weights, block formats without a kernel yet) is stored as float32, which holds their values
 exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one format,
 else it is stored as float32 too. The model's activations are float32.
@@ -89,7 +89,10 @@ class GGUFNative(Quantization):
             groups.setdefault(re.sub(r"\.\d+\.", ".*.", name), Counter())[fmt] += 1
         return {
             **super().describe(),
-            "storage": "each weight in the GGUF file's own block format, bits unchanged",
+            # The 32-value formats' bits are moved into the int8 kernels' order; the version
+            # changes with that order, so a library refuses weights stored in another.
+            "storage": "each weight in the GGUF file's own block format, bits unchanged "
+            "(moved: layout 2, Q5 fifth bits in the int8 kernels' order)",
             "tensor_formats": {group: dict(counts) for group, counts in groups.items()},
         }
 

@@ -3,9 +3,9 @@
 The weights are quantized as in `q4f16_1` (4-bit, group 32, float16 scales, NK; the words
 of each block of 16 groups stored transposed, below). Before
 each quantized Linear the activations are quantized too, per token and per group of 32 along K:
-`xs = max|x| / 127`, `xq = round(x · (127 / max|x|))` (float32, ties to even: a fixed rule,
-where a division would be turned into some reciprocal by fast-math and flip exact ties, which
-fp16-rounded inputs have), so that each group's dot product is an exact integer
+`xs = max|x| / 127`, `xq = round(x · (127 / max|x|))` (float32, ties to even: one fixed rule
+for every kernel and target, since fp16-rounded inputs meet exact ties that another evaluation,
+such as `x / xs`, may round the other way), so that each group's dot product is an exact integer
 sum, scaled once: `y = Σ_g sw[n, g] · xs[g] · Σ_k (q[n, k] - 7) · xq[k]`. This is how llama.cpp
 multiplies Q4_0 weights (with Q8 activations); on CPUs it turns the inner loop into integer
 multiply-adds (AVX2 `vpmaddubsw`), several times fewer instructions than dequantizing to float.
@@ -111,6 +111,14 @@ def stored_position(k, num_groups: int):
             return blocked
         return paired if pair_complete else single
     return tirx.Select(k < whole, blocked, tirx.Select(pair_complete, paired, single))
+
+
+def high_bit(v):
+    """Where a 5-bit format's `q_high` word keeps the fifth bit of value v of its group (numpy
+    or TIR): value `v = 8j + 2b + p` (word j, byte b, low or high nibble p) in bit
+    `8b + 2j + p`, so that word j's fifth bits shifted right by `2j + p` and masked with
+    `0x01010101` line up with its bytes."""
+    return 8 * ((v % 8) // 2) + 2 * (v // 8) + v % 2
 
 
 def signed_byte(words, row, position) -> tirx.PrimExpr:
@@ -238,13 +246,17 @@ def q4a8_matmul(
     n: int,
     q_min: Tensor | None = None,
     weight_bits: int = 4,
+    q_high: Tensor | None = None,
 ) -> Tensor:
     """`y[..., n]` float32; the portable reference every target may replace with its own
     kernel (the attribute `mlc.kernel` names it). With `q_min` (per-group minima, `Q4_1`) the
     `xc` term is weighted by the minima instead of the scales. `weight_bits` 8 takes signed
-    bytes (`Q8_0`), four per word, each row's bytes in the layout of `xq` itself."""
+    bytes (`Q8_0`), four per word, each row's bytes in the layout of `xq` itself; 5 takes the
+    fifth bits from `q_high` (`Q5_0`, `Q5_1`, in `high_bit`'s order)."""
 
-    def compute(xq, xs, xc, q_weight, q_scale, q_min=None):
+    def compute(xq, xs, xc, q_weight, q_scale, *rest):
+        q_min = rest[0] if has_min else None
+        q_high = rest[-1] if weight_bits == 5 else None
         lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
         p = te.reduce_axis((0, kp), name="p")
@@ -257,6 +269,10 @@ def q4a8_matmul(
                 w = signed_byte(q_weight, j, p)
             else:
                 w = scheme.packed_value(q_weight, j, k)
+            if weight_bits == 5:
+                at = high_bit(k % GROUP).astype("uint32")
+                bit = (q_high[j, k // GROUP] >> at) & tirx.const(1, "uint32")
+                w = w + bit.astype("float32") * tirx.const(16, "float32")
             return w * xq[(*row, p)].astype("float32") * scale
 
         dots = te.compute(
@@ -270,7 +286,11 @@ def q4a8_matmul(
         )
         return te.compute((*lead, n), lambda *i: dots[i] + zero[i], name=Q4A8_MATMUL)
 
-    inputs = [xq, xs, xc, q_weight, q_scale] + ([] if q_min is None else [q_min])
+    has_min = q_min is not None
+    if (weight_bits == 5) != (q_high is not None):
+        raise ValueError("5-bit weights come with their fifth bits (q_high), and only they do")
+    inputs = [xq, xs, xc, q_weight, q_scale] + ([q_min] if has_min else [])
+    inputs += [] if q_high is None else [q_high]
     return op.tensor_expr_op(
         compute,
         Q4A8_MATMUL,

@@ -1,6 +1,13 @@
-"""llama.cpp's K-quants `Q4_K`, `Q5_K` and `Q6_K`, stored as the GGUF file has them: each row's
+"""llama.cpp's K-quants `Q2_K` … `Q6_K`, stored as the GGUF file has them: each row's
 super-blocks of 256 values, byte for byte, as one uint8 tensor `q_blocks` `[N, K / 256 ·
 type_size]`. Kernels decode the values they read straight from those bytes:
+
+- `Q2_K` (84 bytes): sixteen bytes of 4-bit scale `sc` (low nibble) and minimum `m` (high),
+  one pair per 16 values, 64 bytes of 2-bit values (per 32-byte half h, run 4h + j is bits 2j
+  of its bytes), fp16 `d` and `dmin`: `w = d · sc · q - dmin · m`;
+- `Q3_K` (110 bytes): 32 bytes of high bits (bit r of byte e: value e of run r; a clear bit
+  subtracts 4), the 2-bit values as `Q2_K`'s, twelve bytes of sixteen 6-bit scales
+  (`mlc.gguf.dequantize.q3_k_scales`), fp16 `d`: `w = d · (sc - 32) · q`;
 
 - `Q4_K` (144 bytes): fp16 `d` and `dmin`, 12 bytes of eight 6-bit scales `sc` and minima `m`
   (one per run of 32 values), 128 bytes of nibbles (per 32-byte chunk c, the low nibbles are
@@ -35,6 +42,11 @@ class KQuantFormat:
 
     block_size = SUPER_BLOCK
     int8_activations = False
+
+    @property
+    def two_bit_offset(self) -> int:
+        """Where `Q2_K`/`Q3_K` keep their 2-bit values."""
+        return 16 if self.name == "Q2_K" else 32
 
     # --- numpy: GGUF blocks ↔ stored tensors, and the reference dequantization -------------
 
@@ -79,6 +91,24 @@ class KQuantFormat:
         def bits(value, shift, mask: int):
             return (value >> shift.astype("uint32")) & tirx.const(mask, "uint32")
 
+        if self.name in ("Q2_K", "Q3_K"):
+            # Run r = 4h + j of the 2-bit values is bits 2j of the bytes of half h.
+            s, e = i // 16, i % 32
+            j = (i % 128) // 32
+            low = bits(byte(self.two_bit_offset + 32 * (i // 128) + e), 2 * j, 3)
+            if self.name == "Q2_K":
+                packed = byte(s)  # scale in the low nibble, minimum in the high one
+                d = f16(80) * (packed & tirx.const(15, "uint32")).astype("float32")
+                dmin = f16(82) * (packed >> tirx.const(4, "uint32")).astype("float32")
+                return d * low.astype("float32") - dmin
+            # Q3_K: a clear high bit subtracts 4; 6-bit scales stored minus 32.
+            q = low.astype("int32") - 4 * (1 - bits(byte(e), i // 32, 1).astype("int32"))
+            scale = bits(byte(96 + s % 8), 4 * (s // 8), 15) | (
+                bits(byte(104 + s % 4), 2 * (s // 4), 3) << tirx.const(4, "uint32")
+            )
+            d = f16(108) * (scale.astype("int32") - 32).astype("float32")
+            return d * q.astype("float32")
+
         if self.name == "Q6_K":
             run, e = i // 32, i % 32
             half, t = run // 4, run % 4
@@ -118,5 +148,11 @@ def _scale_min(byte, run):
 
 K_FORMATS: dict[str, KQuantFormat] = {
     f.name: f
-    for f in (KQuantFormat("Q4_K", 144), KQuantFormat("Q5_K", 176), KQuantFormat("Q6_K", 210))
+    for f in (
+        KQuantFormat("Q2_K", 84),
+        KQuantFormat("Q3_K", 110),
+        KQuantFormat("Q4_K", 144),
+        KQuantFormat("Q5_K", 176),
+        KQuantFormat("Q6_K", 210),
+    )
 }
