@@ -519,7 +519,7 @@ def q4a8_matmul_avx2(
         slots_per_row = top_k if gather.shared else 1
 
     @T.macro
-    def gather_matmul(qw3, qs3, var_xq, var_xs, var_xc, var_ids, var_y):
+    def gather_matmul(qw3, qs3, qm3, qh3, var_xq, var_xs, var_xc, var_ids, var_y):
         tokens = T.int64()
         ids_in = T.match_buffer(var_ids, (tokens, top_k), "int32")
         # The activations `[1, tokens, k]` (a row per token, shared by its slots) or
@@ -540,6 +540,11 @@ def q4a8_matmul_avx2(
         # Every expert's rows one after another: expert e's row r is row e · n + r.
         qw = T.decl_buffer((experts * n, words), "uint32", data=qw3.data)
         qs = T.decl_buffer((experts * n, groups), scale_dtype, data=qs3.data)
+        qm = T.decl_buffer((experts * n, groups), scale_dtype, data=qm3.data)
+        if five:
+            qh = T.decl_buffer((experts * n, groups), "uint32", data=qh3.data)
+        else:
+            qh = qs  # not read
         # The slots in order of their experts (a counting sort, stable): expert e's slots are
         # order[first[e]:first[e + 1]], so a tile's rows of an expert are read from memory once
         # and unpacked once for every TOKENS of its slots.
@@ -577,7 +582,7 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t * ROWS)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qs, qs, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
                             x_sel, row, TOKENS, ROWS, y_sel, r, _listed,
                         )  # fmt: skip
                 for rest in range(begin + grouped * TOKENS, first[e + 1]):
@@ -587,11 +592,11 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qs, qs, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
                             x_row, row, 1, 1, s, r, _consecutive,
                         )  # fmt: skip
 
-    if gather is not None:
+    if gather is not None and not five:
 
         @T.prim_func
         def q4a8_gather_matmul(
@@ -604,9 +609,56 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            gather_matmul(qw3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
+            gather_matmul(qw3, qs3, qs3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
 
-        return q4a8_gather_matmul
+        @T.prim_func
+        def q4a8_gather_matmul_with_min(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            var_ids: T.handle,
+            qw3: T.Buffer((experts, n, words), "uint32"),
+            qs3: T.Buffer((experts, n, groups), scale_dtype),
+            qm3: T.Buffer((experts, n, groups), scale_dtype),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            gather_matmul(qw3, qs3, qm3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
+
+        return q4a8_gather_matmul_with_min if has_min else q4a8_gather_matmul
+
+    if gather is not None:
+
+        @T.prim_func
+        def q5a8_gather_matmul(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            var_ids: T.handle,
+            qw3: T.Buffer((experts, n, words), "uint32"),
+            qs3: T.Buffer((experts, n, groups), scale_dtype),
+            qh3: T.Buffer((experts, n, groups), "uint32"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            gather_matmul(qw3, qs3, qs3, qh3, var_xq, var_xs, var_xc, var_ids, var_y)
+
+        @T.prim_func
+        def q5a8_gather_matmul_with_min(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            var_ids: T.handle,
+            qw3: T.Buffer((experts, n, words), "uint32"),
+            qs3: T.Buffer((experts, n, groups), scale_dtype),
+            qm3: T.Buffer((experts, n, groups), scale_dtype),
+            qh3: T.Buffer((experts, n, groups), "uint32"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            gather_matmul(qw3, qs3, qm3, qh3, var_xq, var_xs, var_xc, var_ids, var_y)
+
+        return q5a8_gather_matmul_with_min if has_min else q5a8_gather_matmul
     if five:
         return q5a8_matmul_with_min if has_min else q5a8_matmul
     return q4a8_matmul_with_min if has_min else q4a8_matmul
@@ -761,7 +813,8 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                 n, k_padded = int(a["mlc.n"]), int(a["mlc.k_padded"])
                 gather = Gather(int(a["mlc.experts"]), int(a["mlc.top_k"]), bool(a["mlc.shared"]))
                 scale_dtype = str(a["mlc.scale_dtype"])
-                fast = q4a8_matmul_avx2(n, k_padded, scale_dtype, vnni, gather=gather)
+                has_min, bits = bool(a["mlc.has_min"]), int(a["mlc.weight_bits"])
+                fast = q4a8_matmul_avx2(n, k_padded, scale_dtype, vnni, has_min, bits, gather)
             elif a[KERNEL_ATTR] == QUANTIZE_ACTIVATIONS and str(a["mlc.dtype"]) == "float32":
                 fast = quantize_activations_avx2(int(a["mlc.k"]), float(a["mlc.sum_factor"]))
             else:

@@ -20,8 +20,15 @@ from x86_kernel_runner import run_kernel, x86_target
 from mlc.build import BuildOptions, build
 from mlc.cli import main
 from mlc.gguf.export import export_gguf
+from mlc.models.moe import Experts
 from mlc.quantization import get_quantization
-from mlc.quantization.ggml_blocks import BLOCK, FORMATS, BlockEmbedding, BlockLinear
+from mlc.quantization.ggml_blocks import (
+    BLOCK,
+    FORMATS,
+    BlockEmbedding,
+    BlockExperts,
+    BlockLinear,
+)
 from mlc.quantization.int8_activations import (
     GROUP,
     activation_layout,
@@ -30,6 +37,7 @@ from mlc.quantization.int8_activations import (
 )
 from mlc.quantization.kquant_blocks import K_FORMATS
 from mlc.targets.x86_kernels import (
+    Gather,
     has_avx2,
     q4a8_matmul_avx2,
     quantize_activations_avx2,
@@ -151,6 +159,57 @@ def test_x86_kernel_rows_are_independent(name, vnni, k):
     np.testing.assert_array_equal(together, alone)
 
 
+@pytest.mark.parametrize(
+    ("vnni", "shared"), [(False, True), (True, False)], ids=["avx2-gate-up", "avx512-vnni-down"]
+)
+@pytest.mark.parametrize("name", INT8_FORMATS)
+def test_x86_expert_kernel_is_exact(name, vnni, shared):
+    """A mixture's experts in a block format on the gather kernel: each slot multiplies its
+    own expert's blocks (int8 activations), exactly up to float rounding; the slots of a
+    prompt equal each token's alone, bit for bit."""
+    target = x86_target(vnni)
+    fmt = FORMATS[name]
+    experts, n, k, tokens, top_k = 3, 24, 1056, 6, 2
+    stacks = [fmt.from_ggml_blocks(_quantized(name, n, k, seed=e)) for e in range(experts)]
+    stored = {key: np.stack([st[key] for st in stacks]) for key in stacks[0]}
+    rows = tokens if shared else tokens * top_k
+    x = np.random.default_rng(5).normal(size=(1, rows, k)).astype(np.float32)
+    groups = k // GROUP
+    outputs = [np.zeros((1, rows, k), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
+    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    ids = np.random.default_rng(9).integers(0, experts, (tokens, top_k)).astype(np.int32)
+    natural = np.empty_like(acts[0][0])
+    natural[:, activation_layout(k)] = acts[0][0]
+    xf = natural.astype(np.float64) * np.repeat(acts[1][0], GROUP, axis=1)
+    weights = [
+        _reference_dequantize(name, _quantized(name, n, k, seed=e)).astype(np.float64)
+        for e in range(experts)
+    ]
+    exact = np.zeros((tokens, top_k, n))
+    for t in range(tokens):
+        for j in range(top_k):
+            exact[t, j] = xf[t if shared else t * top_k + j] @ weights[ids[t, j]].T
+    lead = (1, tokens) if shared else (tokens, top_k)
+    acts = [a.reshape(*lead, -1) for a in acts]
+    params = [stored[key] for key in ("q_weight", "q_scale", "q_min", "q_high") if key in stored]
+    kernel = q4a8_matmul_avx2(
+        n, k, "float16", vnni, fmt.has_min, fmt.bits, Gather(experts, top_k, shared)
+    )
+
+    def run(part: slice) -> np.ndarray:
+        chosen = [a[:, part] if shared else a[part] for a in acts]
+        out = np.zeros((len(ids[part]), top_k, n), "f4")
+        return run_kernel(kernel, target, [*chosen, ids[part], *params, out])[0]
+
+    together = run(slice(0, tokens))
+    np.testing.assert_allclose(together, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    alone = np.concatenate([run(slice(t, t + 1)) for t in range(tokens)])
+    np.testing.assert_array_equal(together, alone)
+    # The check can fail: every slot given expert 0's blocks is far off.
+    ids = np.zeros_like(ids)
+    assert np.abs(run(slice(0, tokens)) - exact).max() > 1e-2 * np.abs(exact).max()
+
+
 def _run_portable(layer: nn.Module, inputs: dict, stored: dict, *arrays: np.ndarray):
     """`layer.forward` compiled for an x86 CPU without AVX2 (so that no hand-written kernel
     replaces the portable ones), its parameters from `stored`, called on `arrays`."""
@@ -183,6 +242,29 @@ def test_portable_kernels_match_the_definition(name):
         q = np.round(groups * (np.float32(127) / absmax))
         x = (q * (absmax / np.float32(127))).reshape(rows, k)
     exact = x.astype(np.float64) @ w.T
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("name", ["Q4_1", "Q5_0", "Q8_0"])
+def test_portable_expert_kernel_matches_the_definition(name):
+    """The block experts' portable gather kernel (a CPU without AVX2): each token's slots
+    multiply their experts' blocks with int8 activations quantized once per token."""
+    experts, n, k, tokens, top_k = 3, 24, 96, 5, 2
+    fmt = FORMATS[name]
+    blocks = [_quantized(name, n, k, seed=e) for e in range(experts)]
+    stacks = [fmt.from_ggml_blocks(b) for b in blocks]
+    stored = {key: np.concatenate([st[key] for st in stacks]) for key in stacks[0]}
+    x = np.random.default_rng(1).normal(size=(tokens, k)).astype(np.float32)
+    ids = np.random.default_rng(2).integers(0, experts, (tokens, top_k)).astype(np.int32)
+    layer = BlockExperts(fmt, Experts(experts, n, k, "float32", "expert_matmul"))
+    spec = {"x": nn.spec.Tensor(["t", k], "float32"), "ids": nn.spec.Tensor(["t", top_k], "int32")}
+    out = _run_portable(layer, spec, stored, x, ids)
+    groups = x.reshape(tokens, -1, GROUP)
+    absmax = np.abs(groups).max(-1, keepdims=True)
+    q = np.round(groups * (np.float32(127) / absmax))
+    rounded = (q * (absmax / np.float32(127))).reshape(tokens, k).astype(np.float64)
+    w = [_reference_dequantize(name, b).astype(np.float64) for b in blocks]
+    exact = np.stack([[rounded[t] @ w[e].T for e in ids[t]] for t in range(tokens)])
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
 
 

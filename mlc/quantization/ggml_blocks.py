@@ -38,6 +38,7 @@ from .int8_activations import (
     Int8ActivationQuantization,
     activation_layout,
     high_bit,
+    q4a8_gather_matmul,
     q4a8_matmul,
     quantize_activations,
     signed_byte,
@@ -301,17 +302,43 @@ class BlockLinear(_BlockWeight):
 
 class BlockExperts(_BlockWeight):
     """Stacked experts in one GGML block format, their rows flat (`[experts · out, ...]`,
-    expert e's rows from `e · out`): the gather matmul decodes the chosen experts' blocks
-    inside the reduction (float activations), the others are never read."""
+    expert e's rows from `e · out`): the gather matmul reads only the chosen experts' blocks,
+    with int8 activations (quantized once per token for the gate/up input its experts share,
+    per slot for the down input) where the format has them, else decoding the blocks inside a
+    float reduction."""
 
     def __init__(self, fmt, experts: Experts):
         self.out_features, self.in_features = experts.out_features, experts.in_features
+        self.num_experts = experts.num_experts
         self.kernel_name = experts.kernel_name
         self._add_weight(fmt, experts.num_experts * experts.out_features, experts.in_features)
 
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
         fmt, name, keys = self.fmt, self.kernel_name, self.stored_keys
         n_out, n_in = self.out_features, self.in_features
+        if fmt.int8_activations:
+            shared = len(x.shape) == 2
+            xq, xs, xc = quantize_activations(
+                op.unsqueeze(x, 0) if shared else x, n_in, fmt.sum_factor
+            )
+            stacked = {  # `[experts, out, ...]`: the same memory
+                key: op.reshape(value, (self.num_experts, n_out, int(value.shape[1])))
+                for key, value in self.stored().items()
+            }
+            return q4a8_gather_matmul(
+                _Q4_LAYOUT,
+                xq,
+                xs,
+                xc,
+                ids,
+                stacked["q_weight"],
+                stacked["q_scale"],
+                name,
+                shared,
+                stacked.get("q_min"),
+                fmt.bits,
+                stacked.get("q_high"),
+            )
 
         def compute(x: te.Tensor, ids: te.Tensor, *arrays: te.Tensor) -> te.Tensor:
             stored = dict(zip(keys, arrays, strict=True))

@@ -123,10 +123,9 @@ def high_bit(v):
 
 def signed_byte(words, row, position) -> tirx.PrimExpr:
     """Byte `position` of `words[row]` (uint32, four bytes each, least significant first) as a
-    signed value, float32."""
-    byte = (words[row, position // 4] >> ((position % 4) * 8).astype("uint32")) & tirx.const(
-        255, "uint32"
-    )
+    signed value, float32; `row` is a row, or an `(expert, row)` pair of stacked experts."""
+    index = (*row, position // 4) if isinstance(row, tuple) else (row, position // 4)
+    byte = (words[index] >> ((position % 4) * 8).astype("uint32")) & tirx.const(255, "uint32")
     high = (byte & tirx.const(128, "uint32")) << tirx.const(1, "uint32")
     return (byte.astype("int32") - high.astype("int32")).astype("float32")
 
@@ -335,15 +334,24 @@ def q4a8_gather_matmul(
     q_scale: Tensor,
     name: str,
     shared: bool,
+    q_min: Tensor | None = None,
+    weight_bits: int = 4,
+    q_high: Tensor | None = None,
 ) -> Tensor:
     """`y[t, j, n]`: `q4a8_matmul` of slot j of token t with the weights of its expert
-    `ids[t, j]` (`q_weight` `[experts, N, words]`), float32. The activations are one row per
-    token (`xq` `[1, tokens, Kp]`: every slot multiplies the same input) or per slot
-    (`[tokens, top_k, Kp]`), as `shared` says. The portable reference; x86 swaps in its own
-    kernel."""
+    `ids[t, j]` (`q_weight` `[experts, N, words]`, the other stored tensors `[experts, N,
+    groups]`; `q_min`, `weight_bits` and `q_high` as in `q4a8_matmul`), float32. The
+    activations are one row per token (`xq` `[1, tokens, Kp]`: every slot multiplies the same
+    input) or per slot (`[tokens, top_k, Kp]`), as `shared` says. The portable reference; x86
+    swaps in its own kernel."""
     n = int(q_weight.shape[1])
+    has_min = q_min is not None
+    if (weight_bits == 5) != (q_high is not None):
+        raise ValueError("5-bit weights come with their fifth bits (q_high), and only they do")
 
-    def compute(xq, xs, xc, ids, q_weight, q_scale):
+    def compute(xq, xs, xc, ids, q_weight, q_scale, *rest):
+        q_min = rest[0] if has_min else None
+        q_high = rest[-1] if weight_bits == 5 else None
         tokens, top_k = ids.shape
         kp = xq.shape[-1]
         groups = kp // GROUP
@@ -355,28 +363,40 @@ def q4a8_gather_matmul(
 
         def term(t, j, m):
             e, k = ids[t, j], source_index(p, groups)
-            w = scheme.packed_value(q_weight, (e, m), k)
+            if weight_bits == 8:
+                w = signed_byte(q_weight, (e, m), p)
+            else:
+                w = scheme.packed_value(q_weight, (e, m), k)
+            if weight_bits == 5:
+                at = high_bit(k % GROUP).astype("uint32")
+                bit = (q_high[e, m, k // GROUP] >> at) & tirx.const(1, "uint32")
+                w = w + bit.astype("float32") * tirx.const(16, "float32")
             scale = q_scale[e, m, k // GROUP].astype("float32") * xs[(*row(t, j), k // GROUP)]
             return w * xq[(*row(t, j), p)].astype("float32") * scale
 
         dots = te.compute(
             (tokens, top_k, n), lambda t, j, m: te.sum(term(t, j, m), axis=p), name="dots"
         )
+        offsets = q_scale if q_min is None else q_min
         zero = te.compute(
             (tokens, top_k, n),
             lambda t, j, m: te.sum(
-                q_scale[ids[t, j], m, g].astype("float32") * xc[(*row(t, j), g)], axis=g
+                offsets[ids[t, j], m, g].astype("float32") * xc[(*row(t, j), g)], axis=g
             ),
             name="zero_point",
         )
         return te.compute((tokens, top_k, n), lambda *i: dots[i] + zero[i], name=name)
 
+    inputs = [xq, xs, xc, ids, q_weight, q_scale] + ([q_min] if has_min else [])
+    inputs += [] if q_high is None else [q_high]
     return op.tensor_expr_op(
         compute,
         name,
-        [xq, xs, xc, ids, q_weight, q_scale],
+        inputs,
         attrs={
             KERNEL_ATTR: Q4A8_GATHER_MATMUL,
+            "mlc.has_min": has_min,
+            "mlc.weight_bits": weight_bits,
             "mlc.n": n,
             "mlc.k_padded": int(q_scale.shape[2]) * GROUP,
             "mlc.experts": int(q_weight.shape[0]),
