@@ -142,8 +142,8 @@ def build(opts: BuildOptions) -> Path:
                 _log(
                     opts,
                     f"Weights: the mixture-of-experts' expert weights stay in {quant.model_dtype} "
-                    f"({quant.name} has no expert kernels; q4f16_1, q4f32_1, q4a8_1 and gguf "
-                    "do)",
+                    f"({quant.name} has no expert kernels; q4f16_1, q4f32_1, q4a8_1, q4a8_2 "
+                    "and gguf do)",
                 )
         model = quant.quantize_model(model)
         mod, named_params = export_model(model, target, preset)

@@ -104,3 +104,40 @@ def test_q4a8_2_is_refused_for_gpu_targets(tiny_builds, tmp_path):
     with pytest.raises(ValueError, match="q4a8_2 runs on the CPU target .* use --quantization"):
         build(options)
     assert get_quantization("q4a8_2").cpu_only and not get_quantization("q4f16_1").cpu_only
+
+
+def test_q4a8_2_experts_are_q4_1_blocks(tiny_builds):
+    """A mixture of experts under `q4a8_2`: every expert stack becomes searched `Q4_1` blocks
+    (the router stays float), multiplied by the gather kernel with int8 activations; against
+    transformers running the blocks' values with int8-rounded matmul inputs, experts' too."""
+    from reference import is_router
+    from test_parity import settings as parity_settings
+
+    settings = {**parity_settings("qwen3_moe"), "moe_intermediate_size": 64}  # whole blocks
+    hf_dir, built = tiny_builds.get("qwen3_moe-64", "q4a8_2", **settings)
+    reference = load_hf(hf_dir)
+    head = {"model.embed_tokens.weight", "lm_head.weight"}
+    original = {}
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            expert = param.ndim == 3 and ".experts." in name
+            if (param.ndim != 2 and not expert) or is_router(name):
+                continue
+            fmt, encode = ("Q8_0", encode_q8_0) if name in head else ("Q4_1", encode_q4_1)
+            w = param.numpy().astype(np.float32)
+            value = _ours(fmt, encode(w.reshape(-1, w.shape[-1]))).reshape(w.shape)
+            original[name] = param.clone()
+            param.copy_(torch.from_numpy(value.astype(np.float64)))
+    margins: list[float] = []
+    int8 = quantize_activations_int8(reference, experts=True, margins=margins)
+    prompt = list(range(61, 77))  # no int8 activation within 3e-4 of a rounding boundary
+    expected = hf_logits(int8, prompt)
+    max_logit_error(built, expected, prompt, split=10)
+    # Well-posed (see test_gguf_native's mixed file) and able to fail: with the experts' float
+    # weights the logits move.
+    assert min(margins) > 1e-4
+    with torch.no_grad():
+        for name, param in int8.named_parameters():
+            if ".experts." in name:
+                param.copy_(original[name])
+    assert np.abs(hf_logits(int8, prompt) - expected).max() > 1e-2

@@ -1,10 +1,11 @@
 """`q4a8_2`: a full-precision checkpoint quantized into GGML block formats, computed by the
 kernels that run GGUF files (`ggml_blocks`).
 
-Every Linear weight becomes `Q4_1` (asymmetric 4-bit: a scale and a minimum per 32 values,
-searched per block by `block_search`); the token embedding and the LM head, where 4 bits cost
-the most, become `Q8_0`. Weights whose rows are not whole blocks stay float32, as do norms and
-biases. Activations are float32 and enter the 4- and 8-bit kernels as int8 (as in `q4a8_1`).
+Every Linear weight and every stack of a mixture's experts becomes `Q4_1` (asymmetric 4-bit: a
+scale and a minimum per 32 values, searched per block by `block_search`); the token embedding
+and the LM head, where 4 bits cost the most, become `Q8_0`. Weights whose rows are not whole
+blocks stay float32, as do norms, biases and routers. Activations are float32 and enter the
+block kernels as int8 (as in `q4a8_1`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Iterator
 import numpy as np
 from tvm.relax.frontend import nn
 
+from mlc.models.moe import Experts
+
 from .base import Quantization
 from .block_search import BLOCK, ENCODERS
-from .ggml_blocks import FORMATS, BlockEmbedding, BlockLinear, GGMLFormat
-from .group_quant import is_quantized_param
+from .ggml_blocks import FORMATS, BlockEmbedding, BlockExperts, BlockLinear, GGMLFormat
+from .group_quant import is_expert_param, is_quantized_param
 
 HEAD_PARAMS = ("embed_tokens.weight", "lm_head.weight")
 
@@ -30,6 +33,10 @@ class BlockQuantization(Quantization):
 
     @property
     def cpu_only(self) -> bool:
+        return True
+
+    @property
+    def quantizes_experts(self) -> bool:
         return True
 
     def format_of(self, name: str, k: int) -> GGMLFormat | None:
@@ -50,9 +57,11 @@ class BlockQuantization(Quantization):
         return _ToBlocks(self).visit("", model)
 
     def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-        fmt = self.format_of(name, array.shape[-1]) if is_quantized_param(name, array) else None
+        quantized = is_quantized_param(name, array) or is_expert_param(name, array)
+        fmt = self.format_of(name, array.shape[-1]) if quantized else None
         if fmt is not None:
-            blocks = ENCODERS[fmt.name](array)
+            # An expert stack `[experts, out, in]` is stored flat, as `BlockExperts` reads it.
+            blocks = ENCODERS[fmt.name](array.reshape(-1, array.shape[-1]))
             prefix = name.removesuffix(".weight")
             for key, stored in fmt.from_ggml_blocks(blocks).items():
                 yield f"{prefix}.{key}", stored
@@ -72,7 +81,8 @@ class BlockQuantization(Quantization):
 
 
 class _ToBlocks(nn.Mutator):
-    """Replaces each Linear and Embedding whose rows are whole blocks with its block twin."""
+    """Replaces each Linear, Embedding and expert stack whose rows are whole blocks with its
+    block twin."""
 
     def __init__(self, scheme: BlockQuantization):
         self.scheme = scheme
@@ -88,4 +98,8 @@ class _ToBlocks(nn.Mutator):
             fmt = self.scheme.format_of(f"{name}.weight", node.dim)
             if fmt is not None:
                 return BlockEmbedding(fmt, node.num, node.dim, dtype)
+        if isinstance(node, Experts):
+            fmt = self.scheme.format_of(f"{name}.weight", node.in_features)
+            if fmt is not None:
+                return BlockExperts(fmt, node)
         return self.visit(name, node)

@@ -38,7 +38,8 @@ class WeightChange:
 
     def add(self, original: np.ndarray, stored_value: np.ndarray) -> None:
         w = original.astype(np.float64)
-        self.squared_change += float(np.square(stored_value.astype(np.float64) - w).sum())
+        value = stored_value.astype(np.float64).reshape(w.shape)  # expert stacks are stored flat
+        self.squared_change += float(np.square(value - w).sum())
         self.squared_norm += float(np.square(w).sum())
 
     @property
