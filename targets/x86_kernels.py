@@ -2,7 +2,8 @@
 
 `q4a8_matmul`: `y[rows, N] = Σ_g sw[n, g] · xs[g] · Σ q[n, k] · xq[k] + Σ_g sw[n, g] · xc[g]` (with
 per-group minima `m`, `Q4_1`: `+ Σ_g m[n, g] · xc[g]` instead of the last term) with
-4-bit unsigned weights packed 8 per uint32 and int8 activations, both in the layouts of
+4-bit unsigned weights packed 8 per uint32 (5-bit: a fifth bit per value from `q_high`, set on
+top of each nibble) and int8 activations, both in the layouts of
 `mlc.quantization.int8_activations`. A block of 16 groups is four 64-byte loads of weights
 (word j of each group), each split into low and high nibbles (the even and odd values) and
 multiplied with the contiguous activations by `vpdpbusd` (AVX512-VNNI, 512-bit; on AVX2
@@ -287,10 +288,11 @@ def q4a8_matmul_avx2(
 ) -> tirx.PrimFunc:
     """The kernel for `[n, k_padded]` weights; `vnni` uses AVX512-VNNI's `vpdpbusd` for the
     integer dot products where the CPU has it (512-bit registers for 4-bit blocks); `has_min`
-    takes a per-group minimum (`Q4_1`) that weights `xc`; `weight_bits` 8 takes signed bytes
-    in the activations' layout (`Q8_0`). With `gather`, the kernel of a mixture's experts
-    (`q4a8_gather_matmul`): each (token, slot) multiplies the rows of the expert `ids` names,
-    one output at a time (the lone-token path), so that a prompt's slots equal decode's."""
+    takes a per-group minimum (`Q4_1`, `Q5_1`) that weights `xc`; `weight_bits` 8 takes signed
+    bytes in the activations' layout (`Q8_0`), 5 the nibbles with their fifth bits (`q_high`,
+    `Q5_0`/`Q5_1`). With `gather`, the kernel of a mixture's experts (`q4a8_gather_matmul`):
+    each (token, slot) multiplies the rows of the expert `ids` names, one output at a time (the
+    lone-token path), so that a prompt's slots equal decode's."""
     groups = k_padded // GROUP
     words = k_padded // (4 if weight_bits == 8 else 8)
     blocks = groups // BLOCK_GROUPS
