@@ -251,7 +251,7 @@ class Attention(nn.Module):
     and keys before RoPE (`head_norm.py`); `rotary` applies a RoPE variant the cache lacks (the
     cache then runs with `RopeMode.NONE`). Without one, a layer rotates in the model when the
     config's scaling is one the cache lacks (`scaled_rotary`), so a model that accepts YaRN needs
-    nothing more; a model whose layers skip RoPE must refuse YaRN."""
+    nothing more; a layer that attends without RoPE (SmolLM3's NoPE layers) says `rotates=False`."""
 
     def __init__(
         self,
@@ -262,8 +262,11 @@ class Attention(nn.Module):
         qk_norms: tuple[HeadNorm, HeadNorm] | None = None,
         sm_scale: float | None = None,
         rotary: nn.Module | None = None,
+        rotates: bool = True,
     ):
-        self.rotary = rotary if rotary is not None else scaled_rotary(config)
+        if rotary is None and rotates:
+            rotary = scaled_rotary(config)
+        self.rotary = rotary
         self.config = config
         self.sm_scale = sm_scale if sm_scale is not None else config.head_dim**-0.5
         self.num_q_heads = config.num_attention_heads

@@ -39,7 +39,7 @@ class SmolLM3Config(DecoderConfig):
         hf = {"tie_word_embeddings": True, "use_sliding_window": False, **hf}
         if "rope_theta" not in hf and "rope_theta" not in (hf.get("rope_parameters") or {}):
             hf["rope_theta"] = 2_000_000.0  # transformers' default for SmolLM3
-        fields = decoder_fields(hf, "smollm3", norm_eps_default=1e-6, scaling=("linear",))
+        fields = decoder_fields(hf, "smollm3", norm_eps_default=1e-6, scaling=("linear", "yarn"))
         n = fields["num_hidden_layers"]
         flags = hf.get("no_rope_layers")
         if flags is None:
@@ -67,7 +67,9 @@ class SmolLM3ForCausalLM(CausalLM):
 
         layers = [
             DecoderLayer(
-                Attention(config, dtype, bias, bias, rotary=rotary(i)),
+                Attention(
+                    config, dtype, bias, bias, rotary=rotary(i), rotates=i in config.rope_layers
+                ),
                 MLP(config, dtype, gated=True, bias=config.mlp_bias),
                 RMSNorm(config.hidden_size, eps, dtype),
                 RMSNorm(config.hidden_size, eps, dtype),

@@ -210,6 +210,16 @@ VARIANTS: dict[str, dict] = {
         "sliding_window": 8,
         "rope_theta": 10000.0,
     },
+    # YaRN on the layers that rotate (SmolLM3's long context); the NoPE layer stays unrotated.
+    "smollm3-yarn": {
+        **ARCHITECTURES["smollm3"],
+        "rope_theta": 1000.0,
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 2.0,
+            "original_max_position_embeddings": 32,
+        },
+    },
     # Linear scaling on the global layer only, softcapped logits, the local layer first.
     "gemma3-linear-rope-scaling": {
         **ARCHITECTURES["gemma3"],
