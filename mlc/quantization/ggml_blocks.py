@@ -37,8 +37,9 @@ from mlc.models.moe import Experts, gathered_rows
 from .int8_activations import (
     Int8ActivationQuantization,
     activation_layout,
+    fifth_bit,
     high_bit,
-    q4a8_gather_matmul,
+    int8_expert_matmul,
     q4a8_matmul,
     quantize_activations,
     signed_byte,
@@ -162,8 +163,7 @@ class GGMLFormat:
                 word_index = stored_word(word_index, int(words.shape[1]))
             q = (words[n, word_index] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
             if self.bits == 5:
-                high = tensors["q_high"][n, g] >> high_bit(k % BLOCK).astype("uint32")
-                q = q | ((high & tirx.const(1, "uint32")) << tirx.const(4, "uint32"))
+                q = q | (fifth_bit(tensors["q_high"], n, k) << tirx.const(4, "uint32"))
             q = q.astype("float32")
         d = tensors["q_scale"][n, g].astype("float32")
         if self.has_min:
@@ -317,27 +317,12 @@ class BlockExperts(_BlockWeight):
         fmt, name, keys = self.fmt, self.kernel_name, self.stored_keys
         n_out, n_in = self.out_features, self.in_features
         if fmt.int8_activations:
-            shared = len(x.shape) == 2
-            xq, xs, xc = quantize_activations(
-                op.unsqueeze(x, 0) if shared else x, n_in, fmt.sum_factor
-            )
             stacked = {  # `[experts, out, ...]`: the same memory
                 key: op.reshape(value, (self.num_experts, n_out, int(value.shape[1])))
                 for key, value in self.stored().items()
             }
-            return q4a8_gather_matmul(
-                _Q4_LAYOUT,
-                xq,
-                xs,
-                xc,
-                ids,
-                stacked["q_weight"],
-                stacked["q_scale"],
-                name,
-                shared,
-                stacked.get("q_min"),
-                fmt.bits,
-                stacked.get("q_high"),
+            return int8_expert_matmul(
+                _Q4_LAYOUT, x, ids, n_in, fmt.sum_factor, stacked, name, fmt.bits
             )
 
         def compute(x: te.Tensor, ids: te.Tensor, *arrays: te.Tensor) -> te.Tensor:

@@ -130,6 +130,33 @@ def signed_byte(words, row, position) -> tirx.PrimExpr:
     return (byte.astype("int32") - high.astype("int32")).astype("float32")
 
 
+def fifth_bit(q_high, row, k) -> tirx.PrimExpr:
+    """Value k's fifth bit (uint32, 0 or 1) from a 5-bit format's `q_high` words (stored in
+    `high_bit`'s order); `row` is a row, or an `(expert, row)` pair of stacked experts."""
+    index = (*row, k // GROUP) if isinstance(row, tuple) else (row, k // GROUP)
+    return (q_high[index] >> high_bit(k % GROUP).astype("uint32")) & tirx.const(1, "uint32")
+
+
+def _stored_integer(scheme, q_weight, q_high, row, k, p, weight_bits: int) -> tirx.PrimExpr:
+    """The integer a weight stores for activation index k (at `xq` position p), float32:
+    signed bytes (8-bit, kept in `xq`'s layout), or unsigned nibbles with the fifth bit on
+    top (5-bit); `row` as in `fifth_bit`."""
+    if weight_bits == 8:
+        return signed_byte(q_weight, row, p)
+    w = scheme.packed_value(q_weight, row, k)
+    if weight_bits == 5:
+        w = w + fifth_bit(q_high, row, k).astype("float32") * tirx.const(16, "float32")
+    return w
+
+
+def _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits: int) -> list:
+    """The stored tensors a kernel takes, in its parameter order: weights, scales, then the
+    minima and the fifth bits where the format has them."""
+    if (weight_bits == 5) != (q_high is not None):
+        raise ValueError("5-bit weights come with their fifth bits (q_high), and only they do")
+    return [q_weight, q_scale] + [t for t in (q_min, q_high) if t is not None]
+
+
 def activation_layout(k_padded: int) -> np.ndarray:
     """`perm` with `xq[..., p] = x[..., perm[p]]` (numpy reference of `source_index`)."""
     groups = k_padded // GROUP
@@ -264,14 +291,7 @@ def q4a8_matmul(
         def term(row, j, p):
             k = source_index(p, groups)
             scale = q_scale[j, k // GROUP].astype("float32") * xs[(*row, k // GROUP)]
-            if weight_bits == 8:
-                w = signed_byte(q_weight, j, p)
-            else:
-                w = scheme.packed_value(q_weight, j, k)
-            if weight_bits == 5:
-                at = high_bit(k % GROUP).astype("uint32")
-                bit = (q_high[j, k // GROUP] >> at) & tirx.const(1, "uint32")
-                w = w + bit.astype("float32") * tirx.const(16, "float32")
+            w = _stored_integer(scheme, q_weight, q_high, j, k, p, weight_bits)
             return w * xq[(*row, p)].astype("float32") * scale
 
         dots = te.compute(
@@ -286,10 +306,7 @@ def q4a8_matmul(
         return te.compute((*lead, n), lambda *i: dots[i] + zero[i], name=Q4A8_MATMUL)
 
     has_min = q_min is not None
-    if (weight_bits == 5) != (q_high is not None):
-        raise ValueError("5-bit weights come with their fifth bits (q_high), and only they do")
-    inputs = [xq, xs, xc, q_weight, q_scale] + ([q_min] if has_min else [])
-    inputs += [] if q_high is None else [q_high]
+    inputs = [xq, xs, xc, *_weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits)]
     return op.tensor_expr_op(
         compute,
         Q4A8_MATMUL,
@@ -346,8 +363,7 @@ def q4a8_gather_matmul(
     swaps in its own kernel."""
     n = int(q_weight.shape[1])
     has_min = q_min is not None
-    if (weight_bits == 5) != (q_high is not None):
-        raise ValueError("5-bit weights come with their fifth bits (q_high), and only they do")
+    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits)
 
     def compute(xq, xs, xc, ids, q_weight, q_scale, *rest):
         q_min = rest[0] if has_min else None
@@ -363,14 +379,7 @@ def q4a8_gather_matmul(
 
         def term(t, j, m):
             e, k = ids[t, j], source_index(p, groups)
-            if weight_bits == 8:
-                w = signed_byte(q_weight, (e, m), p)
-            else:
-                w = scheme.packed_value(q_weight, (e, m), k)
-            if weight_bits == 5:
-                at = high_bit(k % GROUP).astype("uint32")
-                bit = (q_high[e, m, k // GROUP] >> at) & tirx.const(1, "uint32")
-                w = w + bit.astype("float32") * tirx.const(16, "float32")
+            w = _stored_integer(scheme, q_weight, q_high, (e, m), k, p, weight_bits)
             scale = q_scale[e, m, k // GROUP].astype("float32") * xs[(*row(t, j), k // GROUP)]
             return w * xq[(*row(t, j), p)].astype("float32") * scale
 
@@ -387,12 +396,10 @@ def q4a8_gather_matmul(
         )
         return te.compute((tokens, top_k, n), lambda *i: dots[i] + zero[i], name=name)
 
-    inputs = [xq, xs, xc, ids, q_weight, q_scale] + ([q_min] if has_min else [])
-    inputs += [] if q_high is None else [q_high]
     return op.tensor_expr_op(
         compute,
         name,
-        inputs,
+        [xq, xs, xc, ids, *weights],
         attrs={
             KERNEL_ATTR: Q4A8_GATHER_MATMUL,
             "mlc.has_min": has_min,
@@ -409,20 +416,47 @@ def q4a8_gather_matmul(
     )
 
 
+def int8_expert_matmul(
+    scheme: Int8ActivationQuantization,
+    x: Tensor,
+    ids: Tensor,
+    k: int,
+    sum_factor: float,
+    weights: dict[str, Tensor],
+    name: str,
+    weight_bits: int = 4,
+) -> Tensor:
+    """`q4a8_gather_matmul` of float `x` — `[tokens, k]`, the gate/up input every slot of a
+    token shares, quantized once per token; or `[tokens, top_k, k]`, the down input, once per
+    slot — with the stored tensors `weights` (`q_weight`, `q_scale`, and `q_min`/`q_high` where
+    the format has them, `[experts, N, ...]`)."""
+    shared = len(x.shape) == 2
+    # The activation kernels take `[batch, seq, k]`: `[1, tokens, k]` for the gate/up input.
+    xq, xs, xc = quantize_activations(op.unsqueeze(x, 0) if shared else x, k, sum_factor)
+    return q4a8_gather_matmul(
+        scheme,
+        xq,
+        xs,
+        xc,
+        ids,
+        weights["q_weight"],
+        weights["q_scale"],
+        name,
+        shared,
+        weights.get("q_min"),
+        weight_bits,
+        weights.get("q_high"),
+    )
+
+
 class Int8ActivationExperts(GroupQuantizedExperts):
     """`GroupQuantizedExperts` whose gather matmuls take int8 activations: quantized once per
     token (the gate/up input, shared by the token's experts) or per slot (the down input)."""
 
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
-        k = self.in_features
-        shared = len(x.shape) == 2
-        # The activation kernels take `[batch, seq, k]`: `[1, tokens, k]` for the gate/up input.
-        xq, xs, xc = quantize_activations(
-            op.unsqueeze(x, 0) if shared else x, k, self.scheme.sum_factor
-        )
-        return q4a8_gather_matmul(
-            self.scheme, xq, xs, xc, ids, self.q_weight, self.q_scale, self.kernel_name, shared
-        )
+        weights = {"q_weight": self.q_weight, "q_scale": self.q_scale}
+        k, sum_factor = self.in_features, self.scheme.sum_factor
+        return int8_expert_matmul(self.scheme, x, ids, k, sum_factor, weights, self.kernel_name)
 
 
 class Int8ActivationEmbedding(GroupQuantizedEmbedding):
