@@ -306,10 +306,17 @@ def perplexity(
 @click.option(
     "--prefill-chunk-size",
     type=click.IntRange(min=1),
-    default=128,
+    default=64,
     show_default=True,
     help="Prompt tokens per engine step (at most the build's), so long prompts do not stall "
-    "streaming requests; answers equal ChatModule's with the same prefill_chunk_size.",
+    "streaming requests, and the prefix cache's granularity; answers equal ChatModule's with "
+    "the same prefill_chunk_size.",
+)
+@click.option(
+    "--prefix-cache/--no-prefix-cache",
+    default=None,
+    help="Keep the KV of prompts' whole prefill chunks for later prompts that start with them "
+    "(answers unchanged). Default: on, where the model can share KV prefixes.",
 )
 @click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True)
 @click.option(
@@ -355,6 +362,7 @@ def serve(
     max_batch_size: int | None,
     kv_cache_tokens: int | None,
     prefill_chunk_size: int,
+    prefix_cache: bool | None,
     max_queue: int,
     queue_timeout: float,
     max_body_bytes: int,
@@ -381,14 +389,15 @@ def serve(
         host, port, api_key, max_body_bytes, shutdown_timeout, log_level, lenient
     )
     engine = EngineOptions(
-        max_batch_size,
-        kv_cache_tokens,
-        max_queue,
-        queue_timeout,
-        device,
-        model_lib,
-        prefill_chunk_size,
-        tool_call_format,
+        max_batch_size=max_batch_size,
+        kv_cache_tokens=kv_cache_tokens,
+        max_queue=max_queue,
+        queue_timeout=queue_timeout,
+        device=device,
+        model_lib=model_lib,
+        prefill_chunk_size=prefill_chunk_size,
+        tool_call_format=tool_call_format,
+        prefix_cache=prefix_cache,
     )
     _run(lambda: run_server(model, server, engine))
 

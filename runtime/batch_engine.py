@@ -19,6 +19,11 @@ parts, so a step takes either only one-token pieces or none, as a solo run would
 
 Admission reserves the pages a sequence can ever need (prompt + `max_tokens`, capped at the
 context window), so a running sequence never runs out of KV cache and nothing is preempted.
+
+With prefix caching (`prefix_cache.py`) a finished sequence leaves the whole prefill chunks of
+its prompt in the cache, and an admitted prompt that starts with cached chunks is forked from
+them and prefills only the rest. Cached prefixes use pages no sequence has reserved; they are
+evicted, least recently used first, when an admission or a new prefix needs the room.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 import numpy as np
 
 from .compiled_model import PAGE_SIZE, CompiledModel
+from .prefix_cache import CachedPrefix, PrefixCache, exact_length
 from .sequence import Sequence, SequenceOutput
 
 
@@ -58,6 +64,13 @@ class EngineStats:
     decode_steps: int
     decode_seconds: float
     prefill_seconds: float
+    prefix_cache: bool = False
+    prefix_cache_lookups: int = 0  # admitted prompts
+    prefix_cache_hits: int = 0  # ... that reused cached tokens
+    prefix_tokens_reused: int = 0
+    prefix_cache_entries: int = 0
+    prefix_cache_pages: int = 0  # held by cached prefixes (shared pages once per prefix)
+    kv_pages_shared: int = 0  # whole pages running sequences read from cached prefixes
 
 
 class BatchEngine:
@@ -68,7 +81,16 @@ class BatchEngine:
         model: CompiledModel,
         max_queue: int = 256,
         queue_timeout: float = 60.0,
+        prefix_cache: bool | None = None,
     ):
+        """`prefix_cache`: keep and reuse prompts' KV prefixes (None: where the model can)."""
+        if prefix_cache and not model.shares_prefixes:
+            raise ValueError(
+                f"{model.model_dir.name} has sliding-window attention layers, whose KV cache "
+                "cannot share prefixes: serve it without the prefix cache (--no-prefix-cache)"
+            )
+        if prefix_cache is None:
+            prefix_cache = model.shares_prefixes
         self.model = model
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
@@ -79,6 +101,10 @@ class BatchEngine:
         self._waiting: collections.deque[tuple[float, Sequence]] = collections.deque()
         self._running: list[Sequence] = []
         self._reserved = 0
+        # Changed on the engine thread only, its index under `_cond` (`stats` reads it).
+        self.prefix_cache = (
+            PrefixCache(model.prefill_chunk_size, PAGE_SIZE) if prefix_cache else None
+        )
         self._cond = threading.Condition()
         self._accepting = True
         self._stop = False
@@ -112,6 +138,8 @@ class BatchEngine:
 
     def stats(self) -> EngineStats:
         with self._cond:
+            cache = self.prefix_cache.stats() if self.prefix_cache is not None else None
+            shared = sum(seq.num_reused // PAGE_SIZE for seq in self._running)
             return EngineStats(
                 num_waiting=len(self._waiting),
                 num_running=len(self._running),
@@ -124,6 +152,13 @@ class BatchEngine:
                 decode_steps=self._counters["decode_steps"],
                 prefill_seconds=self._seconds["prefill"],
                 decode_seconds=self._seconds["decode"],
+                prefix_cache=cache is not None,
+                prefix_cache_lookups=cache.lookups if cache else 0,
+                prefix_cache_hits=cache.hits if cache else 0,
+                prefix_tokens_reused=cache.tokens_reused if cache else 0,
+                prefix_cache_entries=cache.entries if cache else 0,
+                prefix_cache_pages=cache.pages if cache else 0,
+                kv_pages_shared=shared,
             )
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -171,7 +206,7 @@ class BatchEngine:
     def _end_running(self, message: str, kind: str) -> None:
         for seq in list(self._running):
             try:
-                self._release(seq)
+                self._release(seq, keep_prefix=False)  # its pages may hold a failed step
             except Exception:  # the sequence is gone from the cache already
                 with self._cond:
                     if seq in self._running:
@@ -202,6 +237,7 @@ class BatchEngine:
         """Move waiting sequences into the batch in arrival order while they fit."""
         admitted: list[Sequence] = []
         expired: list[Sequence] = []
+        evicted: list[int] = []
         with self._cond:
             now = time.monotonic()
             while self._waiting:
@@ -211,8 +247,9 @@ class BatchEngine:
                     expired.append(seq)
                     continue
                 pages = _pages(seq.max_kv_tokens)
-                fits = self._reserved + pages <= self.kv_pages_total
-                if len(self._running) < self.max_batch_size and fits:
+                room = len(self._running) < self.max_batch_size
+                if room and self._reserved + pages <= self.kv_pages_total:
+                    evicted += self._evict_for(pages, self._match(seq)[0])
                     self._waiting.popleft()
                     self._reserved += pages
                     self._running.append(seq)
@@ -222,8 +259,10 @@ class BatchEngine:
                     expired.append(seq)
                 else:
                     break  # the head waits for room; those behind it keep their order
+        for seq_id in evicted:
+            self.model.remove_sequence(seq_id)
         for seq in admitted:
-            self.model.add_sequence(seq.seq_id)
+            self._start(seq)
             seq.on_output(SequenceOutput())
         for seq in expired:
             if seq.cancelled:
@@ -234,6 +273,38 @@ class BatchEngine:
                     f"no room in the batch or the KV cache for {self.queue_timeout:g} s",
                     "overloaded",
                 )
+
+    def _match(self, seq: Sequence) -> tuple[CachedPrefix | None, int]:
+        if self.prefix_cache is None:
+            return None, 0
+        return self.prefix_cache.lookup(seq.prompt_ids)
+
+    def _evict_for(self, pages: int, keep: CachedPrefix | None = None) -> list[int]:
+        """Take cached prefixes (least recently used first, `keep` last) out of the index
+        until the reserved pages, `pages` more and the cached prefixes fit the KV cache;
+        returns their KV sequences, to free."""
+        cache = self.prefix_cache
+        evicted: list[int] = []
+        while cache is not None and self._reserved + pages + cache.pages > self.kv_pages_total:
+            victim = cache.evict(keep)
+            if victim is None and keep is not None:
+                victim, keep = cache.evict(), None
+            if victim is None:
+                break
+            evicted.append(victim)
+        return evicted
+
+    def _start(self, seq: Sequence) -> None:
+        """Give an admitted sequence its KV sequence: forked from the cached prefix that
+        saves it the most prefill, or empty."""
+        entry, reused = self._match(seq)
+        if entry is not None:
+            self.model.fork_sequence(entry.seq_id, seq.seq_id, reused)
+            seq.num_prefilled = seq.num_reused = reused
+        else:
+            self.model.add_sequence(seq.seq_id)
+        if self.prefix_cache is not None:
+            self.prefix_cache.count_use(reused)
 
     def _prefill(self, prefilling: list[Sequence]) -> None:
         batch = take_pieces(prefilling, self.model.prefill_chunk_size)
@@ -259,13 +330,37 @@ class BatchEngine:
         for seq, row in zip(decoding, logits, strict=True):
             _append_logits(seq, row)
 
-    def _release(self, seq: Sequence) -> None:
-        """Take a sequence out of the batch and free its KV pages now."""
+    def _release(self, seq: Sequence, keep_prefix: bool = True) -> None:
+        """Take a sequence out of the batch and free its KV pages now (with prefix caching,
+        but for the whole chunks of its prompt, kept as a cached prefix)."""
+        if keep_prefix and self.prefix_cache is not None:
+            self._keep_prefix(seq)
         self.model.remove_sequence(seq.seq_id)
         with self._cond:
             self._running.remove(seq)
             self._reserved -= _pages(seq.max_kv_tokens)
         self._record_kv_use()
+
+    def _keep_prefix(self, seq: Sequence) -> None:
+        cache = self.prefix_cache
+        assert cache is not None
+        length = exact_length(len(seq.prompt_ids), seq.num_prefilled, cache.chunk)
+        tokens = np.asarray(seq.prompt_ids[:length], dtype=np.int32)
+        if length == 0 or cache.covers(tokens):
+            return
+        pages = _pages(length)
+        with self._cond:  # `seq` still holds its reservation: no new page is needed yet
+            evicted = self._evict_for(pages)
+            fits = self._reserved + pages + cache.pages <= self.kv_pages_total
+        for seq_id in evicted:
+            self.model.remove_sequence(seq_id)
+        if fits:
+            prefix_id = cache.new_seq_id()
+            self.model.fork_sequence(seq.seq_id, prefix_id, length)
+            with self._cond:
+                redundant = cache.add(prefix_id, tokens)
+            for seq_id in redundant:
+                self.model.remove_sequence(seq_id)
 
 
 def take_pieces(prefilling: list[Sequence], piece_size: int) -> list[tuple[Sequence, np.ndarray]]:

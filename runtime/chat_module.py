@@ -23,8 +23,9 @@ StreamCallback = Callable[[str], None]
 
 @dataclasses.dataclass
 class GenerationStats:
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # computed; the prompt's others came from the prefix cache
     prefill_seconds: float = 0.0
+    cached_tokens: int = 0  # prompt tokens whose KV a previous conversation left (reset_chat)
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     forced_tokens: int = 0  # answer tokens a grammar forced (fed without sampling)
@@ -89,7 +90,9 @@ class ChatModule:
 
     Earlier turns stay in the KV cache: each turn prefills only its own new tokens, in chunks
     of `prefill_chunk_size` (default: the build's; `mlc serve --prefill-chunk-size` with the
-    same value gives the same answers bit for bit).
+    same value gives the same answers bit for bit). With `prefix_cache`, `reset_chat` keeps the
+    whole chunks the conversation's first prompt filled, and a new conversation that starts
+    with them (the same system prompt, say) prefills only the rest, with the same answers.
     """
 
     def __init__(
@@ -101,10 +104,12 @@ class ChatModule:
         verify_weights: bool = True,
         tool_call_format: str | None = None,
         prefill_chunk_size: int | None = None,
+        prefix_cache: bool = True,
     ):
         self.engine = CompiledModel(
             model, model_lib, device, verify_weights, prefill_chunk_size=prefill_chunk_size
         )
+        self.prefix_cache = prefix_cache
         config = self.engine.chat_config
         self.chat_config = config
         self.tokenizer = load_tokenizer(self.engine.model_dir)
@@ -179,8 +184,10 @@ class ChatModule:
         return reply["content"]
 
     def benchmark_generate(self, prompt: str, generate_length: int) -> str:
-        """Reset, prefill `prompt` as raw text and decode exactly `generate_length` tokens."""
+        """Reset, prefill `prompt` as raw text and decode exactly `generate_length` tokens
+        (all of it: nothing is taken from the prefix cache)."""
         self.reset_chat()
+        self.engine.reset()
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
         if self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
@@ -194,7 +201,9 @@ class ChatModule:
         self._interrupted = True
 
     def reset_chat(self) -> None:
-        self.engine.reset()
+        """Start a new conversation (the KV of the last one's first whole prefill chunks stays
+        for the next, with `prefix_cache`)."""
+        self.engine.reset(keep_prefix=self.prefix_cache)
         self.messages = []
         self.history_ids = []
         self._kv_text = ""
@@ -202,8 +211,9 @@ class ChatModule:
 
     def stats(self) -> str:
         s = self.last_stats
+        cached = f", {s.cached_tokens} cached" if s.cached_tokens else ""
         return (
-            f"prefill: {s.prefill_tokens_per_s:.1f} tok/s ({s.prefill_tokens} tokens), "
+            f"prefill: {s.prefill_tokens_per_s:.1f} tok/s ({s.prefill_tokens} tokens{cached}), "
             f"decode: {s.decode_tokens_per_s:.1f} tok/s ({s.decode_tokens} tokens)"
         )
 
@@ -228,7 +238,9 @@ class ChatModule:
         start = time.perf_counter()
         logits = self.engine.prefill(ids)
         self.history_ids.extend(ids)
-        stats.prefill_tokens, stats.prefill_seconds = len(ids), time.perf_counter() - start
+        stats.prefill_seconds = time.perf_counter() - start
+        stats.cached_tokens = self.engine.reused_tokens
+        stats.prefill_tokens = len(ids) - stats.cached_tokens
         step = GenerationStep(
             self.tokenizer,
             config,

@@ -17,6 +17,7 @@ from tvm_ffi.libinfo import load_lib_ctypes
 from .artifact import METADATA_FUNC, check_library_metadata
 from .chat_config import ArtifactError, ChatConfig
 from .host import ToolMissingError
+from .prefix_cache import common_prefix, reusable_length
 from .tensor_cache import TensorCacheIndex, iter_arrays
 
 # TVM sizes its thread pool once, at the first parallel kernel, from TVM_NUM_THREADS or its own
@@ -26,9 +27,16 @@ os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 PAGE_SIZE = 16
 SEQUENCE_ID = 0
+# A sequence's keys and values, once it has a page of them, are held as two blocks of the paged
+# cache: its first page and the rest. The cache attends to each block and merges the two, and
+# so to a sequence forked from a cached prefix (whose first page is shared, `prefix_cache.py`)
+# exactly as to one that prefilled the same tokens itself.
+FIRST_BLOCK_TOKENS = PAGE_SIZE
+_SCRATCH_SEQUENCE_ID = 1 << 62  # forked and removed at once, to split a sequence's block
 
 _kv_add_sequence = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
 _kv_remove_sequence = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
+_kv_fork_sequence = tvm.get_global_func("vm.builtin.kv_state_fork_sequence")
 _kv_begin_forward = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
 _kv_end_forward = tvm.get_global_func("vm.builtin.kv_state_end_forward")
 _kv_popn = tvm.get_global_func("vm.builtin.kv_state_popn")
@@ -171,19 +179,46 @@ class CompiledModel:
             tvm.runtime.ShapeTuple([PAGE_SIZE]),
             tvm.runtime.ShapeTuple([0]),
         )
-        _kv_add_sequence(self.kv_cache, SEQUENCE_ID)
+        # Tokens each sequence holds in the cache, and those whose first page is its own block.
+        self._kv_lengths: dict[int, int] = {}
+        self._split: set[int] = set()
+        # Sliding-window layers see a block's pages through their own window arithmetic: keep
+        # each sequence in one block there (and share no prefix).
+        self.shares_prefixes = not self.chat_config.model_config.get("sliding_window")
+        self.add_sequence(SEQUENCE_ID)
         self.num_cached_tokens = 0
+        # The single sequence's tokens that its prefill calls fed in whole chunks from its
+        # start: exactly as a prompt starting with them would hold them (`prefix_cache.py`).
+        self._exact_ids: list[int] = []
+        self.reused_tokens = 0  # of the last `prefill`, kept from before a `reset`
 
-    def reset(self) -> None:
-        """Forget the sequence: its KV pages are freed."""
-        _kv_remove_sequence(self.kv_cache, SEQUENCE_ID)
-        _kv_add_sequence(self.kv_cache, SEQUENCE_ID)
+    def reset(self, keep_prefix: bool = False) -> None:
+        """Forget the sequence. Its KV pages are freed, or with `keep_prefix` those of its
+        whole prefill chunks are kept until the next `prefill`, which reuses the chunks its
+        tokens start with."""
         self.num_cached_tokens = 0
+        if keep_prefix and self.shares_prefixes and self._exact_ids:
+            self._pop_held(len(self._exact_ids))
+        else:
+            self._pop_held(0)
+
+    def _pop_held(self, keep: int) -> None:
+        """Keep the first `keep` tokens of the sequence's KV cache (`_exact_ids` at most)."""
+        held = self._kv_lengths[SEQUENCE_ID]
+        if keep == 0 and held:
+            self.remove_sequence(SEQUENCE_ID)
+            self.add_sequence(SEQUENCE_ID)
+        elif keep < held:
+            _kv_popn(self.kv_cache, SEQUENCE_ID, held - keep)
+            self._kv_lengths[SEQUENCE_ID] = keep
+            if keep < FIRST_BLOCK_TOKENS:
+                self._split.discard(SEQUENCE_ID)  # the second block went with the tokens
+        del self._exact_ids[keep:]
 
     def pop(self, num_tokens: int) -> None:
         """Drop the last `num_tokens` tokens from the KV cache."""
         if num_tokens:
-            _kv_popn(self.kv_cache, SEQUENCE_ID, num_tokens)
+            self._pop_held(self.num_cached_tokens - num_tokens)
             self.num_cached_tokens -= num_tokens
 
     def check_fits(self, num_new_tokens: int, fresh: bool = False) -> None:
@@ -219,9 +254,20 @@ class CompiledModel:
         if token_ids.size == 0:
             raise ValueError("prefill needs at least one token")
         self.check_fits(token_ids.size)
+        self.reused_tokens = 0
+        if self.num_cached_tokens == 0 and not all_logits:  # after a reset: a kept prefix?
+            common = common_prefix(np.asarray(self._exact_ids, np.int32), token_ids)
+            self.reused_tokens = reusable_length(common, token_ids.size, self.prefill_chunk_size)
+        self._pop_held(self.num_cached_tokens + self.reused_tokens)
+        self.num_cached_tokens += self.reused_tokens
+        token_ids = token_ids[self.reused_tokens :]
         outputs = []
+        # Chunks from a whole number of chunks into the sequence extend its exact prefix.
+        exact = len(self._exact_ids) == self.num_cached_tokens
+        exact = exact and self.num_cached_tokens % self.prefill_chunk_size == 0
         for start in range(0, token_ids.size, self.prefill_chunk_size):
             chunk = token_ids[start : start + self.prefill_chunk_size]
+            exact = exact and chunk.size == self.prefill_chunk_size
             embed = self._embed(chunk)
             embed = embed._create_view((1, chunk.size, embed.shape[-1]))
             wanted = np.arange(chunk.size) if all_logits else np.array([chunk.size - 1])
@@ -229,7 +275,10 @@ class CompiledModel:
             self._begin(chunk.size)
             logits, self.kv_cache = self.vm["prefill"](embed, positions, self.kv_cache, self.params)
             _kv_end_forward(self.kv_cache)
+            self._appended([SEQUENCE_ID], [chunk.size])
             self.num_cached_tokens += chunk.size
+            if exact:
+                self._exact_ids += chunk.tolist()
             if all_logits or start + chunk.size == token_ids.size:
                 outputs.append(logits.numpy().reshape(chunk.size if all_logits else 1, -1))
         return np.concatenate(outputs) if all_logits else outputs[-1].reshape(-1)
@@ -237,11 +286,13 @@ class CompiledModel:
     def decode(self, token_id: int) -> np.ndarray:
         """Feed one token; returns its logits."""
         self.check_fits(1)
+        self._pop_held(self.num_cached_tokens)  # a prefix kept by `reset` is not reused
         embed = self._embed(np.array([token_id], dtype=np.int32))
         embed = embed._create_view((1, 1, embed.shape[-1]))
         self._begin(1)
         logits, self.kv_cache = self.vm["decode"](embed, self.kv_cache, self.params)
         _kv_end_forward(self.kv_cache)
+        self._appended([SEQUENCE_ID], [1])
         self.num_cached_tokens += 1
         return logits.numpy().reshape(-1)
 
@@ -249,10 +300,40 @@ class CompiledModel:
 
     def add_sequence(self, seq_id: int) -> None:
         _kv_add_sequence(self.kv_cache, seq_id)
+        self._kv_lengths[seq_id] = 0
 
     def remove_sequence(self, seq_id: int) -> None:
-        """Forget a sequence; its KV pages are free at once."""
+        """Forget a sequence; its KV pages are free at once (those it shares stay its
+        sharers')."""
         _kv_remove_sequence(self.kv_cache, seq_id)
+        del self._kv_lengths[seq_id]
+        self._split.discard(seq_id)
+
+    def fork_sequence(self, parent_id: int, child_id: int, length: int) -> None:
+        """Start sequence `child_id` with the first `length` tokens of `parent_id`: their
+        whole pages are shared by reference, a partly used last page is copied."""
+        if not self.shares_prefixes:
+            raise ValueError("a model with sliding-window layers cannot share KV prefixes")
+        if not 0 <= length <= self._kv_lengths[parent_id]:
+            raise ValueError(f"cannot fork at {length}: sequence {parent_id} is shorter")
+        _kv_fork_sequence(self.kv_cache, parent_id, child_id, length)
+        self._kv_lengths[child_id] = length
+        if length >= FIRST_BLOCK_TOKENS:  # the parent's first page is a block already
+            self._split.add(child_id)
+
+    def sequence_length(self, seq_id: int) -> int:
+        return self._kv_lengths[seq_id]
+
+    def _appended(self, seq_ids: list[int], lengths: list[int]) -> None:
+        """Count a forward pass's new tokens; a sequence that now has a page of them gets its
+        first page as a block of its own (`FIRST_BLOCK_TOKENS`)."""
+        for seq_id, length in zip(seq_ids, lengths, strict=True):
+            self._kv_lengths[seq_id] += length
+            grown = self._kv_lengths[seq_id] >= FIRST_BLOCK_TOKENS
+            if grown and self.shares_prefixes and seq_id not in self._split:
+                _kv_fork_sequence(self.kv_cache, seq_id, _SCRATCH_SEQUENCE_ID, FIRST_BLOCK_TOKENS)
+                _kv_remove_sequence(self.kv_cache, _SCRATCH_SEQUENCE_ID)
+                self._split.add(seq_id)
 
     def num_available_pages(self) -> int:
         return int(_kv_available_pages(self.kv_cache))
@@ -270,6 +351,7 @@ class CompiledModel:
         )
         logits, self.kv_cache = self.vm["prefill"](embed, positions, self.kv_cache, self.params)
         _kv_end_forward(self.kv_cache)
+        self._appended(seq_ids, lengths)
         return logits.numpy().reshape(len(seq_ids), -1)
 
     def forward_decode(self, seq_ids: list[int], tokens: list[int]) -> np.ndarray:
@@ -283,4 +365,5 @@ class CompiledModel:
         )
         logits, self.kv_cache = self.vm["decode"](embed, self.kv_cache, self.params)
         _kv_end_forward(self.kv_cache)
+        self._appended(seq_ids, [1] * len(seq_ids))
         return logits.numpy().reshape(len(seq_ids), -1)

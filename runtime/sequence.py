@@ -77,6 +77,7 @@ class Sequence:
         # Tokens for prefill steps: the prompt, then spans a grammar forced (jump-forward).
         self.feed_ids = list(self.prompt_ids)
         self.num_prefilled = 0  # of `feed_ids`, already in the KV cache
+        self.num_reused = 0  # of those, taken from a cached prefix
         self.pending_token: int | None = None  # sampled, to be fed by the next decode step
         self.finish_reason: str | None = None
         self.cancelled = False

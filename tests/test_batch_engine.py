@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 
 from mlc.runtime import CompiledModel, GenerationConfig
 from mlc.runtime.batch_engine import BatchEngine, EngineOverloaded, take_pieces
+from mlc.runtime.prefix_cache import PrefixCache
 from mlc.runtime.sequence import Sequence, SequenceOutput
 
 GQA = {"num_key_value_heads": 2}
@@ -110,7 +111,7 @@ def test_engine_with_chunked_prefill_equals_sequential_greedy(tiny_builds):
     _, built = tiny_builds.get("gqa", **GQA)
     # Prefill steps of 7 tokens: long prompts take several, interleaved with decodes.
     model = CompiledModel(built, max_batch_size=4, kv_cache_tokens=1024, prefill_chunk_size=7)
-    engine = BatchEngine(model)
+    engine = BatchEngine(model, prefix_cache=False)
     tokenizer = Tokenizer.from_file(str(built / "tokenizer.json"))
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, 320, size=int(n)).tolist() for n in (3, 25, 11, 40, 5, 17)]
@@ -221,3 +222,109 @@ def test_prefill_steps_take_whole_pieces_and_keep_one_token_pieces_apart():
     assert sizes(Feed(20, 16), Feed(3), Feed(2)) == [4, 3]  # whole pieces while they fit
     assert sizes(Feed(9, 8), Feed(5), Feed(1)) == [1, 1]  # one-token pieces together
     assert sizes(Feed(5), Feed(9, 8), Feed(2)) == [5, 2]  # ... and apart from longer ones
+
+
+@pytest.mark.parametrize("code", ["q0f32", "q4a8_1"])
+def test_prefix_cache_never_changes_an_answer(tiny_builds, code):
+    """Prompts that share a system prompt and earlier turns, in waves: later waves fork from
+    the prefixes earlier ones left, and every sequence's tokens and logprobs still equal its
+    run alone, bit for bit. A KV cache of 20 pages makes the cache evict as it goes."""
+    _, built = tiny_builds.get("gqa", code, **GQA)
+    tokenizer = Tokenizer.from_file(str(built / "tokenizer.json"))
+    eos = CompiledModel(built).chat_config.eos_token_ids[0]
+    rng = np.random.default_rng(7)
+    chunk = 8
+    model = CompiledModel(built, max_batch_size=4, kv_cache_tokens=320, prefill_chunk_size=chunk)
+    solo = CompiledModel(built, prefill_chunk_size=chunk)
+    engine = BatchEngine(model)
+    system = rng.integers(3, 320, size=29).tolist()
+    turns = [system + rng.integers(3, 320, size=int(n)).tolist() for n in (3, 12, 20)]
+    config = GenerationConfig(temperature=0, max_tokens=6).resolved({})
+    for wave in range(3):
+        prompts = [t + rng.integers(3, 320, size=int(n)).tolist() for t in turns for n in (1, 9)]
+        if wave == 2:
+            prompts.append(prompts[0][:24])  # a prompt the cache holds whole: 16 reused
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        delays = rng.uniform(0, 0.004, size=len(prompts))
+        results = run_engine(engine, tokenizer, prompts, config, {eos}, delays, logprobs)
+        for i, prompt in enumerate(prompts):
+            want_tokens, want_logprobs = greedy_solo(solo, prompt, 6, eos)
+            assert results[i] == want_tokens, (code, wave, prompt)
+            assert logprobs[i] == want_logprobs, (code, wave, prompt)
+    stats = engine.stats()
+    engine.shutdown()
+    assert stats.prefix_cache_lookups == 6 + 6 + 7
+    assert stats.prefix_cache_hits >= 10
+    assert stats.prefix_tokens_reused >= 10 * 24
+    assert stats.prefix_cache_pages <= 20
+
+
+def test_prefix_cache_bookkeeping():
+    """Whole chunks only, at least one token left to prefill, the best match, redundant
+    prefixes dropped, least recently used evicted first."""
+    cache = PrefixCache(4, 16)
+    assert cache.lookup(list(range(20))) == (None, 0)
+    a = np.arange(8)
+    cache.add(100, a)
+    entry, reused = cache.lookup([*range(7), 99, 1, 2])
+    assert (entry.seq_id, reused) == (100, 4)  # 7 tokens shared: one whole chunk
+    assert cache.lookup(list(range(8)))[1] == 4  # the last token is always prefilled
+    assert cache.lookup(list(range(9)))[1] == 8
+    assert cache.add(101, np.arange(12)) == [100]  # extends 100, which is dropped
+    assert cache.covers(np.arange(8)) and not cache.covers(np.arange(1, 9))
+    cache.add(102, np.arange(50, 58))
+    cache.lookup(list(range(13)))  # 101 used last
+    assert cache.evict() == 102
+    assert cache.evict(keep=cache.lookup(list(range(13)))[0]) is None
+    assert cache.evict() == 101
+    assert cache.pages == 0
+
+
+def test_single_sequence_reuses_a_kept_prefix_after_reset(tiny_builds):
+    """`reset(keep_prefix=True)` keeps the whole prefill chunks of the first prompt; the next
+    prompt reuses those it starts with, and its logits equal a fresh model's bit for bit."""
+    _, built = tiny_builds.get("gqa", **GQA)
+    rng = np.random.default_rng(3)
+    system = rng.integers(3, 320, size=37).tolist()
+    first, second = (system + rng.integers(3, 320, size=9).tolist() for _ in range(2))
+    model = CompiledModel(built, prefill_chunk_size=8)
+    fresh = CompiledModel(built, prefill_chunk_size=8)
+    model.prefill(first)
+    for token in (5, 6, 7):
+        model.decode(token)
+    model.reset(keep_prefix=True)
+    got = model.prefill(second)
+    assert model.reused_tokens == 32  # 37 shared tokens: four whole chunks
+    assert np.array_equal(got, fresh.prefill(second))
+    for token in (9, 10):  # decoding on from the reused prefix too
+        assert np.array_equal(model.decode(token), fresh.decode(token))
+    model.reset(keep_prefix=True)
+    other = rng.integers(3, 320, size=12).tolist()
+    fresh.reset()
+    assert np.array_equal(model.prefill(other), fresh.prefill(other))
+    assert model.reused_tokens == 0
+    model.reset()  # without keep_prefix: nothing is reused
+    fresh.reset()
+    assert np.array_equal(model.prefill(other), fresh.prefill(other))
+    assert model.reused_tokens == 0
+
+
+def test_chat_module_reuses_a_shared_prompt_start_across_conversations(tiny_builds):
+    _, built = tiny_builds.get("gqa", **GQA)
+    from mlc.runtime import ChatModule
+
+    document = " ".join(f"rule {i}: be brief." for i in range(12))
+    config = GenerationConfig(temperature=0, max_tokens=8)
+    chat = ChatModule(built, conv_template="chatml", prefill_chunk_size=8)
+    chat.generate(f"{document} Hello there.", config)
+    chat.reset_chat()
+    question = f"{document} What is two plus two?"
+    answer = chat.generate(question, config)
+    assert chat.last_stats.cached_tokens >= 8
+    assert "cached" in chat.stats()
+    fresh = ChatModule(built, conv_template="chatml", prefill_chunk_size=8, prefix_cache=False)
+    assert answer == fresh.generate(question, config)
+    assert fresh.last_stats.cached_tokens == 0
+    assert fresh.last_stats.prefill_tokens == (
+        chat.last_stats.prefill_tokens + chat.last_stats.cached_tokens
+    )

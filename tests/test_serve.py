@@ -111,7 +111,9 @@ def wait_until_idle(server: Server) -> dict[str, float]:
     while True:
         metrics = server.metrics()
         idle = metrics["mlc_running_sequences"] == metrics["mlc_queue_length"] == 0
-        if (idle and metrics["mlc_kv_cache_pages_used"] == 0) or time.monotonic() > deadline:
+        # Pages left in use are cached prefixes' (whose count is an upper bound: shared once).
+        cached = metrics["mlc_kv_cache_pages_used"] <= metrics["mlc_prefix_cache_pages"]
+        if (idle and cached) or time.monotonic() > deadline:
             return metrics
         time.sleep(0.05)
 
@@ -394,6 +396,41 @@ def test_client_disconnect_cancels_and_frees_pages(long_context):
     finally:
         code, output = srv.stop()
     assert code == 0, output
+
+
+def test_prefix_cache_reuses_a_prompt_start_and_reports_it(server):
+    """A second request that starts with the first one's 100 tokens prefills from the last
+    whole 64-token chunk they share: the same answer, its usage and /metrics say so."""
+    before = wait_until_idle(server)
+    prompt = [(7 * i) % 300 + 3 for i in range(100)]
+    url = f"{server.url}/v1/completions"
+    body = {"prompt": prompt, "max_tokens": 6, "temperature": 0}
+    first = httpx.post(url, json=body, timeout=60).json()
+    second = httpx.post(url, json=body, timeout=60).json()
+    assert first["choices"][0]["text"] == second["choices"][0]["text"]
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": 64}
+    after = wait_until_idle(server)
+    assert after["mlc_prefix_cache_hits_total"] - before["mlc_prefix_cache_hits_total"] == 1
+    reused = after["mlc_prefix_cache_tokens_reused_total"]
+    assert reused - before["mlc_prefix_cache_tokens_reused_total"] == 64
+    assert after["mlc_prefix_cache_entries"] >= 1 and after["mlc_kv_cache_pages_used"] >= 4
+
+
+def test_prefix_cache_on_a_sliding_window_model_is_refused(tiny_builds):
+    """Sliding-window layers cannot share KV prefixes: asking for the cache is an error that
+    names the fix, and by default the server runs without it."""
+    from mlc.runtime.serve.service import EngineOptions, ServedModel
+
+    # The sliding-window tests' build.
+    settings = {"model_type": "mistral", "num_key_value_heads": 2, "sliding_window": 16}
+    chunk = {"prefill_chunk_size": 8}
+    _, built = tiny_builds.get("mistral-window", build_options=chunk, **settings)
+    with pytest.raises(ValueError, match="--no-prefix-cache"):
+        ServedModel(built, EngineOptions(prefix_cache=True))
+    served = ServedModel(built, EngineOptions())
+    assert served.engine.prefix_cache is None
+    served.engine.shutdown()
 
 
 def test_api_key_full_queue_order_and_graceful_shutdown(long_context):

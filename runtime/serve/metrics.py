@@ -83,6 +83,18 @@ class ServerMetrics:
                     engine.kv_pages_reserved,
                     "KV cache pages reserved by running sequences.",
                 ),
+                "mlc_prefix_cache_entries": (
+                    engine.prefix_cache_entries,
+                    "Cached prompt prefixes held in the KV cache.",
+                ),
+                "mlc_prefix_cache_pages": (
+                    engine.prefix_cache_pages,
+                    "KV cache pages cached prefixes hold (pages two prefixes share count twice).",
+                ),
+                "mlc_kv_cache_pages_shared": (
+                    engine.kv_pages_shared,
+                    "KV cache pages running sequences read from cached prefixes.",
+                ),
                 "mlc_kv_cache_usage_ratio": (
                     engine.kv_pages_used / max(engine.kv_pages_total, 1),
                     "Fraction of KV cache pages in use.",
@@ -100,6 +112,18 @@ class ServerMetrics:
                     "Tokens prefilled: prompts, and spans a grammar forced.",
                 ),
                 "mlc_decode_tokens_total": (engine.decode_tokens, "Tokens fed by decode steps."),
+                "mlc_prefix_cache_queries_total": (
+                    engine.prefix_cache_lookups,
+                    "Admitted prompts looked up in the prefix cache.",
+                ),
+                "mlc_prefix_cache_hits_total": (
+                    engine.prefix_cache_hits,
+                    "Admitted prompts that reused a cached prefix.",
+                ),
+                "mlc_prefix_cache_tokens_reused_total": (
+                    engine.prefix_tokens_reused,
+                    "Prompt tokens taken from the prefix cache instead of prefilled.",
+                ),
                 "mlc_prefill_steps_total": (engine.prefill_steps, "Prefill calls."),
                 "mlc_decode_steps_total": (engine.decode_steps, "Batched decode calls."),
                 "mlc_prefill_seconds_total": (engine.prefill_seconds, "Time in prefill calls."),

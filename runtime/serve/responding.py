@@ -106,10 +106,12 @@ class Formatter:
 
     def usage(self, generation: Generation) -> api.Usage:
         completion = sum(len(s.generated) for s in generation.sequences)
+        cached = generation.sequences[0].num_reused if generation.sequences else 0
         return api.Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=completion,
             total_tokens=self.prompt_tokens + completion,
+            prompt_tokens_details=api.PromptTokensDetails(cached_tokens=cached),
         )
 
     async def gather(self, generation: Generation, texts: list[str]) -> Gathered | APIError:

@@ -35,9 +35,11 @@ class EngineOptions:
     device: str = "cpu"
     model_lib: str | None = None
     # Prompt tokens per engine step (at most the build's): smaller keeps generating requests
-    # streaming while a long prompt is prefilled. Answers equal ChatModule's with the same size.
-    prefill_chunk_size: int = 128
+    # streaming while a long prompt is prefilled, and is the prefix cache's granularity.
+    # Answers equal ChatModule's with the same size.
+    prefill_chunk_size: int = 64
     tool_call_format: str | None = None  # None: the one the model's chat template was made for
+    prefix_cache: bool | None = None  # None: where the model can share KV prefixes
 
 
 class ServedModel:
@@ -76,6 +78,7 @@ class ServedModel:
             self.model,
             max_queue=options.max_queue,
             queue_timeout=options.queue_timeout,
+            prefix_cache=options.prefix_cache,
         )
 
     # --- prompts -----------------------------------------------------------------------------
