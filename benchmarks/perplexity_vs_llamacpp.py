@@ -68,6 +68,54 @@ class LlamaCpp:
         return log_softmax(np.array(self.llm.scores[self.ctx // 2 : self.ctx - 1]))
 
 
+def compare(
+    gguf: Path,
+    text_path: Path,
+    ctx: int = 512,
+    codes: list[str] | None = None,
+    out: Path = Path("dist/perplexity"),
+    source: Path | None = None,
+    threads: int = len(os.sched_getaffinity(0)),
+) -> dict:
+    """Perplexities and KL divergences of llama.cpp and our builds on one GGUF file."""
+    text = read_text(text_path)
+    llama = LlamaCpp(gguf, ctx, threads)
+    ids = llama.tokenize(text)
+    engines: dict[str, LlamaCpp | ScoredBuild] = {"llama.cpp": llama}
+    for code in [REFERENCE, *(codes or ["gguf", "q4a8_1"])]:
+        options = BuildOptions(model=source or gguf, quantization=code, output=out, quiet=True)
+        engines[code] = ScoredBuild(build(options))
+    exact = engines[REFERENCE]
+    if (exact.bos_token_id is not None) != llama.add_bos:
+        raise SystemExit("we and llama.cpp disagree on whether the model adds BOS")
+    ours = exact.tokenize(text)
+    differ = sum(a != b for a, b in zip(ours, ids, strict=False)) + abs(len(ours) - len(ids))
+
+    n_chunks = len(ids) // ctx
+    nll = dict.fromkeys(engines, 0.0)
+    kl = dict.fromkeys(engines, 0.0)
+    count = 0
+    for i in range(n_chunks):
+        tokens = llama.chunk(ids, i)
+        targets = tokens[ctx // 2 + 1 :]
+        logprobs = {name: engine.scored_logprobs(tokens) for name, engine in engines.items()}
+        for name, rows in logprobs.items():
+            nll[name] -= float(rows[np.arange(targets.size), targets].sum())
+            kl[name] += float(kl_divergence(logprobs[REFERENCE], rows).sum())
+        count += targets.size
+        print(f"chunk {i + 1}/{n_chunks}", flush=True)
+    return {
+        "file": str(gguf),
+        "text": str(text_path),
+        "ctx": ctx,
+        "chunks": n_chunks,
+        "scored_tokens": count,
+        "tokens": {"llama.cpp": len(ids), "ours": len(ours), "positions_differing": differ},
+        "perplexity": {name: float(np.exp(value / count)) for name, value in nll.items()},
+        f"kl_from_{REFERENCE}": {name: value / count for name, value in kl.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("gguf", type=Path)
@@ -78,49 +126,15 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=None, help="what our builds are built from")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
-    text = read_text(args.text)
-
-    llama = LlamaCpp(args.gguf, args.ctx, args.threads)
-    ids = llama.tokenize(text)
-    engines: dict[str, LlamaCpp | ScoredBuild] = {"llama.cpp": llama}
-    for code in [REFERENCE, *args.codes.split(",")]:
-        source = args.source or args.gguf
-        options = BuildOptions(model=source, quantization=code, output=args.out, quiet=True)
-        engines[code] = ScoredBuild(build(options))
-    exact = engines[REFERENCE]
-    if (exact.bos_token_id is not None) != llama.add_bos:
-        raise SystemExit("we and llama.cpp disagree on whether the model adds BOS")
-    ours = exact.tokenize(text)
-    differ = sum(a != b for a, b in zip(ours, ids, strict=False)) + abs(len(ours) - len(ids))
-
-    n_chunks = len(ids) // args.ctx
-    nll = dict.fromkeys(engines, 0.0)
-    kl = dict.fromkeys(engines, 0.0)
-    count = 0
-    for i in range(n_chunks):
-        tokens = llama.chunk(ids, i)
-        targets = tokens[args.ctx // 2 + 1 :]
-        logprobs = {name: engine.scored_logprobs(tokens) for name, engine in engines.items()}
-        for name, rows in logprobs.items():
-            nll[name] -= float(rows[np.arange(targets.size), targets].sum())
-            kl[name] += float(kl_divergence(logprobs[REFERENCE], rows).sum())
-        count += targets.size
-        print(f"chunk {i + 1}/{n_chunks}", flush=True)
-    ppl = {name: float(np.exp(value / count)) for name, value in nll.items()}
-    summary = {
-        "text": str(args.text),
-        "ctx": args.ctx,
-        "chunks": n_chunks,
-        "scored_tokens": count,
-        "tokens": {"llama.cpp": len(ids), "ours": len(ours), "positions_differing": differ},
-        "perplexity": ppl,
-        f"kl_from_{REFERENCE}": {name: value / count for name, value in kl.items()},
-    }
+    summary = compare(
+        args.gguf, args.text, args.ctx, args.codes.split(","), args.out, args.source, args.threads
+    )
+    ppl, kl = summary["perplexity"], summary[f"kl_from_{REFERENCE}"]
     print(json.dumps(summary, indent=2))
     print(f"| engine | perplexity | vs llama.cpp | KL from {REFERENCE} |")
-    for name in engines:
+    for name in ppl:
         change = 100 * (ppl[name] / ppl["llama.cpp"] - 1)
-        print(f"| {name} | {ppl[name]:.3f} | {change:+.2f} % | {kl[name] / count:.5f} |")
+        print(f"| {name} | {ppl[name]:.3f} | {change:+.2f} % | {kl[name]:.5f} |")
 
 
 if __name__ == "__main__":
