@@ -86,8 +86,8 @@ class BatchEngine:
         """`prefix_cache`: keep and reuse prompts' KV prefixes (None: where the model can)."""
         if prefix_cache and not model.shares_prefixes:
             raise ValueError(
-                f"{model.model_dir.name} has sliding-window attention layers, whose KV cache "
-                "cannot share prefixes: serve it without the prefix cache (--no-prefix-cache)"
+                f"{model.model_dir.name} cannot share KV prefixes ({model.no_prefix_sharing}): "
+                "serve it without the prefix cache (--no-prefix-cache)"
             )
         if prefix_cache is None:
             prefix_cache = model.shares_prefixes
