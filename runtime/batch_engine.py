@@ -64,7 +64,6 @@ class EngineStats:
     decode_steps: int
     decode_seconds: float
     prefill_seconds: float
-    prefix_cache: bool = False
     prefix_cache_lookups: int = 0  # admitted prompts
     prefix_cache_hits: int = 0  # ... that reused cached tokens
     prefix_tokens_reused: int = 0
@@ -152,7 +151,6 @@ class BatchEngine:
                 decode_steps=self._counters["decode_steps"],
                 prefill_seconds=self._seconds["prefill"],
                 decode_seconds=self._seconds["decode"],
-                prefix_cache=cache is not None,
                 prefix_cache_lookups=cache.lookups if cache else 0,
                 prefix_cache_hits=cache.hits if cache else 0,
                 prefix_tokens_reused=cache.tokens_reused if cache else 0,

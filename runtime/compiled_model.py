@@ -190,9 +190,9 @@ class CompiledModel:
             tvm.runtime.ShapeTuple([PAGE_SIZE]),
             tvm.runtime.ShapeTuple([0]),
         )
-        # Tokens each sequence holds in the cache, and those whose first page is its own block.
+        # Tokens each sequence holds in the cache (from FIRST_BLOCK_TOKENS on, its first page
+        # is a block of its own: split when it grew past it, inherited when forked past it).
         self._kv_lengths: dict[int, int] = {}
-        self._split: set[int] = set()
         # Why this model keeps each sequence in one block and shares no KV prefix, if it does.
         self.no_prefix_sharing = _no_prefix_sharing(self.chat_config.model_config)
         self.shares_prefixes = self.no_prefix_sharing is None
@@ -221,9 +221,7 @@ class CompiledModel:
             self.add_sequence(SEQUENCE_ID)
         elif keep < held:
             _kv_popn(self.kv_cache, SEQUENCE_ID, held - keep)
-            self._kv_lengths[SEQUENCE_ID] = keep
-            if keep < FIRST_BLOCK_TOKENS:
-                self._split.discard(SEQUENCE_ID)  # the second block went with the tokens
+            self._kv_lengths[SEQUENCE_ID] = keep  # below a page, the second block went too
         del self._exact_ids[keep:]
 
     def pop(self, num_tokens: int) -> None:
@@ -318,7 +316,6 @@ class CompiledModel:
         sharers')."""
         _kv_remove_sequence(self.kv_cache, seq_id)
         del self._kv_lengths[seq_id]
-        self._split.discard(seq_id)
 
     def fork_sequence(self, parent_id: int, child_id: int, length: int) -> None:
         """Start sequence `child_id` with the first `length` tokens of `parent_id`: their
@@ -330,23 +327,18 @@ class CompiledModel:
         if not 0 <= length <= self._kv_lengths[parent_id]:
             raise ValueError(f"cannot fork at {length}: sequence {parent_id} is shorter")
         _kv_fork_sequence(self.kv_cache, parent_id, child_id, length)
-        self._kv_lengths[child_id] = length
-        if length >= FIRST_BLOCK_TOKENS:  # the parent's first page is a block already
-            self._split.add(child_id)
-
-    def sequence_length(self, seq_id: int) -> int:
-        return self._kv_lengths[seq_id]
+        self._kv_lengths[child_id] = length  # past a page, the parent's first block is shared
 
     def _appended(self, seq_ids: list[int], lengths: list[int]) -> None:
         """Count a forward pass's new tokens; a sequence that now has a page of them gets its
         first page as a block of its own (`FIRST_BLOCK_TOKENS`)."""
         for seq_id, length in zip(seq_ids, lengths, strict=True):
+            before = self._kv_lengths[seq_id]
             self._kv_lengths[seq_id] += length
-            grown = self._kv_lengths[seq_id] >= FIRST_BLOCK_TOKENS
-            if grown and self.shares_prefixes and seq_id not in self._split:
+            crossed = before < FIRST_BLOCK_TOKENS <= before + length
+            if crossed and self.shares_prefixes:
                 _kv_fork_sequence(self.kv_cache, seq_id, _SCRATCH_SEQUENCE_ID, FIRST_BLOCK_TOKENS)
                 _kv_remove_sequence(self.kv_cache, _SCRATCH_SEQUENCE_ID)
-                self._split.add(seq_id)
 
     def num_available_pages(self) -> int:
         return int(_kv_available_pages(self.kv_cache))
