@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 
 from mlc.bench_reference import peak_rss_mb
-from mlc.runtime import CompiledModel
+from mlc.runtime import CompiledModel, GenerationConfig
 from mlc.runtime.chat_config import ChatConfig
 
 
@@ -33,6 +33,7 @@ class BenchResult:
     threads: int
     quantization: str = ""
     references: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    speculative: dict[str, Any] | None = None  # `mlc.bench_speculative`
 
     def table(self) -> str:
         lines = [
@@ -54,6 +55,16 @@ class BenchResult:
                 f"mlc/reference {ref['decode_ratio']:.2f}x",
                 f"  load           {ref['load_seconds']:.2f} s",
                 f"  peak memory    {ref['peak_rss_mb']:.0f} MB (resident)",
+            ]
+        if self.speculative:
+            spec = self.speculative
+            lines += [
+                f"speculative      {spec['method']}: {spec['task']}, "
+                f"{spec['answer_tokens']} tokens",
+                f"  decode         {spec['speculative_decode_tokens_per_s']:.2f} tok/s   "
+                f"plain {spec['plain_decode_tokens_per_s']:.2f} tok/s   "
+                f"speculative/plain {spec['speedup']:.2f}x",
+                f"  drafts kept    {spec['draft_acceptance'] * 100:.0f} %, answers identical",
             ]
         return "\n".join(lines)
 
@@ -78,7 +89,10 @@ def run_bench(
     runs: int,
     device: str = "cpu",
     compare: tuple[str, ...] = (),
+    speculative: str | None = None,
 ) -> BenchResult:
+    if speculative is not None:
+        GenerationConfig(speculative=speculative).validate()  # before minutes of timing
     start = time.perf_counter()
     engine = CompiledModel(model_dir, device=device)
     load_seconds = time.perf_counter() - start
@@ -117,6 +131,11 @@ def run_bench(
     )
     for kind in compare:
         result.references.append(_compare(result, engine.chat_config, kind))
+    if speculative is not None:
+        from mlc.bench_speculative import run_speculative_bench
+
+        del engine, logits  # the chat module loads its own copy
+        result.speculative = run_speculative_bench(model_dir, speculative, gen_len, runs, device)
     return result
 
 

@@ -169,6 +169,14 @@ def chat(
     multiple=True,
     help="Also run this engine on the source weights, same run and threads (repeatable).",
 )
+@click.option(
+    "--speculative",
+    metavar="METHOD",
+    default=None,
+    help="Also time greedy decoding with this drafter (prompt-lookup) against plain decoding "
+    "on an input-grounded task (correcting a given text), same run; the answers must be "
+    "identical.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(
     model: Path,
@@ -178,6 +186,7 @@ def bench(
     device: str,
     threads: int | None,
     compare: tuple[str, ...],
+    speculative: str | None,
     as_json: bool,
 ) -> None:
     """Measure prefill and decode speed of the built model in directory MODEL.
@@ -195,7 +204,9 @@ def bench(
     from mlc.bench import print_result, run_bench
 
     _run(
-        lambda: print_result(run_bench(model, prompt_len, gen_len, runs, device, compare), as_json)
+        lambda: print_result(
+            run_bench(model, prompt_len, gen_len, runs, device, compare, speculative), as_json
+        )
     )
 
 

@@ -16,6 +16,7 @@ from .conversation import ConversationTemplate, get_template
 from .generation import GenerationStep
 from .generation_config import GenerationConfig
 from .grammar import Grammars, TokenConstraint
+from .speculative import SpeculationStats, decode_steps, drafter_for
 from .tool_calling import ModelTools, ToolCall, ToolCallStream
 
 StreamCallback = Callable[[str], None]
@@ -29,6 +30,8 @@ class GenerationStats:
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     forced_tokens: int = 0  # answer tokens a grammar forced (fed without sampling)
+    draft_tokens: int = 0  # speculative guesses verified
+    accepted_draft_tokens: int = 0  # of them, those that joined the answer
     finish_reason: str = ""  # "stop", "length", "interrupted" or "tool_calls"
 
     @property
@@ -196,6 +199,14 @@ class ChatModule:
         self.reset_chat()
         return out
 
+    def prompt_tokens(self, prompt: str | list[dict]) -> int:
+        """How many tokens `prompt` takes as a new conversation's first turn (chat template
+        and BOS included)."""
+        text = self.tools.render(_turn_messages(prompt), None)
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        bos = self.template.add_bos and self.bos_token_id is not None
+        return len(ids) + bos
+
     def interrupt(self) -> None:
         """Stop the answer being generated after the current token (safe from a signal)."""
         self._interrupted = True
@@ -234,6 +245,14 @@ class ChatModule:
         constraint: TokenConstraint | None = None,
     ) -> str:
         self._interrupted = False
+        drafter = None
+        if config.speculative is not None:
+            if self.engine.no_chains is not None:
+                raise ValueError(
+                    f"speculative decoding cannot run on {self.engine.model_dir.name}: "
+                    f"{self.engine.no_chains}"
+                )
+            drafter = drafter_for(config.speculative)
         stats = GenerationStats()
         start = time.perf_counter()
         logits = self.engine.prefill(ids)
@@ -252,14 +271,19 @@ class ChatModule:
             constraint=constraint,
             jump_forward=True,
         )
+        speculation = SpeculationStats()
         pieces: list[str] = []
         start = time.perf_counter()
-        while True:
-            if self._interrupted:
-                step.interrupt()
-            out = step.step(logits)
-            if out is None:
-                break
+        steps = decode_steps(
+            self.engine,
+            step,
+            logits,
+            self.history_ids,
+            drafter,
+            config.num_draft_tokens,
+            speculation,
+        )
+        for out in steps:
             stats.forced_tokens += len(out.forced)
             if out.text:
                 pieces.append(out.text)
@@ -268,17 +292,14 @@ class ChatModule:
             if out.finish_reason is not None:
                 # Appended but never fed: the next turn feeds them first.
                 self._pending = out.to_feed
-                break
-            feed = out.to_feed
-            if len(feed) == 1:
-                logits = self.engine.decode(feed[0])
-            else:  # tokens the grammar forced: fed together
-                logits = self.engine.prefill(feed)
-            self.history_ids.extend(feed)
+            elif self._interrupted:
+                step.interrupt()
         stats.finish_reason = step.finish_reason or ""
         stats.decode_seconds = time.perf_counter() - start
         # Count the final sampled token too: it was produced by the last forward pass.
         stats.decode_tokens = len(step.generated)
+        stats.draft_tokens = speculation.drafted
+        stats.accepted_draft_tokens = speculation.accepted
         self.last_stats = stats
         self.last_output_ids = step.generated
         return "".join(pieces)

@@ -33,6 +33,8 @@ SEQUENCE_ID = 0
 # exactly as to one that prefilled the same tokens itself.
 FIRST_BLOCK_TOKENS = PAGE_SIZE
 _SCRATCH_SEQUENCE_ID = 1 << 62  # forked and removed at once, to split a sequence's block
+# Our CPU attention kernels (targets/cpu_attention_*.py) serve heads of a multiple of this size.
+_CPU_KERNEL_HEADS = 8
 
 _kv_add_sequence = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
 _kv_remove_sequence = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
@@ -41,6 +43,9 @@ _kv_begin_forward = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
 _kv_end_forward = tvm.get_global_func("vm.builtin.kv_state_end_forward")
 _kv_popn = tvm.get_global_func("vm.builtin.kv_state_popn")
 _kv_available_pages = tvm.get_global_func("vm.builtin.attention_kv_cache_get_num_available_pages")
+_kv_commit_chain = tvm.get_global_func(
+    "vm.builtin.attention_kv_cache_commit_accepted_token_tree_nodes"
+)
 
 
 class ContextWindowExceeded(ValueError):
@@ -121,6 +126,27 @@ def _no_prefix_sharing(model_config: dict) -> str | None:
     return None
 
 
+def _no_chains(chat_config: ChatConfig) -> str | None:
+    """Why `CompiledModel.feed_chain` cannot run on a build, or None."""
+    model_config = chat_config.model_config
+    if model_config.get("sliding_window"):
+        return "its sliding-window layers cannot attend to a chain appended before attention"
+    if chat_config.target != "llvm":
+        return (
+            f"it is built for {chat_config.target!r}; a chain's decode-exact attention needs "
+            "our CPU kernels (--target llvm)"
+        )
+    head_dim = model_config.get("head_dim") or model_config.get("hidden_size", 0) // max(
+        model_config.get("num_attention_heads", 1), 1
+    )
+    if head_dim % _CPU_KERNEL_HEADS:
+        return (
+            f"its heads of {head_dim} run the cache's stock CPU kernels, not ours (a multiple "
+            f"of {_CPU_KERNEL_HEADS})"
+        )
+    return None
+
+
 class CompiledModel:
     """Prefill and decode for a single sequence whose history lives in the paged KV cache.
 
@@ -196,6 +222,9 @@ class CompiledModel:
         # Why this model keeps each sequence in one block and shares no KV prefix, if it does.
         self.no_prefix_sharing = _no_prefix_sharing(self.chat_config.model_config)
         self.shares_prefixes = self.no_prefix_sharing is None
+        # Why this build cannot feed decode-exact chains (speculative decoding), if it cannot.
+        self.no_chains = _no_chains(self.chat_config)
+        self._chain: tuple[int, int, bool] | None = None  # a chain's (kept, fed, pending pass)
         self.add_sequence(SEQUENCE_ID)
         self.num_cached_tokens = 0
         # The single sequence's tokens that its prefill calls fed in whole chunks from its
@@ -207,6 +236,8 @@ class CompiledModel:
         """Forget the sequence. Its KV pages are freed, or with `keep_prefix` those of its
         whole prefill chunks are kept until the next `prefill`, which reuses the chunks its
         tokens start with."""
+        if self._chain is not None:
+            self.keep_chain(0)
         self.num_cached_tokens = 0
         if keep_prefix and self.shares_prefixes and self._exact_ids:
             self._pop_held(len(self._exact_ids))
@@ -252,6 +283,8 @@ class CompiledModel:
         return self.vm["embed"](ids, self.params)
 
     def _begin(self, length: int) -> None:
+        if self._chain is not None:
+            raise RuntimeError("a chain's tokens are pending: call keep_chain first")
         _kv_begin_forward(
             self.kv_cache, tvm.runtime.ShapeTuple([SEQUENCE_ID]), tvm.runtime.ShapeTuple([length])
         )
@@ -304,6 +337,104 @@ class CompiledModel:
         self._appended([SEQUENCE_ID], [1])
         self.num_cached_tokens += 1
         return logits.numpy().reshape(-1)
+
+    # --- chains: several tokens fed as decode steps (speculative decoding) -----------------------
+
+    def max_chain_length(self) -> int:
+        """The most tokens `feed_chain` takes now (0 where the build cannot feed chains)."""
+        if self.no_chains is not None:
+            return 0
+        room = self.context_window_size - self.num_cached_tokens
+        return max(min(self.prefill_chunk_size, room), 0)
+
+    def feed_chain(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
+        """Feed tokens in one forward pass, each as `decode` would feed it after the ones
+        before it: returns `[n, vocab]` logits, row i bit for bit those `decode` would return
+        for token i. The tokens stay in the KV cache until `keep_chain` says how many of
+        them to keep; nothing else may run on the cache before it."""
+        if self.no_chains is not None:
+            raise ValueError(
+                f"{self.model_dir.name} cannot feed chains of tokens: {self.no_chains}"
+            )
+        tokens = np.asarray(token_ids, dtype=np.int32)
+        if not 1 <= tokens.size <= self.prefill_chunk_size:
+            raise ValueError(
+                f"a chain has 1 to {self.prefill_chunk_size} tokens (the prefill chunk), "
+                f"not {tokens.size}"
+            )
+        self.check_fits(tokens.size)
+        self._pop_held(self.num_cached_tokens)  # a prefix kept by `reset` is not reused
+        kept = 0  # tokens fed and kept before the pending pass
+        rows = []
+        # Decode attends to a sequence's first page as a block of its own once it is full
+        # (`_appended`): a chain that fills it is fed, and kept, up to there first.
+        cached = self.num_cached_tokens
+        if self.shares_prefixes and cached < FIRST_BLOCK_TOKENS < cached + tokens.size:
+            kept = FIRST_BLOCK_TOKENS - cached
+            rows.append(self._chain_pass(tokens[:kept]))
+            self._keep_pass(kept)
+        # A pending tree needs a token in the sequence's last block: with none, one decode step.
+        if self.num_cached_tokens == 0 or (
+            self.shares_prefixes and self.num_cached_tokens == FIRST_BLOCK_TOKENS
+        ):
+            rows.append(self.decode(int(tokens[kept]))[None])
+            kept += 1
+        pending = kept < tokens.size
+        if pending:
+            rows.append(self._chain_pass(tokens[kept:]))
+        self._chain = (kept, tokens.size, pending)
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+    def keep_chain(self, num_tokens: int) -> None:
+        """Keep the first `num_tokens` tokens of the chain `feed_chain` fed; drop the rest."""
+        if self._chain is None:
+            raise RuntimeError("no chain is pending: feed_chain first")
+        kept, fed, pending = self._chain
+        if not 0 <= num_tokens <= fed:
+            raise ValueError(f"cannot keep {num_tokens} of a chain of {fed} tokens")
+        self._chain = None
+        if pending:
+            self._keep_pass(max(num_tokens - kept, 0))
+        if num_tokens < kept:
+            self.pop(kept - num_tokens)
+
+    def _chain_pass(self, tokens: np.ndarray) -> np.ndarray:
+        """One forward pass over a chain, left pending (`_keep_pass`).
+
+        TVM's paged cache attends to a multi-token append after writing it to the pages
+        (rather than to the append and the cached pages apart, merged) when the sequence has a
+        token tree pending. A one-token tree, reserved and popped without a forward pass,
+        leaves one pending; this pass's tokens then continue it as a chain, and each query
+        attends to the pages up to its own position, summed as `decode_attention` sums
+        (`targets/cpu_attention_prefill.py`), while every linear layer computes each token's
+        row as decode does."""
+        seq = tvm.runtime.ShapeTuple([SEQUENCE_ID])
+        _kv_begin_forward(
+            self.kv_cache, seq, tvm.runtime.ShapeTuple([1]), tvm.runtime.ShapeTuple([-1])
+        )
+        _kv_end_forward(self.kv_cache)
+        _kv_popn(self.kv_cache, SEQUENCE_ID, 1)
+        n = tokens.size
+        _kv_begin_forward(
+            self.kv_cache,
+            seq,
+            tvm.runtime.ShapeTuple([n]),
+            tvm.runtime.ShapeTuple(list(range(n))),  # node i's parent: the node before it
+        )
+        embed = self._embed(tokens)
+        embed = embed._create_view((1, n, embed.shape[-1]))
+        positions = tvm.runtime.tensor(np.arange(n, dtype=np.int32), self.device)
+        logits, self.kv_cache = self.vm["prefill"](embed, positions, self.kv_cache, self.params)
+        _kv_end_forward(self.kv_cache)
+        return logits.numpy().reshape(n, -1)
+
+    def _keep_pass(self, num_tokens: int) -> None:
+        """Keep the first `num_tokens` tokens of the last `_chain_pass`: committing the tree's
+        node at depth `num_tokens - 1` (the pending one-token tree is depth 0) pops the rest."""
+        leaf = tvm.runtime.ShapeTuple([num_tokens - 1])
+        _kv_commit_chain(self.kv_cache, tvm.runtime.ShapeTuple([SEQUENCE_ID]), leaf)
+        self._appended([SEQUENCE_ID], [num_tokens])
+        self.num_cached_tokens += num_tokens
 
     # --- several sequences (the batching engine) ------------------------------------------------
 

@@ -22,7 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "max_tokens": 512,
     "stop": [],
     "stop_token_ids": [],
+    "num_draft_tokens": 8,
 }
+# Speculative decoding's drafters (`runtime/speculative.py`).
+SPECULATIVE_METHODS = ("prompt-lookup",)
 
 
 @dataclasses.dataclass
@@ -51,6 +54,11 @@ class GenerationConfig:
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool | None = None
+    # Speculative decoding (`runtime/speculative.py`): a drafter from SPECULATIVE_METHODS, and
+    # the most draft tokens verified per forward pass. Greedy answers stay identical; sampled
+    # ones keep their distribution.
+    speculative: str | None = None
+    num_draft_tokens: int | None = None
 
     def resolved(self, defaults: dict[str, Any]) -> GenerationConfig:
         """This config with each unset field taken from `defaults` (the model's, see
@@ -76,6 +84,15 @@ class GenerationConfig:
                 "repetition_penalty must be > 0",
             ),
             (self.max_tokens is None or self.max_tokens >= 0, "max_tokens must be >= 0"),
+            (
+                self.speculative is None or self.speculative in SPECULATIVE_METHODS,
+                f"speculative must be one of {', '.join(SPECULATIVE_METHODS)} (or None), not "
+                f"{self.speculative!r}",
+            ),
+            (
+                self.num_draft_tokens is None or 1 <= self.num_draft_tokens <= 64,
+                "num_draft_tokens must be in 1..64",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -147,8 +147,9 @@ def prefill_paged_attention(
     variant: AttentionVariant = PLAIN,
 ) -> tirx.PrimFunc:
     """Attention of a prefill chunk to a sequence's cached keys (`causal`: the chunk's queries
-    are the last of those keys). A query's position is `q_rope_position`; a key row's,
-    `k_rope_pos_offset` plus its row."""
+    are the last of those keys; else each query sees the keys up to its own position). A
+    query's position is `q_rope_position`; a key row's, `k_rope_pos_offset` plus its row. Per
+    query, the same sums in the same order as `decode_attention`."""
     H_kv, D, P = num_kv_heads, head_dim, page_size
     G = num_qo_heads // num_kv_heads
     if D % LANES:
@@ -228,8 +229,12 @@ def prefill_paged_attention(
                     0,
                 )
                 for i in T.serial(n_q):
+                    # Not `causal`: the keys up to the query's own position, which covers a
+                    # chunk appended before attention (a speculative draft's verification).
                     hi: T.let[T.int32] = T.if_then_else(
-                        causal > 0, T.min(kv_len[0], kv_len[0] - n_q + i + 1), kv_len[0]
+                        causal > 0,
+                        T.min(kv_len[0], kv_len[0] - n_q + i + 1),
+                        T.min(kv_len[0], q_rope_position[q0 + i] - k_rope_pos_offset[b] + 1),
                     )
                     for g in T.serial(G):
                         m[g] = T.float32(-5e4)

@@ -40,3 +40,18 @@ def test_bench_compares_with_llama_cpp_or_says_what_to_install(tiny_builds):
     (ref,) = json.loads(done.stdout)["references"]
     assert "llama.cpp" in ref["engine"] and "Q4_0" in ref["engine"]
     assert ref["decode_ratio"] > 0
+
+
+def test_bench_times_speculative_decoding_against_plain_decoding(tiny_builds):
+    _, built = tiny_builds.get("gqa", **GQA)
+    done = _bench(built, "--json", "--speculative", "prompt-lookup")
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(done.stdout)["speculative"]
+    assert spec["method"] == "prompt-lookup" and spec["identical_answers"]
+    assert spec["plain_decode_tokens_per_s"] > 0 and spec["speculative_decode_tokens_per_s"] > 0
+    assert (
+        spec["answer_tokens"] > 0
+        and "speculative/plain" in _bench(built, "--speculative", "prompt-lookup").stdout
+    )
+    wrong = _bench(built, "--speculative", "medusa")
+    assert wrong.returncode == 1 and "speculative must be one of prompt-lookup" in wrong.stderr
