@@ -3,8 +3,11 @@
     mlc serve dist/<model> --port 8000 &
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --concurrency 1 4 16 64
 
-Each client sends streaming `/v1/completions` requests back to back (`ignore_eos`, so every
-answer has exactly `--max-tokens` tokens) until `--requests` requests per level have finished.
+Each client sends streaming requests back to back until `--requests` requests per level have
+finished: `--task story`, `/v1/completions` with `ignore_eos` (every answer has exactly
+`--max-tokens` tokens); `--task edit`, `/v1/chat/completions` asking to correct a given text
+(`mlc.bench_speculative`; answers end where the model stops), an input-grounded task for
+`mlc serve --speculative`.
 Prints a Markdown table: requests/s, generated tokens/s, and p50/p99 of time to first token and
 of request latency. Not a test: run it on an otherwise idle machine.
 """
@@ -19,6 +22,8 @@ import time
 import httpx
 import numpy as np
 
+from mlc.bench_speculative import EDIT_TASK_PROMPT
+
 PROMPT = "Write a short story about a robot who learns to paint, in simple words."
 
 
@@ -27,23 +32,29 @@ async def one_request(
 ) -> tuple[float, float, int]:
     """(time to first token, latency, generated tokens) of one streaming request."""
     body = {
-        "prompt": PROMPT,
         "max_tokens": args.max_tokens,
         "temperature": 0,
         "stream": True,
-        "ignore_eos": True,
         "stream_options": {"include_usage": True},
     }
+    if args.task == "edit":
+        body["messages"] = [{"role": "user", "content": EDIT_TASK_PROMPT}]
+        path = "/v1/chat/completions"
+    else:
+        body.update(prompt=PROMPT, ignore_eos=True)
+        path = "/v1/completions"
     start = time.perf_counter()
     first = None
     tokens = 0
-    async with client.stream("POST", "/v1/completions", json=body) as response:
+    async with client.stream("POST", path, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0].get("text") and first is None:
+            choice = chunk["choices"][0] if chunk.get("choices") else {}
+            text = choice.get("text") or (choice.get("delta") or {}).get("content")
+            if text and first is None:
                 first = time.perf_counter() - start
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
@@ -89,6 +100,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=64, help="requests per level")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--task", choices=["story", "edit"], default="story")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     rows = [asyncio.run(run_level(args, c)) for c in args.concurrency]

@@ -363,6 +363,20 @@ def perplexity(
     default=None,
     help="How the model writes tool calls (default: the one its chat template was made for).",
 )
+@click.option(
+    "--speculative",
+    metavar="METHOD",
+    default=None,
+    help="Speculative decoding with this drafter (prompt-lookup): each decode step verifies "
+    "the guesses in the same pass; greedy answers are unchanged (docs/speculative.md).",
+)
+@click.option(
+    "--num-draft-tokens",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="With --speculative: the most guesses per sequence and step.",
+)
 def serve(
     model: Path | None,
     host: str,
@@ -381,6 +395,8 @@ def serve(
     log_level: str,
     lenient: bool,
     tool_call_format: str | None,
+    speculative: str | None,
+    num_draft_tokens: int,
 ) -> None:
     """Serve the built model in directory MODEL over an OpenAI-compatible HTTP API.
 
@@ -409,6 +425,8 @@ def serve(
         prefill_chunk_size=prefill_chunk_size,
         tool_call_format=tool_call_format,
         prefix_cache=prefix_cache,
+        speculative=speculative,
+        num_draft_tokens=num_draft_tokens,
     )
     _run(lambda: run_server(model, server, engine))
 

@@ -39,6 +39,7 @@ import numpy as np
 from .compiled_model import PAGE_SIZE, CompiledModel
 from .prefix_cache import CachedPrefix, PrefixCache, exact_length
 from .sequence import Sequence, SequenceOutput
+from .speculative import PromptLookup, drafter_for, next_budget
 
 
 class EngineOverloaded(RuntimeError):
@@ -70,6 +71,9 @@ class EngineStats:
     prefix_cache_entries: int = 0
     prefix_cache_pages: int = 0  # held by cached prefixes (shared pages once per prefix)
     kv_pages_shared: int = 0  # whole pages running sequences read from cached prefixes
+    speculative_passes: int = 0  # decode steps that verified drafts
+    draft_tokens: int = 0  # speculative guesses verified
+    accepted_draft_tokens: int = 0  # of them, those that joined answers
 
 
 class BatchEngine:
@@ -81,8 +85,23 @@ class BatchEngine:
         max_queue: int = 256,
         queue_timeout: float = 60.0,
         prefix_cache: bool | None = None,
+        speculative: str | None = None,
+        num_draft_tokens: int = 8,
     ):
-        """`prefix_cache`: keep and reuse prompts' KV prefixes (None: where the model can)."""
+        """`prefix_cache`: keep and reuse prompts' KV prefixes (None: where the model can).
+        `speculative`: a drafter (`runtime/speculative.py`) whose guesses each decode step
+        verifies, up to `num_draft_tokens` per sequence."""
+        if speculative is not None and model.no_chains is not None:
+            raise ValueError(
+                f"{model.model_dir.name} cannot decode speculatively ({model.no_chains}): "
+                "serve it without --speculative"
+            )
+        self.drafter: PromptLookup | None = (
+            None if speculative is None else drafter_for(speculative)
+        )
+        if not 1 <= num_draft_tokens <= 64:
+            raise ValueError(f"num_draft_tokens must be in 1..64, not {num_draft_tokens}")
+        self.num_draft_tokens = num_draft_tokens
         if prefix_cache and not model.shares_prefixes:
             raise ValueError(
                 f"{model.model_dir.name} cannot share KV prefixes ({model.no_prefix_sharing}): "
@@ -157,6 +176,9 @@ class BatchEngine:
                 prefix_cache_entries=cache.entries if cache else 0,
                 prefix_cache_pages=cache.pages if cache else 0,
                 kv_pages_shared=shared,
+                speculative_passes=self._counters["speculative_passes"],
+                draft_tokens=self._counters["draft_tokens"],
+                accepted_draft_tokens=self._counters["accepted_draft_tokens"],
             )
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -303,6 +325,7 @@ class BatchEngine:
             self.model.add_sequence(seq.seq_id)
         if self.prefix_cache is not None:
             self.prefix_cache.count_use(reused)
+        seq.draft_budget = self.num_draft_tokens
 
     def _prefill(self, prefilling: list[Sequence]) -> None:
         batch = take_pieces(prefilling, self.model.prefill_chunk_size)
@@ -318,6 +341,10 @@ class BatchEngine:
                 _append_logits(seq, row)
 
     def _decode(self, decoding: list[Sequence]) -> None:
+        drafts = self._drafts(decoding) if self.drafter is not None else None
+        if drafts is not None:
+            self._verify(decoding, drafts)
+            return
         start = time.perf_counter()
         tokens = [s.pending_token for s in decoding]
         logits = self.model.forward_decode([s.seq_id for s in decoding], tokens)
@@ -327,6 +354,54 @@ class BatchEngine:
         self._counters["decode_tokens"] += len(decoding)
         for seq, row in zip(decoding, logits, strict=True):
             _append_logits(seq, row)
+
+    def _drafts(self, decoding: list[Sequence]) -> list[list[int]] | None:
+        """Each sequence's guesses after its pending token, within its draft budget, its
+        `max_tokens`, the chain its KV sequence may take, and the step's prefill chunk (shared
+        in arrival order); None where no sequence has any, or none can lead a chain pass."""
+        assert self.drafter is not None
+        left = self.model.prefill_chunk_size - len(decoding)
+        drafts: list[list[int]] = []
+        for seq in decoding:
+            room = min(
+                seq.draft_budget,
+                seq.config.max_tokens - len(seq.generated) - 1,
+                self.model.chain_room(seq.seq_id) - 1,
+                left,
+            )
+            guess = (
+                self.drafter.propose([*seq.prompt_ids, *seq.generated], room) if room > 0 else []
+            )
+            drafts.append(guess)
+            left -= len(guess)
+        if not any(drafts) or not any(self.model.can_lead_chains(s.seq_id) for s in decoding):
+            return None
+        return drafts
+
+    def _verify(self, decoding: list[Sequence], drafts: list[list[int]]) -> None:
+        """One decode step that feeds each sequence its pending token and its drafts as a
+        chain (`CompiledModel.forward_chains`) and keeps what its generation steps pick."""
+        start = time.perf_counter()
+        chains = [
+            np.asarray([s.pending_token, *d], dtype=np.int32)
+            for s, d in zip(decoding, drafts, strict=True)
+        ]
+        ids = [s.seq_id for s in decoding]
+        rows = self.model.forward_chains(ids, chains)
+        kept = [_append_chain(seq, r, d) for seq, r, d in zip(decoding, rows, drafts, strict=True)]
+        self.model.keep_chains(ids, kept)
+        self._seconds["decode"] += time.perf_counter() - start
+        self._record_kv_use()
+        self._counters["decode_steps"] += 1
+        self._counters["decode_tokens"] += sum(kept)
+        self._counters["speculative_passes"] += 1
+        self._counters["draft_tokens"] += sum(len(d) for d in drafts)
+        self._counters["accepted_draft_tokens"] += sum(kept) - len(decoding)
+        for seq, d, k in zip(decoding, drafts, kept, strict=True):
+            if d:
+                seq.draft_budget = next_budget(
+                    seq.draft_budget, len(d), k - 1, self.num_draft_tokens
+                )
 
     def _release(self, seq: Sequence, keep_prefix: bool = True) -> None:
         """Take a sequence out of the batch and free its KV pages now (with prefix caching,
@@ -385,6 +460,16 @@ def _append_logits(seq: Sequence, logits: np.ndarray) -> None:
         seq.append_logits(logits)
     except Exception as err:
         seq.fail("error", f"sampling failed: {err}", "internal")
+
+
+def _append_chain(seq: Sequence, rows: np.ndarray, drafts: list[int]) -> int:
+    """`Sequence.append_chain`; a failure ends that sequence only (keeping its pending
+    token's place)."""
+    try:
+        return seq.append_chain(rows, drafts)
+    except Exception as err:
+        seq.fail("error", f"sampling failed: {err}", "internal")
+        return 1
 
 
 def _pages(num_tokens: int) -> int:

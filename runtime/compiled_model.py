@@ -219,6 +219,7 @@ class CompiledModel:
         # Tokens each sequence holds in the cache (from FIRST_BLOCK_TOKENS on, its first page
         # is a block of its own: split when it grew past it, inherited when forked past it).
         self._kv_lengths: dict[int, int] = {}
+        self._fork_lengths: dict[int, int] = {}  # forked sequences: the length they forked at
         # Why this model keeps each sequence in one block and shares no KV prefix, if it does.
         self.no_prefix_sharing = _no_prefix_sharing(self.chat_config.model_config)
         self.shares_prefixes = self.no_prefix_sharing is None
@@ -374,9 +375,7 @@ class CompiledModel:
             rows.append(self._chain_pass(tokens[:kept]))
             self._keep_pass(kept)
         # A pending tree needs a token in the sequence's last block: with none, one decode step.
-        if self.num_cached_tokens == 0 or (
-            self.shares_prefixes and self.num_cached_tokens == FIRST_BLOCK_TOKENS
-        ):
+        if self._last_block_empty(SEQUENCE_ID):
             rows.append(self.decode(int(tokens[kept]))[None])
             kept += 1
         pending = kept < tokens.size
@@ -399,42 +398,99 @@ class CompiledModel:
             self.pop(kept - num_tokens)
 
     def _chain_pass(self, tokens: np.ndarray) -> np.ndarray:
-        """One forward pass over a chain, left pending (`_keep_pass`).
-
-        TVM's paged cache attends to a multi-token append after writing it to the pages
-        (rather than to the append and the cached pages apart, merged) when the sequence has a
-        token tree pending. A one-token tree, reserved and popped without a forward pass,
-        leaves one pending; this pass's tokens then continue it as a chain, and each query
-        attends to the pages up to its own position, summed as `decode_attention` sums
-        (`targets/cpu_attention_prefill.py`), while every linear layer computes each token's
-        row as decode does."""
-        seq = tvm.runtime.ShapeTuple([SEQUENCE_ID])
-        _kv_begin_forward(
-            self.kv_cache, seq, tvm.runtime.ShapeTuple([1]), tvm.runtime.ShapeTuple([-1])
-        )
-        _kv_end_forward(self.kv_cache)
-        _kv_popn(self.kv_cache, SEQUENCE_ID, 1)
-        n = tokens.size
-        _kv_begin_forward(
-            self.kv_cache,
-            seq,
-            tvm.runtime.ShapeTuple([n]),
-            tvm.runtime.ShapeTuple(list(range(n))),  # node i's parent: the node before it
-        )
-        embed = self._embed(tokens)
-        embed = embed._create_view((1, n, embed.shape[-1]))
-        positions = tvm.runtime.tensor(np.arange(n, dtype=np.int32), self.device)
-        logits, self.kv_cache = self.vm["prefill"](embed, positions, self.kv_cache, self.params)
-        _kv_end_forward(self.kv_cache)
-        return logits.numpy().reshape(n, -1)
+        return self._chains_pass([SEQUENCE_ID], [tokens])[0]
 
     def _keep_pass(self, num_tokens: int) -> None:
-        """Keep the first `num_tokens` tokens of the last `_chain_pass`: committing the tree's
-        node at depth `num_tokens - 1` (the pending one-token tree is depth 0) pops the rest."""
-        leaf = tvm.runtime.ShapeTuple([num_tokens - 1])
-        _kv_commit_chain(self.kv_cache, tvm.runtime.ShapeTuple([SEQUENCE_ID]), leaf)
-        self._appended([SEQUENCE_ID], [num_tokens])
-        self.num_cached_tokens += num_tokens
+        self._keep_passes([SEQUENCE_ID], [num_tokens])
+
+    def _chains_pass(self, seq_ids: list[int], chains: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass over each sequence's chain, left pending (`_keep_passes`).
+
+        TVM's paged cache attends to a multi-token append after writing it to the pages
+        (rather than to the append and the cached pages apart, merged) when a sequence in the
+        pass has a token tree pending. A one-token tree, reserved and popped without a forward
+        pass, leaves one pending (it needs a token in the sequence's last block); each chain
+        then goes on as a chain of tree nodes (after that token, or from a root), and each
+        query attends to the pages up to its own position, summed as `decode_attention` sums
+        (`targets/cpu_attention_prefill.py`), while every linear layer computes each token's
+        row as decode does."""
+        pilots = [s for s in seq_ids if not self._last_block_empty(s)]
+        if not pilots:
+            raise ValueError("no sequence in the pass has a token in its last KV block")
+        _kv_begin_forward(
+            self.kv_cache,
+            tvm.runtime.ShapeTuple(pilots),
+            tvm.runtime.ShapeTuple([1] * len(pilots)),
+            tvm.runtime.ShapeTuple([-1] * len(pilots)),
+        )
+        _kv_end_forward(self.kv_cache)
+        for seq_id in pilots:
+            _kv_popn(self.kv_cache, seq_id, 1)
+        parents: list[int] = []
+        for seq_id, chain in zip(seq_ids, chains, strict=True):
+            first = 0 if seq_id in pilots else -1  # the pending token's node, or a root
+            parents += range(first, first + chain.size)
+        lengths = [int(c.size) for c in chains]
+        _kv_begin_forward(
+            self.kv_cache,
+            tvm.runtime.ShapeTuple(seq_ids),
+            tvm.runtime.ShapeTuple(lengths),
+            tvm.runtime.ShapeTuple(parents),
+        )
+        tokens = np.concatenate(chains).astype(np.int32)
+        embed = self._embed(tokens)
+        embed = embed._create_view((1, tokens.size, embed.shape[-1]))
+        positions = tvm.runtime.tensor(np.arange(tokens.size, dtype=np.int32), self.device)
+        logits, self.kv_cache = self.vm["prefill"](embed, positions, self.kv_cache, self.params)
+        _kv_end_forward(self.kv_cache)
+        rows = logits.numpy().reshape(tokens.size, -1)
+        return np.split(rows, np.cumsum(lengths)[:-1])
+
+    def _keep_passes(self, seq_ids: list[int], num_tokens: list[int]) -> None:
+        """Keep the first `num_tokens[i]` tokens of sequence i's chain in the last
+        `_chains_pass`: committing the tree node at depth `num_tokens[i] - 1` (a pending
+        token's node, if any, is depth 0) pops the rest."""
+        leaves = tvm.runtime.ShapeTuple([n - 1 for n in num_tokens])
+        _kv_commit_chain(self.kv_cache, tvm.runtime.ShapeTuple(seq_ids), leaves)
+        self._appended(seq_ids, num_tokens)
+        if SEQUENCE_ID in seq_ids:
+            self.num_cached_tokens += num_tokens[seq_ids.index(SEQUENCE_ID)]
+
+    def _last_block_empty(self, seq_id: int) -> bool:
+        """Whether the sequence's last KV block holds no token: it is empty, forked and not
+        grown since, or its first page has just split off."""
+        length = self._kv_lengths[seq_id]
+        split = self.shares_prefixes and length == FIRST_BLOCK_TOKENS
+        return length in (0, self._fork_lengths.get(seq_id, 0)) or split
+
+    def forward_chains(self, seq_ids: list[int], chains: list[np.ndarray]) -> list[np.ndarray]:
+        """`feed_chain` for several sequences in one pass: each sequence's chain rows. The
+        chains stay until `keep_chains`. A chain must not fill a sequence's first page past its
+        end (`chain_room`), and at least one sequence must have a token in its last block
+        (`can_lead_chains`)."""
+        for seq_id, chain in zip(seq_ids, chains, strict=True):
+            if chain.size > self.chain_room(seq_id):
+                raise ValueError(
+                    f"sequence {seq_id}'s chain of {chain.size} would cross its first page"
+                )
+        return self._chains_pass(seq_ids, chains)
+
+    def keep_chains(self, seq_ids: list[int], num_tokens: list[int]) -> None:
+        """Keep each sequence's first `num_tokens[i]` chain tokens (at least one)."""
+        if min(num_tokens) < 1:
+            raise ValueError("a chain keeps at least its first token")
+        self._keep_passes(seq_ids, num_tokens)
+
+    def chain_room(self, seq_id: int) -> int:
+        """The longest chain `forward_chains` may feed the sequence: up to its first page's
+        end while that page is not full, else the prefill chunk."""
+        length = self._kv_lengths[seq_id]
+        if self.shares_prefixes and length < FIRST_BLOCK_TOKENS:
+            return FIRST_BLOCK_TOKENS - length
+        return self.prefill_chunk_size
+
+    def can_lead_chains(self, seq_id: int) -> bool:
+        return self.no_chains is None and not self._last_block_empty(seq_id)
 
     # --- several sequences (the batching engine) ------------------------------------------------
 
@@ -447,6 +503,7 @@ class CompiledModel:
         sharers')."""
         _kv_remove_sequence(self.kv_cache, seq_id)
         del self._kv_lengths[seq_id]
+        self._fork_lengths.pop(seq_id, None)
 
     def fork_sequence(self, parent_id: int, child_id: int, length: int) -> None:
         """Start sequence `child_id` with the first `length` tokens of `parent_id`: their
@@ -459,6 +516,7 @@ class CompiledModel:
             raise ValueError(f"cannot fork at {length}: sequence {parent_id} is shorter")
         _kv_fork_sequence(self.kv_cache, parent_id, child_id, length)
         self._kv_lengths[child_id] = length  # past a page, the parent's first block is shared
+        self._fork_lengths[child_id] = length
 
     def _appended(self, seq_ids: list[int], lengths: list[int]) -> None:
         """Count a forward pass's new tokens; a sequence that now has a page of them gets its

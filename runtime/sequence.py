@@ -83,6 +83,7 @@ class Sequence:
         self.cancelled = False
         # Tokens this sequence may hold in the KV cache at most.
         self.max_kv_tokens = min(len(prompt_ids) + config.max_tokens, context_window_size)
+        self.draft_budget = 0  # speculative guesses per pass (set by the engine)
 
     @property
     def generated(self) -> list[int]:
@@ -113,6 +114,19 @@ class Sequence:
             else:
                 self.pending_token = step.sampled
         self.on_output(out)
+
+    def append_chain(self, rows: np.ndarray, drafts: list[int]) -> int:
+        """Take generation steps on a chain's rows (the pending token's, then each draft's)
+        while each picks the draft that follows; returns how many chain tokens to keep (the
+        pending token and the drafts picked). The last step's token is pending, as after a
+        decode step."""
+        kept = 1
+        for i, row in enumerate(rows):
+            self.append_logits(row)
+            if i == len(drafts) or self.pending_token != drafts[i]:
+                break
+            kept += 1
+        return kept
 
     def fail(self, reason: str, message: str, kind: str) -> None:
         """End the sequence without more text (cancelled, overloaded, engine error)."""

@@ -85,7 +85,7 @@ def decode_steps(
     engine; yields each step's output. `history` (the tokens in the KV cache) grows with what
     is fed. With a drafter, up to `max_draft` guesses are verified with each fed token."""
     out = step.step(logits)
-    budget = max_draft  # drafts per pass: see `_next_budget`
+    budget = max_draft  # drafts per pass: see `next_budget`
     while out is not None:
         yield out
         if out.finish_reason is not None:
@@ -110,7 +110,7 @@ def decode_steps(
             out = step.step(rows[kept - 1])  # every draft kept: the token after the last
         engine.keep_chain(kept)
         history.extend(chain[:kept])
-        budget = _next_budget(budget, len(drafts), len(accepted), max_draft)
+        budget = next_budget(budget, len(drafts), len(accepted), max_draft)
         if stats is not None:
             stats.passes += 1
             stats.drafted += len(drafts)
@@ -118,7 +118,7 @@ def decode_steps(
         yield from accepted
 
 
-def _next_budget(budget: int, drafted: int, accepted: int, max_draft: int) -> int:
+def next_budget(budget: int, drafted: int, accepted: int, max_draft: int) -> int:
     """Drafts for the next pass: twice as many after a pass that kept all its drafts, one
     more than it kept after one that dropped some (each draft costs a token's compute)."""
     if accepted == drafted:

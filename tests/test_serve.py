@@ -433,6 +433,42 @@ def test_prefix_cache_on_a_sliding_window_model_is_refused(tiny_builds):
     served.engine.shutdown()
 
 
+def test_speculative_serving_gives_the_same_answers(server, built):
+    """`--speculative prompt-lookup`: concurrent greedy completions of prompts that repeat
+    themselves equal the plain server's, and /metrics counts the drafts."""
+    prompts = [[3 + (5 * i + j) % 9 for j in range(30)] for i in range(6)]
+
+    def answers(srv: Server) -> list[str]:
+        def one(prompt):
+            body = {"prompt": prompt, "max_tokens": 24, "temperature": 0}
+            return httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60).json()
+
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            return [r["choices"][0]["text"] for r in pool.map(one, prompts)]
+
+    want = answers(server)
+    spec = Server(built, "--speculative", "prompt-lookup", "--num-draft-tokens", "4")
+    try:
+        assert answers(spec) == want
+        metrics = wait_until_idle(spec)
+        drafted = metrics["mlc_speculative_draft_tokens_total"]
+        assert drafted >= metrics["mlc_speculative_accepted_tokens_total"] >= 0
+        assert metrics["mlc_speculative_passes_total"] >= (drafted > 0)
+    finally:
+        code, output = spec.stop()
+    assert code == 0, output
+
+
+def test_speculation_on_a_sliding_window_model_is_refused(tiny_builds):
+    from mlc.runtime.serve.service import EngineOptions, ServedModel
+
+    settings = {"model_type": "mistral", "num_key_value_heads": 2, "sliding_window": 16}
+    chunk = {"prefill_chunk_size": 8}
+    _, built = tiny_builds.get("mistral-window", build_options=chunk, **settings)
+    with pytest.raises(ValueError, match="sliding-window.*serve it without --speculative"):
+        ServedModel(built, EngineOptions(speculative="prompt-lookup"))
+
+
 def test_api_key_full_queue_order_and_graceful_shutdown(long_context):
     """A batch of one and a queue of one: while a long request runs, a second one waits and a
     third gets a 429; cancelling the first admits the second; SIGINT lets a running request

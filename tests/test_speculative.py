@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_batch_engine import greedy_solo, run_engine
 from test_sampling_distribution import chi_square
 from tokenizers import Tokenizer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
 from mlc import ChatModule, GenerationConfig
-from mlc.runtime import CompiledModel, chat_module
+from mlc.runtime import CompiledModel, batch_engine, chat_module
+from mlc.runtime.batch_engine import BatchEngine
 from mlc.runtime.generation import GenerationStep
 from mlc.runtime.speculative import PromptLookup, SpeculationStats, decode_steps
 
@@ -163,6 +165,62 @@ def test_chat_module_speculates_with_identical_answers(tiny_builds, monkeypatch)
     assert 0 < stats.accepted_draft_tokens < stats.draft_tokens
     got, stats = answer("prompt-lookup", PromptLookup(min_ngram=1))
     assert got == want and stats.draft_tokens > 0
+
+
+class BatchOracle:
+    """Guesses each sequence's known answer (found by its prompt), with wrong tokens."""
+
+    def __init__(self, answers: dict[tuple, list[int]], seed: int):
+        self.texts = [[*prompt, *answer] for prompt, answer in answers.items()]
+        self.rng = np.random.default_rng(seed)
+
+    def propose(self, context: list[int], max_tokens: int) -> list[int]:
+        (text,) = [t for t in self.texts if t[: len(context)] == context]
+        guess = text[len(context) : len(context) + int(self.rng.integers(0, max_tokens + 1))]
+        return [t if self.rng.random() < 0.85 else int(self.rng.integers(3, 320)) for t in guess]
+
+
+@pytest.mark.parametrize("code", ["q0f32", "q4a8_1"])
+def test_batched_speculation_keeps_every_answer_and_logprob(tiny_builds, code, monkeypatch):
+    """The batching engine verifying drafts for every sequence in one pass, over random mixes
+    of prompts, answer lengths and arrivals (as in test_batch_engine's batch-invariance test):
+    each sequence's tokens and logprobs equal its solo run's, bit for bit."""
+    _, built = tiny_builds.get("gqa", code, **GQA)
+    tokenizer = Tokenizer.from_file(str(built / "tokenizer.json"))
+    eos = CompiledModel(built).chat_config.eos_token_ids[0]
+    rng = np.random.default_rng(11)
+    for mix in range(2):
+        chunk = int(rng.integers(12, 49))  # the step's chains share it
+        model = CompiledModel(
+            built, max_batch_size=9, kv_cache_tokens=1024, prefill_chunk_size=chunk
+        )
+        solo = CompiledModel(built, prefill_chunk_size=chunk)
+        prompts = [rng.integers(3, 320, size=n).tolist() for n in rng.integers(2, 41, size=12)]
+        max_tokens = rng.integers(1, 30, size=12).tolist()
+        want = [greedy_solo(solo, p, n, eos) for p, n in zip(prompts, max_tokens, strict=True)]
+        oracle = BatchOracle({tuple(p): w[0] for p, w in zip(prompts, want, strict=True)}, mix)
+        monkeypatch.setattr(batch_engine, "drafter_for", lambda name, o=oracle: o)
+        engine = BatchEngine(model, speculative="prompt-lookup", num_draft_tokens=6)
+        configs = [GenerationConfig(temperature=0, max_tokens=n).resolved({}) for n in max_tokens]
+        delays = rng.uniform(0, 0.004, size=len(prompts))
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        results = run_engine(engine, tokenizer, prompts, configs, {eos}, delays, logprobs)
+        stats = engine.stats()
+        engine.shutdown()
+        for i, (tokens, lps) in enumerate(want):
+            assert results[i] == tokens and logprobs[i] == lps, (code, mix, i)
+        assert 0 < stats.accepted_draft_tokens < stats.draft_tokens, stats
+        assert stats.speculative_passes > 0
+
+
+def test_engine_refuses_speculation_a_model_cannot_do(tiny_builds):
+    _, built = tiny_builds.get("gqa", **GQA)
+    model = CompiledModel(built, max_batch_size=2)
+    with pytest.raises(ValueError, match="unknown speculative method 'medusa'"):
+        BatchEngine(model, speculative="medusa")
+    model.no_chains = "its sliding-window layers cannot attend to a chain"  # as built
+    with pytest.raises(ValueError, match="cannot decode speculatively .*sliding.*--speculative"):
+        BatchEngine(model, speculative="prompt-lookup")
 
 
 def test_prompt_lookup_guesses_what_followed_the_latest_match():

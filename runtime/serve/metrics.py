@@ -124,6 +124,18 @@ class ServerMetrics:
                     engine.prefix_tokens_reused,
                     "Prompt tokens taken from the prefix cache instead of prefilled.",
                 ),
+                "mlc_speculative_passes_total": (
+                    engine.speculative_passes,
+                    "Decode calls that verified speculative drafts.",
+                ),
+                "mlc_speculative_draft_tokens_total": (
+                    engine.draft_tokens,
+                    "Speculative draft tokens verified.",
+                ),
+                "mlc_speculative_accepted_tokens_total": (
+                    engine.accepted_draft_tokens,
+                    "Speculative draft tokens that joined answers.",
+                ),
                 "mlc_prefill_steps_total": (engine.prefill_steps, "Prefill calls."),
                 "mlc_decode_steps_total": (engine.decode_steps, "Batched decode calls."),
                 "mlc_prefill_seconds_total": (engine.prefill_seconds, "Time in prefill calls."),

@@ -40,6 +40,8 @@ class EngineOptions:
     prefill_chunk_size: int = 64
     tool_call_format: str | None = None  # None: the one the model's chat template was made for
     prefix_cache: bool | None = None  # None: where the model can share KV prefixes
+    speculative: str | None = None  # a drafter (runtime/speculative.py), or None
+    num_draft_tokens: int = 8
 
 
 class ServedModel:
@@ -79,6 +81,8 @@ class ServedModel:
             max_queue=options.max_queue,
             queue_timeout=options.queue_timeout,
             prefix_cache=options.prefix_cache,
+            speculative=options.speculative,
+            num_draft_tokens=options.num_draft_tokens,
         )
 
     # --- prompts -----------------------------------------------------------------------------
