@@ -90,9 +90,12 @@ def run_bench(
     device: str = "cpu",
     compare: tuple[str, ...] = (),
     speculative: str | None = None,
+    draft_model: Path | None = None,
 ) -> BenchResult:
     if speculative is not None:
         GenerationConfig(speculative=speculative).validate()  # before minutes of timing
+    if (speculative == "draft-model") != (draft_model is not None):
+        raise ValueError("--draft-model DIR goes with --speculative draft-model, and only with it")
     start = time.perf_counter()
     engine = CompiledModel(model_dir, device=device)
     load_seconds = time.perf_counter() - start
@@ -135,7 +138,9 @@ def run_bench(
         from mlc.bench_speculative import run_speculative_bench
 
         del engine, logits  # the chat module loads its own copy
-        result.speculative = run_speculative_bench(model_dir, speculative, gen_len, runs, device)
+        result.speculative = run_speculative_bench(
+            model_dir, speculative, gen_len, runs, device, draft_model
+        )
     return result
 
 

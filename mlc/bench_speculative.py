@@ -46,10 +46,15 @@ def _fitting_prompt(chat: ChatModule, gen_len: int) -> str:
 
 
 def run_speculative_bench(
-    model_dir: Path, method: str, gen_len: int, runs: int, device: str = "cpu"
+    model_dir: Path,
+    method: str,
+    gen_len: int,
+    runs: int,
+    device: str = "cpu",
+    draft_model: Path | None = None,
 ) -> dict[str, Any]:
     """Median decode tokens/s of plain and speculative greedy answers to the edit task."""
-    chat = ChatModule(model_dir, device=device, prefix_cache=False)
+    chat = ChatModule(model_dir, device=device, prefix_cache=False, draft_model=draft_model)
     prompt = _fitting_prompt(chat, gen_len)
     speeds: dict[str | None, list[float]] = {None: [], method: []}
     answers: dict[str | None, list[int]] = {}
@@ -73,7 +78,7 @@ def run_speculative_bench(
                     accepted += stats.accepted_draft_tokens
     plain, fast = statistics.median(speeds[None]), statistics.median(speeds[method])
     return {
-        "method": method,
+        "method": method if draft_model is None else f"{method} ({Path(draft_model).name})",
         "task": f"correct the spelling of a {len(prompt) - len(EDIT_TASK_INSTRUCTION)}-character "
         "text (greedy)",
         "answer_tokens": len(answers[None]),

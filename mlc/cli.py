@@ -173,9 +173,15 @@ def chat(
     "--speculative",
     metavar="METHOD",
     default=None,
-    help="Also time greedy decoding with this drafter (prompt-lookup) against plain decoding "
-    "on an input-grounded task (correcting a given text), same run; the answers must be "
-    "identical.",
+    help="Also time greedy decoding with this drafter (prompt-lookup, or draft-model with "
+    "--draft-model) against plain decoding on an input-grounded task (correcting a given "
+    "text), same run; the answers must be identical.",
+)
+@click.option(
+    "--draft-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --speculative draft-model: a smaller build with the same tokenizer.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(
@@ -187,6 +193,7 @@ def bench(
     threads: int | None,
     compare: tuple[str, ...],
     speculative: str | None,
+    draft_model: Path | None,
     as_json: bool,
 ) -> None:
     """Measure prefill and decode speed of the built model in directory MODEL.
@@ -205,7 +212,8 @@ def bench(
 
     _run(
         lambda: print_result(
-            run_bench(model, prompt_len, gen_len, runs, device, compare, speculative), as_json
+            run_bench(model, prompt_len, gen_len, runs, device, compare, speculative, draft_model),
+            as_json,
         )
     )
 

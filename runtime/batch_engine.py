@@ -39,7 +39,7 @@ import numpy as np
 from .compiled_model import PAGE_SIZE, CompiledModel
 from .prefix_cache import CachedPrefix, PrefixCache, exact_length
 from .sequence import Sequence, SequenceOutput
-from .speculative import PromptLookup, drafter_for, next_budget
+from .speculative import drafter_for, next_budget
 
 
 class EngineOverloaded(RuntimeError):
@@ -96,9 +96,12 @@ class BatchEngine:
                 f"{model.model_dir.name} cannot decode speculatively ({model.no_chains}): "
                 "serve it without --speculative"
             )
-        self.drafter: PromptLookup | None = (
-            None if speculative is None else drafter_for(speculative)
-        )
+        if speculative == "draft-model":
+            raise ValueError(
+                "the batching engine drafts with prompt-lookup only; draft-model speculation "
+                "runs in ChatModule and mlc bench"
+            )
+        self.drafter = None if speculative is None else drafter_for(speculative)
         if not 1 <= num_draft_tokens <= 64:
             raise ValueError(f"num_draft_tokens must be in 1..64, not {num_draft_tokens}")
         self.num_draft_tokens = num_draft_tokens

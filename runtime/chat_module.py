@@ -16,7 +16,7 @@ from .conversation import ConversationTemplate, get_template
 from .generation import GenerationStep
 from .generation_config import GenerationConfig
 from .grammar import Grammars, TokenConstraint
-from .speculative import SpeculationStats, decode_steps, drafter_for
+from .speculative import DraftModel, SpeculationStats, decode_steps, drafter_for
 from .tool_calling import ModelTools, ToolCall, ToolCallStream
 
 StreamCallback = Callable[[str], None]
@@ -96,6 +96,8 @@ class ChatModule:
     same value gives the same answers bit for bit). With `prefix_cache`, `reset_chat` keeps the
     whole chunks the conversation's first prompt filled, and a new conversation that starts
     with them (the same system prompt, say) prefills only the rest, with the same answers.
+    `draft_model`: a smaller build with the same tokenizer, for
+    `GenerationConfig(speculative="draft-model")`.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class ChatModule:
         tool_call_format: str | None = None,
         prefill_chunk_size: int | None = None,
         prefix_cache: bool = True,
+        draft_model: str | Path | None = None,
     ):
         self.engine = CompiledModel(
             model, model_lib, device, verify_weights, prefill_chunk_size=prefill_chunk_size
@@ -130,6 +133,13 @@ class ChatModule:
         self.last_stats = GenerationStats()
         self.last_output_ids: list[int] = []  # the tokens of the last answer
         self.last_tool_calls: list[ToolCall] = []  # the calls the last answer made
+        # For speculative="draft-model": a smaller build with the same tokenizer.
+        self.draft: DraftModel | None = None
+        if draft_model is not None:
+            draft = CompiledModel(draft_model, device=device, verify_weights=verify_weights)
+            vocabulary = load_tokenizer(draft.model_dir).get_vocab(with_added_tokens=True)
+            target = self.tokenizer.get_vocab(with_added_tokens=True)
+            self.draft = DraftModel(draft, target, vocabulary)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -252,7 +262,7 @@ class ChatModule:
                     f"speculative decoding cannot run on {self.engine.model_dir.name}: "
                     f"{self.engine.no_chains}"
                 )
-            drafter = drafter_for(config.speculative)
+            drafter = drafter_for(config.speculative, self.draft)
         stats = GenerationStats()
         start = time.perf_counter()
         logits = self.engine.prefill(ids)

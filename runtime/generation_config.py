@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "num_draft_tokens": 8,
 }
 # Speculative decoding's drafters (`runtime/speculative.py`).
-SPECULATIVE_METHODS = ("prompt-lookup",)
+SPECULATIVE_METHODS = ("prompt-lookup", "draft-model")
 
 
 @dataclasses.dataclass

@@ -64,9 +64,53 @@ class PromptLookup:
         return []
 
 
-def drafter_for(method: str) -> PromptLookup:
+class DraftModel:
+    """Draft-model speculation: a smaller build with the same vocabulary guesses greedily. Its
+    KV cache keeps the context it last saw; the next guess feeds only what changed since."""
+
+    def __init__(self, model: CompiledModel, target_vocabulary: dict[str, int], vocabulary):
+        if vocabulary != target_vocabulary:
+            raise ValueError(
+                f"the draft model {model.model_dir.name} has another tokenizer than the model "
+                "it drafts for (their vocabularies differ): use a build of the same tokenizer"
+            )
+        self.model = model
+        self.held: list[int] = []  # the tokens in the draft model's KV cache
+
+    def propose(self, context: Sequence[int], max_tokens: int) -> list[int]:
+        room = self.model.context_window_size - len(context) - max_tokens
+        if max_tokens <= 0 or room < 0:
+            return []
+        same = min(_common_length(self.held, context), len(context) - 1)
+        self.model.pop(len(self.held) - same)
+        new = list(context[same:])
+        logits = self.model.decode(new[0]) if len(new) == 1 else self.model.prefill(new)
+        self.held = list(context)
+        drafts = [int(np.argmax(logits))]
+        while len(drafts) < max_tokens:
+            logits = self.model.decode(drafts[-1])
+            self.held.append(drafts[-1])
+            drafts.append(int(np.argmax(logits)))
+        return drafts
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+def drafter_for(method: str, draft_model: DraftModel | None = None) -> PromptLookup | DraftModel:
+    """The drafter `method` names (`draft-model`: `draft_model`, which must be given)."""
     if method == "prompt-lookup":
         return PromptLookup()
+    if method == "draft-model":
+        if draft_model is None:
+            raise ValueError(
+                "speculative='draft-model' needs a draft model: ChatModule(..., "
+                "draft_model=DIR) or --draft-model DIR, a smaller build with the same tokenizer"
+            )
+        return draft_model
     raise ValueError(
         f"unknown speculative method {method!r}; choose one of {', '.join(SPECULATIVE_METHODS)}"
     )
@@ -77,7 +121,7 @@ def decode_steps(
     step: GenerationStep,
     logits: np.ndarray,
     history: list[int],
-    drafter: PromptLookup | None = None,
+    drafter: PromptLookup | DraftModel | None = None,
     max_draft: int = 0,
     stats: SpeculationStats | None = None,
 ) -> Iterator[StepOutput]:
@@ -131,7 +175,7 @@ def _drafts(
     step: GenerationStep,
     feed: list[int],
     history: list[int],
-    drafter: PromptLookup | None,
+    drafter: PromptLookup | DraftModel | None,
     max_draft: int,
 ) -> list[int]:
     """Guesses to verify after `feed`: none past the answer's `max_tokens` or the chain the

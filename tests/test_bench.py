@@ -55,3 +55,14 @@ def test_bench_times_speculative_decoding_against_plain_decoding(tiny_builds):
     )
     wrong = _bench(built, "--speculative", "medusa")
     assert wrong.returncode == 1 and "speculative must be one of prompt-lookup" in wrong.stderr
+
+
+def test_bench_times_a_draft_model(tiny_builds):
+    _, built = tiny_builds.get("gqa", **GQA)
+    _, draft = tiny_builds.get("gqa", "q4a8_1", **GQA)
+    done = _bench(built, "--json", "--speculative", "draft-model", "--draft-model", str(draft))
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(done.stdout)["speculative"]
+    assert spec["method"] == f"draft-model ({draft.name})" and spec["identical_answers"]
+    missing = _bench(built, "--speculative", "draft-model")
+    assert missing.returncode == 1 and "--draft-model DIR goes with" in missing.stderr

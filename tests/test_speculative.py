@@ -15,7 +15,7 @@ from mlc import ChatModule, GenerationConfig
 from mlc.runtime import CompiledModel, batch_engine, chat_module
 from mlc.runtime.batch_engine import BatchEngine
 from mlc.runtime.generation import GenerationStep
-from mlc.runtime.speculative import PromptLookup, SpeculationStats, decode_steps
+from mlc.runtime.speculative import DraftModel, PromptLookup, SpeculationStats, decode_steps
 
 GQA = {"num_key_value_heads": 2}
 # Every code that runs on the CPU (the same builds as tests/test_batch_engine.py).
@@ -221,6 +221,44 @@ def test_engine_refuses_speculation_a_model_cannot_do(tiny_builds):
     model.no_chains = "its sliding-window layers cannot attend to a chain"  # as built
     with pytest.raises(ValueError, match="cannot decode speculatively .*sliding.*--speculative"):
         BatchEngine(model, speculative="prompt-lookup")
+
+
+def test_a_draft_model_speculates_with_identical_answers(tiny_builds):
+    """The `q4a8_1` build of the same tiny model drafts for the `q0f32` one: the answers, over
+    two turns and a new conversation, equal plain decoding's."""
+    _, target = tiny_builds.get("gqa", **GQA)
+    _, draft = tiny_builds.get("gqa", "q4a8_1", **GQA)
+    chat = ChatModule(target, draft_model=draft)
+    prompts = ["tell me a story about the sea", "and then?", "a new conversation"]
+
+    def run(method):
+        outputs, drafted, accepted = [], 0, 0
+        chat.reset_chat()
+        for i, prompt in enumerate(prompts):
+            if i == 2:
+                chat.reset_chat()
+            config = GenerationConfig(temperature=0, max_tokens=40, speculative=method)
+            outputs.append((chat.generate(prompt, config), chat.last_output_ids))
+            drafted += chat.last_stats.draft_tokens
+            accepted += chat.last_stats.accepted_draft_tokens
+        return outputs, drafted, accepted
+
+    want, _, _ = run(None)
+    got, drafted, accepted = run("draft-model")
+    assert got == want
+    assert 0 < accepted < drafted  # a random tiny model's logits are close: 20 % kept
+
+
+def test_a_draft_model_needs_the_same_tokenizer(tiny_builds):
+    _, built = tiny_builds.get("gqa", **GQA)
+    model = CompiledModel(built)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        DraftModel(model, {"a": 0, "b": 1}, {"a": 0, "c": 1})
+    chat = ChatModule(built)
+    with pytest.raises(ValueError, match="needs a draft model: ChatModule"):
+        chat.generate("hi", GenerationConfig(speculative="draft-model"))
+    with pytest.raises(ValueError, match="prompt-lookup only"):
+        BatchEngine(CompiledModel(built, max_batch_size=2), speculative="draft-model")
 
 
 def test_prompt_lookup_guesses_what_followed_the_latest_match():
