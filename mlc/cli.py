@@ -385,6 +385,18 @@ def perplexity(
     show_default=True,
     help="With --speculative: the most guesses per sequence and step.",
 )
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run N engine replicas (one CPU thread each) behind Ray Serve's HTTP proxy, with "
+    'prefix-aware routing (needs pip install "mlc[ray]"). Default: one process, no Ray.',
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --replicas: join this Ray cluster instead of starting one on 127.0.0.1.",
+)
 def serve(
     model: Path | None,
     host: str,
@@ -405,6 +417,8 @@ def serve(
     tool_call_format: str | None,
     speculative: str | None,
     num_draft_tokens: int,
+    replicas: int | None,
+    ray_address: str | None,
 ) -> None:
     """Serve the built model in directory MODEL over an OpenAI-compatible HTTP API.
 
@@ -436,6 +450,13 @@ def serve(
         speculative=speculative,
         num_draft_tokens=num_draft_tokens,
     )
+    if ray_address is not None and replicas is None:
+        raise click.UsageError("--ray-address goes with --replicas")
+    if replicas is not None:
+        from mlc.runtime.serve.replicas import serve_replicas
+
+        _run(lambda: serve_replicas(model, server, engine, replicas, ray_address))
+        return
     _run(lambda: run_server(model, server, engine))
 
 
