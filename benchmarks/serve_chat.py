@@ -1,9 +1,10 @@
-"""Chat load test for `mlc serve`, with and without the prefix cache.
+"""Chat load test for `mlc serve` under several settings.
 
     python benchmarks/serve_chat.py dist/<model> --clients 4 --turns 3
+    python benchmarks/serve_chat.py dist/<model> --setting "--replicas 1" --setting "--replicas 2"
 
-For each setting (`--prefix-cache`, `--no-prefix-cache`) it starts `mlc serve MODEL` on a free
-local port and runs two workloads against it:
+For each setting (serve flags; by default `--prefix-cache`, then `--no-prefix-cache`) it starts
+`mlc serve MODEL` on a free local port and runs two workloads against it:
 
 - cached prefix: one client, one request at a time, each a new conversation that starts with
   the same system prompt (about `--system-tokens` tokens) and asks another question; the time
@@ -13,9 +14,9 @@ local port and runs two workloads against it:
   questions and answers) every turn, streaming `--max-tokens` greedy tokens per answer.
 
 Prints a Markdown table: time to first token (p50/p99), inter-token latency (p50), generated
-tokens/s, requests/s and the server's prefix-cache hits, then the ratios and whether every
-greedy answer was the same with and without the cache. Not a test: run it on an otherwise idle
-machine.
+tokens/s, requests/s and the server's prefix-cache hits, then the ratios to the first setting
+and whether every greedy answer was the same under every setting. Not a test: run it on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -168,11 +169,14 @@ def main() -> None:
     parser.add_argument("--system-tokens", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5, help="cached-prefix requests")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra serve flags")
+    parser.add_argument(
+        "--setting", action="append", default=None, help="serve flags of one setting (repeat)"
+    )
     args = parser.parse_args()
     system = system_prompt(int(args.system_tokens / 1.3))
     rows = []
-    for setting in ("--prefix-cache", "--no-prefix-cache"):
-        server = Server(args.model, setting, *args.serve_flag)
+    for setting in args.setting or ["--prefix-cache", "--no-prefix-cache"]:
+        server = Server(args.model, *setting.split(), *args.serve_flag)
         try:
             ttft = asyncio.run(cached_prefix(server.url, args, system))
             load = asyncio.run(multi_turn(server.url, args, system))
@@ -193,12 +197,14 @@ def main() -> None:
             f"{1000 * load['itl_p50']:.1f} | {load['tok_per_s']:.1f} | {load['req_per_s']:.2f} "
             f"| {hits:.0f} | {reused:.0f} of {prompt:.0f} |"
         )
-    on, off = rows[0], rows[1]
-    print(
-        f"\ncached-prefix TTFT ratio (on / off): {on[1] / off[1]:.2f}; multi-turn throughput "
-        f"ratio (on / off): {on[2]['tok_per_s'] / off[2]['tok_per_s']:.2f}; greedy answers "
-        f"identical: {on[2]['answers'] == off[2]['answers']}"
-    )
+    first = rows[0]
+    for row in rows[1:]:
+        print(
+            f"\n{first[0]} / {row[0]}: cached-prefix TTFT ratio {first[1] / row[1]:.2f}, "
+            f"multi-turn throughput ratio {first[2]['tok_per_s'] / row[2]['tok_per_s']:.2f}"
+        )
+    same = all(row[2]["answers"] == first[2]["answers"] for row in rows)
+    print(f"greedy answers identical under every setting: {same}")
 
 
 if __name__ == "__main__":
