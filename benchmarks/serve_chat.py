@@ -1,7 +1,7 @@
 """Chat load test for `mlc serve` under several settings.
 
     python benchmarks/serve_chat.py dist/<model> --clients 4 --turns 3
-    python benchmarks/serve_chat.py dist/<model> --setting "--replicas 1" --setting "--replicas 2"
+    python benchmarks/serve_chat.py dist/<model> --setting="--replicas 1" --setting="--replicas 2"
 
 For each setting (serve flags; by default `--prefix-cache`, then `--no-prefix-cache`) it starts
 `mlc serve MODEL` on a free local port and runs two workloads against it:

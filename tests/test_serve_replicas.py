@@ -17,7 +17,7 @@ from test_serve import GQA, Server
 
 from mlc import ChatModule, GenerationConfig
 from mlc.runtime.serve import replicas
-from mlc.runtime.serve.replicas import Balancer, check_replicas, routing_key, sum_metrics
+from mlc.runtime.serve.replicas import Balancer, check_replicas, routing_keys, sum_metrics
 from mlc.runtime.serve.service import EngineOptions
 
 PROMPTS = [f"Tell me about robot number {i}." for i in range(6)]
@@ -155,14 +155,24 @@ def test_replica_requests_are_refused_before_starting(built, monkeypatch):
 
 
 def test_routing_balancing_and_metric_sums():
-    chat = b'{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]}'
-    assert routing_key("/v1/chat/completions", chat) == routing_key("/v1/chat/completions", chat)
-    assert routing_key("/v1/models", b"") is None and routing_key("/v1/completions", b"{") is None
+    system = "S" * 300
+    first = json.dumps(
+        {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "Q1"}]}
+    )
+    other = first.replace("Q1", "Q2")
+    keys, other_keys = (
+        routing_keys("/v1/chat/completions", first.encode()),
+        routing_keys("/v1/chat/completions", other.encode()),
+    )
+    assert len(keys) == 1 and keys == other_keys  # 256 characters in common, no more
+    assert routing_keys("/v1/models", b"") == [] and routing_keys("/v1/completions", b"{") == []
+    assert len(routing_keys("/v1/completions", json.dumps({"prompt": "x" * 5000}).encode())) == 3
     balancer = Balancer(2)
-    assert [balancer.choose(None) for _ in range(3)] == [0, 1, 0]
-    assert balancer.choose("a") == 1 and balancer.choose("a") == 1
-    balancer.in_flight[1] = 3  # three more than replica 0: the prefix's replica is too busy
-    assert balancer.choose("a") == 0
+    assert [balancer.choose([]) for _ in range(3)] == [0, 1, 0]
+    assert balancer.choose(["a"]) == 1 and balancer.choose(["a"]) == 1
+    assert balancer.choose(["a", "b"]) == 1  # the longest known start, "a", was on 1
+    balancer.in_flight[1] = 2  # two more than replica 0: the start's replica is too busy
+    assert balancer.choose(["a"]) == 0
     texts = [
         "# HELP x_total X.\n# TYPE x_total counter\nx_total 2\n"
         '# HELP h_seconds H.\n# TYPE h_seconds histogram\nh_seconds_bucket{le="1"} 1\n',

@@ -3,13 +3,13 @@
 Ray Serve runs one `Router` deployment (its HTTP proxy hands it every request) and N engine
 deployments of one replica each. An engine replica is the whole single-process server
 (`create_app` over its own `ServedModel`, one CPU thread), called in-process through ASGI. The
-router sends a request to the engine that last served a request starting the same way (its
-prefix cache likely holds that start: prefix-aware routing) unless that engine has
-`AFFINITY_SLACK` more requests in flight than the least loaded one; otherwise, and for a new
-start, to the least loaded engine. `/metrics` sums the engines' metrics and adds
-`mlc_replicas`. Ray Serve restarts an engine whose process dies; the requests it was serving
-end with a 503 error (a stream, with an error event) that says so, and later requests wait for
-the restarted engine.
+router sends a request to the engine that last served the longest prompt start it shares with
+an earlier request (that engine's prefix cache likely holds it: prefix-aware routing) unless
+that engine has more than `AFFINITY_SLACK` requests in flight above the least loaded one;
+otherwise, and for a new start, to the least loaded engine. `/metrics` sums the engines'
+metrics and adds `mlc_replicas`. Ray Serve restarts an engine whose process dies; the requests
+it was serving end with a 503 error (a stream, with an error event) that says so, and later
+requests wait for the restarted engine.
 """
 
 # No `from __future__ import annotations`: Ray pickles the deployments by value into their
@@ -38,10 +38,10 @@ from .middleware import APIKeyMiddleware
 from .service import DEFAULT_KV_TOKENS, EngineOptions
 
 APP_NAME = "mlc"
-# Of a request's prompt (as JSON for messages or token ids): about a prefill chunk's worth, the
-# prefix cache's grain, which decides which engine may hold the start.
-PREFIX_CHARS = 256
-AFFINITY_SLACK = 2  # requests in flight an engine may have above the least loaded one
+# Prompt starts (characters of the prompt text, or of its messages or token ids as JSON) that
+# routing remembers: from about a prefill chunk (the prefix cache's grain) up.
+PREFIX_CHARS = (256, 1024, 4096, 16384)
+AFFINITY_SLACK = 1  # requests in flight an engine may have above the least loaded one
 MAX_AFFINITIES = 10_000  # prompt starts remembered, least recently used dropped first
 
 
@@ -95,44 +95,48 @@ def check_replicas(model_dir: Path, options: EngineOptions, replicas: int, cpus:
         )
 
 
-def routing_key(path: str, body: bytes) -> str | None:
-    """The start of a request's prompt (its first `PREFIX_CHARS` characters), hashed; None
-    for requests without one."""
+def routing_keys(path: str, body: bytes) -> list[str]:
+    """Hashes of a request's prompt start at each length in `PREFIX_CHARS` it reaches (the
+    whole prompt where it is shorter than the first), shortest first; none for requests
+    without a prompt."""
     if path not in ("/v1/chat/completions", "/v1/completions"):
-        return None
+        return []
     try:
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return None
+        return []
     if not isinstance(request, dict):
-        return None
+        return []
     prompt = request.get("messages") if "messages" in request else request.get("prompt")
     text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
-    return hashlib.sha1(text[:PREFIX_CHARS].encode()).hexdigest()
+    lengths = [n for n in PREFIX_CHARS if n <= len(text)] or [len(text)]
+    return [hashlib.sha1(text[:n].encode()).hexdigest() for n in lengths]
 
 
 class Balancer:
-    """Which engine gets a request: the prompt start's engine, within `AFFINITY_SLACK` of the
-    least loaded, else the least loaded (the one after the last chosen, on ties)."""
+    """Which engine gets a request: the engine that last served the longest start it shares
+    with an earlier request, within `AFFINITY_SLACK` of the least loaded; else the least
+    loaded (the one after the last chosen, on ties). A conversation's turns so stay on one
+    engine, while new conversations that share only a system prompt spread out."""
 
     def __init__(self, engines: int):
         self.in_flight = [0] * engines
         self.affinity: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._next = 0
 
-    def choose(self, key: str | None) -> int:
+    def choose(self, keys: list[str]) -> int:
         least = min(self.in_flight)
-        engine = self.affinity.get(key) if key is not None else None
+        engine = next((self.affinity[k] for k in reversed(keys) if k in self.affinity), None)
         if engine is None or self.in_flight[engine] > least + AFFINITY_SLACK:
             count = len(self.in_flight)
             order = [(self._next + i) % count for i in range(count)]
             engine = next(i for i in order if self.in_flight[i] == least)
             self._next = (engine + 1) % count
-        if key is not None:
+        for key in keys:
             self.affinity[key] = engine
             self.affinity.move_to_end(key)
-            while len(self.affinity) > MAX_AFFINITIES:
-                self.affinity.popitem(last=False)
+        while len(self.affinity) > MAX_AFFINITIES:
+            self.affinity.popitem(last=False)
         return engine
 
 
@@ -293,7 +297,7 @@ def build_application(
         async def forward(self, path: str, request: Request):
             body = await request.body()
             path = "/" + path
-            index = self.balancer.choose(routing_key(path, body))
+            index = self.balancer.choose(routing_keys(path, body))
             self.balancer.in_flight[index] += 1
             headers = [(k, v) for k, v in request.headers.items() if k != "host"]
             stream = (
