@@ -25,7 +25,7 @@ from .compiled_model import CompiledModel
 from .generation import GenerationStep, StepOutput
 from .generation_config import SPECULATIVE_METHODS
 
-MIN_BUDGET = 2
+MIN_BUDGET = 2  # the fewest drafts a pass asks for after one that dropped some
 
 
 @dataclasses.dataclass
@@ -33,10 +33,6 @@ class SpeculationStats:
     passes: int = 0  # forward passes that verified drafts
     drafted: int = 0  # draft tokens fed
     accepted: int = 0  # draft tokens that joined the answer
-
-    @property
-    def acceptance(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
 
 
 class PromptLookup:
