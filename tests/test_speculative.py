@@ -148,7 +148,7 @@ def test_chat_module_speculates_with_identical_answers(tiny_builds, monkeypatch)
 
     def answer(method, drafter=None):
         if drafter is not None:
-            monkeypatch.setattr(chat_module, "drafter_for", lambda name: drafter)
+            monkeypatch.setattr(chat_module, "drafter_for", lambda name, draft=None: drafter)
         chat.reset_chat()
         config = GenerationConfig(temperature=0, max_tokens=48, speculative=method)
         text, ids, stats = chat.generate(prompt, config), chat.last_output_ids, chat.last_stats
