@@ -39,7 +39,7 @@ import numpy as np
 from .compiled_model import PAGE_SIZE, CompiledModel
 from .prefix_cache import CachedPrefix, PrefixCache, exact_length
 from .sequence import Sequence, SequenceOutput
-from .speculative import drafter_for, next_budget
+from .speculative import draft_room, drafter_for, next_budget
 
 
 class EngineOverloaded(RuntimeError):
@@ -366,12 +366,8 @@ class BatchEngine:
         left = self.model.prefill_chunk_size - len(decoding)
         drafts: list[list[int]] = []
         for seq in decoding:
-            room = min(
-                seq.draft_budget,
-                seq.config.max_tokens - len(seq.generated) - 1,
-                self.model.chain_room(seq.seq_id) - 1,
-                left,
-            )
+            chain_room = self.model.chain_room(seq.seq_id) - 1  # after the pending token
+            room = min(draft_room(seq.generation, seq.draft_budget, chain_room), left)
             guess = (
                 self.drafter.propose([*seq.prompt_ids, *seq.generated], room) if room > 0 else []
             )

@@ -126,6 +126,12 @@ def _no_prefix_sharing(model_config: dict) -> str | None:
     return None
 
 
+def model_head_dim(model_config: dict) -> int:
+    """A chat config's attention head size (`head_dim`, else hidden size over heads)."""
+    heads = max(model_config.get("num_attention_heads", 1), 1)
+    return model_config.get("head_dim") or model_config.get("hidden_size", 0) // heads
+
+
 def _no_chains(chat_config: ChatConfig) -> str | None:
     """Why `CompiledModel.feed_chain` cannot run on a build, or None."""
     model_config = chat_config.model_config
@@ -136,9 +142,7 @@ def _no_chains(chat_config: ChatConfig) -> str | None:
             f"it is built for {chat_config.target!r}; a chain's decode-exact attention needs "
             "our CPU kernels (--target llvm)"
         )
-    head_dim = model_config.get("head_dim") or model_config.get("hidden_size", 0) // max(
-        model_config.get("num_attention_heads", 1), 1
-    )
+    head_dim = model_head_dim(model_config)
     if head_dim % _CPU_KERNEL_HEADS:
         return (
             f"its heads of {head_dim} run the cache's stock CPU kernels, not ours (a multiple "

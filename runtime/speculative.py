@@ -178,12 +178,14 @@ def _drafts(
     engine can take."""
     if drafter is None:
         return []
-    room = min(
-        max_draft,
-        step.config.max_tokens - len(step.generated) - 1,
-        engine.max_chain_length() - len(feed),
-    )
+    room = draft_room(step, max_draft, engine.max_chain_length() - len(feed))
     return drafter.propose([*history, *feed], room) if room > 0 else []
+
+
+def draft_room(step: GenerationStep, budget: int, chain_room: int) -> int:
+    """How many guesses a pass may verify after the tokens it feeds: at most `budget` and
+    `chain_room` (what the chain can still take), none past the answer's `max_tokens`."""
+    return min(budget, step.config.max_tokens - len(step.generated) - 1, chain_room)
 
 
 def _feed(engine: CompiledModel, tokens: list[int]) -> np.ndarray:

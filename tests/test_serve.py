@@ -29,9 +29,11 @@ KEY = "sk-test-key"
 
 
 class Server:
-    """`mlc serve` in a subprocess; stopped with SIGTERM (a graceful shutdown)."""
+    """`mlc serve` in a subprocess; stopped with SIGTERM (a graceful shutdown). Its output goes
+    to a pipe, or to the file `log` (for chatty servers, whose output could fill a pipe)."""
 
-    def __init__(self, model: Path, *args: str):
+    def __init__(self, model: Path, *args: str, log: Path | None = None):
+        self.log = log
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -40,7 +42,7 @@ class Server:
         command = [sys.executable, "-m", "mlc.cli", "serve", str(model), "--port", str(self.port)]
         self.proc = subprocess.Popen(
             [*command, "--log-level", "warning", *args],
-            stdout=subprocess.PIPE,
+            stdout=log.open("w") if log else subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
@@ -76,7 +78,7 @@ class Server:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-        return code, self.proc.stdout.read()
+        return code, self.log.read_text() if self.log else self.proc.stdout.read()
 
 
 @pytest.fixture(scope="module")

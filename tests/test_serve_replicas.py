@@ -23,23 +23,6 @@ from mlc.runtime.serve.service import EngineOptions
 PROMPTS = [f"Tell me about robot number {i}." for i in range(6)]
 
 
-class RayServer(Server):
-    """`mlc serve --replicas` in a subprocess, its output in a file (Ray writes a lot)."""
-
-    def __init__(self, model, *args: str, log=None):
-        self.log = log
-        super().__init__(model, *args)
-
-    def stop(self) -> tuple[int, str]:
-        self.interrupt()
-        try:
-            code = self.proc.wait(timeout=60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        return code, self.log.read_text() if self.log else ""
-
-
 @pytest.fixture(scope="module")
 def built(tiny_builds):
     return tiny_builds.get("gqa", **GQA)[1]
@@ -47,18 +30,8 @@ def built(tiny_builds):
 
 @pytest.fixture(scope="module")
 def ray_server(built, tmp_path_factory):
-    log = tmp_path_factory.mktemp("ray") / "serve.log"
-    original = subprocess.Popen
-
-    def popen(command, **kwargs):  # the output to a file, not a pipe Ray could fill
-        kwargs["stdout"] = log.open("w")
-        return original(command, **kwargs)
-
-    subprocess.Popen = popen
-    try:
-        srv = RayServer(built, "--replicas", "2", log=log)
-    finally:
-        subprocess.Popen = original
+    log = tmp_path_factory.mktemp("ray") / "serve.log"  # Ray writes a lot
+    srv = Server(built, "--replicas", "2", log=log)
     yield srv
     code, output = srv.stop()
     assert code == 0, output[-3000:]

@@ -31,11 +31,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from ..chat_config import ChatConfig
+from ..compiled_model import model_head_dim
 from ..host import ToolMissingError
 from ..tensor_cache import TensorCacheIndex
 from .errors import error_body
 from .middleware import APIKeyMiddleware
-from .service import DEFAULT_KV_TOKENS, EngineOptions
+from .service import EngineOptions, kv_cache_tokens
 
 APP_NAME = "mlc"
 # Prompt starts (characters of the prompt text, or of its messages or token ids as JSON) that
@@ -61,18 +62,12 @@ def replica_memory_bytes(model_dir: Path, options: EngineOptions) -> int:
     """What one engine replica holds: the weights and its KV cache."""
     config = ChatConfig.load(model_dir)
     index = TensorCacheIndex.load(model_dir, config.rebuild_hint(model_dir))
-    weights = index.param_bytes
     model = config.model_config
     layers = model.get("num_hidden_layers", 0)
     kv_heads = model.get("num_key_value_heads") or model.get("num_attention_heads", 0)
-    head_dim = model.get("head_dim") or model.get("hidden_size", 0) // max(
-        model.get("num_attention_heads", 1), 1
-    )
     itemsize = 2 if model.get("kv_cache_dtype") == "float16" else 4
-    batch = options.max_batch_size or config.max_batch_size
-    context = config.context_window_size
-    tokens = options.kv_cache_tokens or min(batch * context, max(context, DEFAULT_KV_TOKENS))
-    return weights + tokens * layers * 2 * kv_heads * head_dim * itemsize
+    per_token = layers * 2 * kv_heads * model_head_dim(model) * itemsize
+    return index.param_bytes + kv_cache_tokens(options, config) * per_token
 
 
 def check_replicas(model_dir: Path, options: EngineOptions, replicas: int, cpus: float) -> None:

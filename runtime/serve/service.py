@@ -44,6 +44,14 @@ class EngineOptions:
     num_draft_tokens: int = 8
 
 
+def kv_cache_tokens(options: EngineOptions, chat_config: ChatConfig) -> int:
+    """The KV cache's size in tokens: `--kv-cache-tokens`, else every batch slot at full
+    context, up to `DEFAULT_KV_TOKENS` (at least one full context)."""
+    batch = options.max_batch_size or chat_config.max_batch_size  # more is refused
+    context = chat_config.context_window_size
+    return options.kv_cache_tokens or min(batch * context, max(context, DEFAULT_KV_TOKENS))
+
+
 class ServedModel:
     """One model behind the API: tokenizer, chat template, stop rules and the batching engine."""
 
@@ -54,15 +62,12 @@ class ServedModel:
                 f"model directory not found: {model_dir} (build one with mlc build)"
             )
         chat_config = ChatConfig.load(model_dir)
-        batch = options.max_batch_size or chat_config.max_batch_size  # more is refused
-        context = chat_config.context_window_size
-        kv_tokens = options.kv_cache_tokens or min(batch * context, max(context, DEFAULT_KV_TOKENS))
         self.model = CompiledModel(
             model_dir,
             options.model_lib,
             options.device,
-            max_batch_size=batch,
-            kv_cache_tokens=kv_tokens,
+            max_batch_size=options.max_batch_size or chat_config.max_batch_size,
+            kv_cache_tokens=kv_cache_tokens(options, chat_config),
             prefill_chunk_size=min(options.prefill_chunk_size, chat_config.prefill_chunk_size),
         )
         self.name = name or model_dir.name
