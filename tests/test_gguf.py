@@ -599,3 +599,66 @@ def test_rope_freqs_that_are_not_llama3s_are_refused(change, message):
     divisors = llama3_rope_factors(500000.0, 128, {"factor": 8.0})
     with pytest.raises(ValueError, match=message):
         llama3_scaling(change(divisors.astype(np.float64)), 500000.0, 128)
+
+
+# tokenizer.json pre-tokenizers as Hugging Face repositories ship them (GPT-2, SmolLM2, Llama 3,
+# Qwen2), and the `tokenizer.ggml.pre` llama.cpp knows each split by.
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def _hf_pre_tokenizer(pre: str):
+    from tokenizers import Regex
+    from tokenizers import pre_tokenizers as pt
+
+    byte_level = pt.ByteLevel(add_prefix_space=False, use_regex=pre in ("gpt-2", "smollm"))
+    if pre == "gpt-2":
+        return byte_level
+    if pre == "smollm":
+        return pt.Sequence([pt.Digits(individual_digits=True), byte_level])
+    pattern = LLAMA3_PATTERN if pre == "llama-bpe" else QWEN2_PATTERN
+    return pt.Sequence([pt.Split(Regex(pattern), behavior="isolated"), byte_level])
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+def test_exported_tokenizer_names_its_split_as_llama_cpp_does(pre, tmp_path):
+    """The file names the tokenizer's own split, so that llama.cpp and our import cut text where
+    the original does: the import encodes every sample as the original `tokenizer.json` (runs of
+    digits and spaces, where these splits differ)."""
+    from tokenizers import Tokenizer
+
+    from mlc.gguf.checkpoint import GGUFCheckpoint
+    from mlc.gguf.tokenizer import tokenizer_from_gguf
+
+    model_dir = save_model(tmp_path / "model")
+    original = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    original.pre_tokenizer = _hf_pre_tokenizer(pre)
+    original.save(str(model_dir / "tokenizer.json"))
+    path = export_gguf(model_dir, tmp_path / "model.gguf", "F32")
+    meta = dict(GGUFCheckpoint(path).file.metadata)
+    assert meta["tokenizer.ggml.pre"] == pre
+    imported = tokenizer_from_gguf(meta, path)
+    samples = [*tokenizer_samples(), "In 2024,   12345 and  42.", "x=100;  y = 2000\n\n 7"]
+    differ = 0
+    for text in samples:
+        assert imported.encode(text).ids == original.encode(text).ids, (pre, text)
+        differ += _hf_pre_tokenizer("gpt-2").pre_tokenize_str(text) != (
+            original.pre_tokenizer.pre_tokenize_str(text)
+        )
+    assert pre == "gpt-2" or differ, "no sample tells this split from GPT-2's"
+
+
+def test_export_refuses_a_split_llama_cpp_cannot_name(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers import pre_tokenizers as pt
+
+    model_dir = save_model(tmp_path / "model")
+    original = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    original.pre_tokenizer = pt.Sequence([pt.Whitespace(), pt.ByteLevel(use_regex=False)])
+    original.save(str(model_dir / "tokenizer.json"))
+    with pytest.raises(ValueError, match="cannot name this tokenizer's pre-tokenizer"):
+        export_gguf(model_dir, tmp_path / "model.gguf", "F32")
+    assert not (tmp_path / "model.gguf").exists()

@@ -298,7 +298,7 @@ def _tokenizer_variants(folder: Path, tiny_tokenizer: Path) -> dict[str, Path]:
 
     paths = {"tiny": tiny_tokenizer}
     meta = dict(GGUFCheckpoint(embedded_gguf()).file.metadata)
-    for pre in ("default", "llama3", "qwen2"):
+    for pre in ("default", "smollm", "llama3", "qwen2"):
         paths[f"smollm2-{pre}"] = folder / f"smollm2-{pre}.json"
         tokenizer_from_gguf({**meta, "tokenizer.ggml.pre": pre}, embedded_gguf()).save(
             str(paths[f"smollm2-{pre}"])

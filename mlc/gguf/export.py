@@ -20,6 +20,7 @@ from mlc.hf_checkpoint import HFCheckpoint
 
 from .architectures import for_model_type
 from .sentencepiece_model import read_sentencepiece_model
+from .tokenizer import PRE_TOKENIZER_SPLITS
 
 # Tensors the converter always keeps in F32, besides every 1-D one and every norm (StableLM 2's
 # stacked per-head norms are 2-D): learned positions and a mixture of experts' router.
@@ -140,6 +141,32 @@ def _add_sentencepiece(writer, model_file: Path) -> None:
     writer.add_add_space_prefix(sp.add_dummy_prefix)
 
 
+def llama_cpp_pre_name(pre: dict | None) -> str:
+    """llama.cpp's `tokenizer.ggml.pre` name for a `tokenizer.json` pre-tokenizer: the split
+    llama.cpp applies before byte-level BPE, which must be the tokenizer's own."""
+
+    def gpt2(p: dict) -> bool:
+        return p.get("type") == "ByteLevel" and p.get("use_regex", True)
+
+    if pre is not None and gpt2(pre):
+        return "gpt-2"
+    parts = pre.get("pretokenizers", []) if pre is not None and pre["type"] == "Sequence" else []
+    if len(parts) == 2:
+        first, second = parts
+        if first["type"] == "Digits" and first.get("individual_digits") and gpt2(second):
+            return "smollm"
+        if first["type"] == "Split" and second["type"] == "ByteLevel" and not gpt2(second):
+            pattern = first.get("pattern", {}).get("Regex")
+            for name in ("llama-bpe", "qwen2"):
+                if pattern == PRE_TOKENIZER_SPLITS[name]:
+                    return name
+    raise ValueError(
+        "GGUF export cannot name this tokenizer's pre-tokenizer for llama.cpp "
+        f"(tokenizer.ggml.pre): {json.dumps(pre)[:300]}; it knows GPT-2's ByteLevel (gpt-2), "
+        "Digits then ByteLevel (smollm) and the Llama 3 and Qwen2 splits"
+    )
+
+
 def _add_byte_level_bpe(writer, model_dir: Path, config: dict) -> None:
     data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     model = data["model"]
@@ -158,7 +185,7 @@ def _add_byte_level_bpe(writer, model_dir: Path, config: dict) -> None:
     special = {a["content"] for a in data.get("added_tokens", []) if a.get("special")}
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(llama_cpp_pre_name(data.get("pre_tokenizer")))
     writer.add_token_list(tokens)
     writer.add_token_types(
         [3 if t in special else 1 if i in used else 5 for i, t in enumerate(tokens)]

@@ -19,7 +19,7 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 SPACE = "\u2581"  # SentencePiece's visible space
 
 # How text is split before byte-level BPE, by `tokenizer.ggml.pre`. Absent or unknown names
-# use GPT-2's own split (the `ByteLevel` default).
+# (`gpt-2` among them) use GPT-2's own split (the `ByteLevel` default).
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -36,6 +36,23 @@ PRE_TOKENIZER_SPLITS = {
     "qwen2": _QWEN2_SPLIT,
     "deepseek-r1-qwen": _QWEN2_SPLIT,
 }
+DIGITS_FIRST = {"smollm"}
+
+
+def byte_level_pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
+    """The split before byte-level BPE that llama.cpp's `tokenizer.ggml.pre` `name` means."""
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if name in DIGITS_FIRST:  # every digit alone, then GPT-2's split of the rest
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2])
+    split = PRE_TOKENIZER_SPLITS.get(name)
+    if split is None:
+        return gpt2
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
 
 
 def _types(meta: dict[str, Any]) -> list[int]:
@@ -50,16 +67,7 @@ def _byte_level_bpe(meta: dict[str, Any]) -> Tokenizer:
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {token: index for index, token in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    split = PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre", "default"))
-    if split is None:
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+    tokenizer.pre_tokenizer = byte_level_pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
     tokenizer.decoder = decoders.ByteLevel()
     # Control tokens (<|im_start|>, ...) and user-defined ones must match whole in the text. A
     # control token spelled outside the byte alphabet is a mislabelled ordinary token.
