@@ -25,36 +25,12 @@ import numpy as np
 from mlc.build import BuildOptions, build
 from mlc.bundle import bundle_size, write_bundle
 from mlc.runtime.compiled_model import CompiledModel
-from mlc.testing.random_model import PRESETS, save_llama, save_model
+from mlc.testing.random_model import PRESETS, save_llama
+from mlc.testing.real_shapes import CASES, CONTEXT, save_case
 
-# name -> tiny config.json settings: every case a different architecture or head size.
-CASES: dict[str, dict] = {
-    "llama-gqa-hd64": {
-        "model_type": "llama",
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-    },
-    "qwen2-bias-hd64": {
-        "model_type": "qwen2",
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 1,
-    },
-    "phi3-hd128": {
-        "model_type": "phi3",
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-    },
-}
 QUANTIZATIONS = ("q0f16", "q4f16_1")
 PROMPT_TOKENS = 300
 DECODE_STEPS = 16
-CONTEXT = 1024
 
 
 def reference(cpu_dir: Path, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -69,10 +45,8 @@ def reference(cpu_dir: Path, vocab: int, seed: int = 0) -> dict[str, np.ndarray]
     return {"prompt": prompt, "tokens": np.array(tokens, np.int32), "logits": np.stack(logits)}
 
 
-def prepare_case(name: str, settings: dict, arch: str, work: Path, out: Path) -> None:
-    hf_dir = save_model(
-        work / "hf" / name, vector_std=0.1, max_position_embeddings=CONTEXT, **settings
-    )
+def prepare_case(name: str, arch: str, work: Path, out: Path) -> None:
+    hf_dir = save_case(name, work / "hf" / name)
     for quant in QUANTIZATIONS:
         options = dict(model=hf_dir, quantization=quant, context_window_size=CONTEXT, quiet=True)
         cpu_dir = build(BuildOptions(output=work / "cpu", **options))
@@ -109,8 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     write_bundle(args.out_dir / "bundle", args.tvm_ffi_wheel)
     with tempfile.TemporaryDirectory(prefix="mlc-cuda-prepare-") as tmp:
-        for name, settings in CASES.items():
-            prepare_case(name, settings, args.arch, Path(tmp), args.out_dir)
+        for name in CASES:
+            prepare_case(name, args.arch, Path(tmp), args.out_dir)
         if args.big:
             prepare_big(args.arch, Path(tmp), args.out_dir)
     print(f"{args.out_dir}: {bundle_size(args.out_dir) / 2**20:.1f} MiB to carry")

@@ -82,12 +82,13 @@ def build(opts: BuildOptions) -> Path:
     checkpoint = open_checkpoint(model_path)
     arch = get_architecture(checkpoint.config)
     preset = get_target(opts.target).with_options(arch=opts.arch)
-    quant = get_quantization(opts.quantization or default_quantization(checkpoint, preset.name))
+    quant = get_quantization(opts.quantization or default_quantization(checkpoint))
+    quant = quant.for_target(preset.name)
     if quant.cpu_only and preset.name != "llvm":
         raise ValueError(
-            f"--quantization {quant.name} runs on the CPU target (llvm) only; the block-format "
-            f"kernels for {preset.name} are not written yet: use --quantization q4f16_1 (or "
-            "q4f32_1 where the device has no fp16)"
+            f"--quantization {quant.name} runs on the CPU target (llvm) only: its kernels "
+            f"multiply int8 activations, which only the CPU's do; for {preset.name} use "
+            "--quantization q4f16_1 (or q4f32_1 where the device has no fp16)"
         )
     # None: the model's own chat template if it has one, else the raw-text `LM` template.
     conv_template = get_template(opts.conv_template).name if opts.conv_template else None
@@ -253,10 +254,9 @@ def _convert_weights(
     return change
 
 
-def default_quantization(checkpoint: HFCheckpoint | GGUFCheckpoint, target: str) -> str:
-    """`gguf` for a GGUF file built for the CPU (its weights as the file stores them), else
-    `q0f32`."""
-    return "gguf" if isinstance(checkpoint, GGUFCheckpoint) and target == "llvm" else "q0f32"
+def default_quantization(checkpoint: HFCheckpoint | GGUFCheckpoint) -> str:
+    """`gguf` for a GGUF file (its weights as the file stores them), else `q0f32`."""
+    return "gguf" if isinstance(checkpoint, GGUFCheckpoint) else "q0f32"
 
 
 def _ordered_map(func, items, workers: int) -> Iterator:

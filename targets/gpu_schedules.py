@@ -1,7 +1,8 @@
 """GPU schedule rules of our own, for kernels DLight's rules do not recognise.
 
 `DequantizeMatmul`: the group-quantized linear is one reduction block whose operand is
-dequantized inside the sum (`y[m, n] += x[m, k] * (((w[n, k / 8] >> s) & 15) - 7) * scale`).
+dequantized inside the sum (`y[m, n] += x[m, k] * (((w[n, k / 8] >> s) & 15) - 7) * scale`;
+a GGUF block format's decoding alike, from packed words or a K-quant's bytes).
 DLight's GEMV/LowBatchGEMV/Matmul rules only recognise plain buffer loads, so without this
 rule the kernel falls to GeneralReduction (one thread block per output) or, with no epilogue,
 to Fallback (one thread per output, serial over all of K). The schedule here is a GEMV:
@@ -28,8 +29,10 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.target import Target
 
-PACKED_DTYPE = "uint32"
-VALUES_PER_WORD = 8  # 4-bit values in a uint32: the K step one thread takes per load
+# Packed weights: 4-bit values 8 to a uint32 (group quantization, the GGML 32-value formats),
+# or the bytes of a K-quant super-block.
+PACKED_DTYPES = ("uint32", "uint8")
+VALUES_PER_WORD = 8  # the K step one thread takes per load
 
 
 class DequantizeMatmul(GPUScheduleRule):
@@ -99,8 +102,8 @@ class DequantizeMatmul(GPUScheduleRule):
 
 
 def _is_dequantize_matmul(block: tirx.SBlock, dom_kind: str) -> bool:
-    """Spatial iters then one reduction over K, reading a packed uint32 weight."""
+    """Spatial iters then one reduction over K, reading a packed 2-D weight."""
     if not (len(dom_kind) >= 3 and dom_kind[-1] == "R" and set(dom_kind[:-1]) == {"S"}):
         return False
-    packed = [r.source for r in block.reads if str(r.source.dtype) == PACKED_DTYPE]
+    packed = [r.source for r in block.reads if str(r.source.dtype) in PACKED_DTYPES]
     return any(len(buffer.shape) == 2 for buffer in packed)

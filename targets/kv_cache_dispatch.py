@@ -10,6 +10,8 @@ spec's `AttentionFacts` and the preset, how the attention variant is computed:
   per-layer signal the cache hands its kernels (targets/cpu_attention_common.py);
 - elsewhere the kernels attend to every key without capping, so `mlc build` keeps the context
   inside the window (see `fit_context_to_attention`), and ALiBi is refused.
+
+On GPU targets the cache's merge of partial attention results is ours (`gpu_merge_state.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from mlc.models.kv_cache import GENERIC_KV_CACHE, AttentionFacts, KVCacheSpec
 
 from .base import TargetPreset
 from .cpu_attention_common import ALIBI_ATTR, SOFTCAP_ATTR, WINDOW_ATTR
+from .gpu_merge_state import replace_merge_state
 
 CREATE_FUNC = "create_paged_kv_cache"
 ATTENTION_CALL = "vm.builtin.attention_kv_cache_attention_with_fused_qkv"
@@ -75,6 +78,8 @@ def dispatch_kv_cache_creation(preset: TargetPreset, target: Target) -> tvm.tran
             cache = _tir_cache(spec, dims, target)
             bb.emit_func_output(bb.emit(cache._expr, "paged_kv_cache"))
         out = bb.finalize()
+        if target.kind.name != "llvm":
+            replace_merge_state(out, spec.num_attention_heads, spec.head_dim, spec.dtype)
         if variant:
             _stamp_kernels(out, before, spec.attention)
             if spec.attention.sliding_window and spec.attention.sliding_layers:

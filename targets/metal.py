@@ -41,7 +41,11 @@ class MetalTarget(GPUTarget):
     def schedule_rules(self) -> list[dl.ScheduleRule]:
         # DLight's Matmul tries its simdgroup (tensor) path for Metal, which segfaults on
         # dynamic-shape matmuls in this TVM.
-        return [r for r in super().schedule_rules() if not isinstance(r, dl.gpu.Matmul)]
+        return [
+            r
+            for r in super().schedule_rules()
+            if not isinstance(getattr(r, "rule", r), dl.gpu.Matmul)  # wrapped in `Declining`
+        ]
 
 
 @dataclasses.dataclass

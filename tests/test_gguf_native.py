@@ -36,6 +36,8 @@ from mlc.quantization.int8_activations import (
     stored_position,
 )
 from mlc.quantization.kquant_blocks import K_FORMATS
+from mlc.runtime.compiled_model import CompiledModel
+from mlc.runtime.web import run_greedy
 from mlc.targets.x86_kernels import (
     Gather,
     has_avx2,
@@ -370,12 +372,54 @@ def test_gguf_needs_a_gguf_file(tiny_builds, tmp_path):
     assert get_quantization("gguf").name == "gguf"
 
 
-def test_gguf_is_refused_for_gpu_targets(mixed, tmp_path):
-    path, _ = mixed
-    options = BuildOptions(
-        model=path, quantization="gguf", target="vulkan", output=tmp_path, quiet=True
-    )
-    with pytest.raises(ValueError, match="gguf runs on the CPU target .* use --quantization q4f16"):
+def _float_logits(model_dir, prompt: list[int], steps: int, device: str = "cpu") -> np.ndarray:
+    """Logits after `prompt` and after each of `steps` greedy tokens fed back."""
+    model = CompiledModel(model_dir, device=device)
+    logits = [model.prefill(prompt).copy()]
+    while len(logits) <= steps:
+        logits.append(model.decode(int(np.argmax(logits[-1]))).copy())
+    return np.stack(logits)
+
+
+def _gpu_matches_exact_cpu(path, tmp_path, target: str) -> None:
+    """A GPU build of the GGUF file, by default in its own formats, decoded inside float32
+    reductions: every step's logits within 1e-4 of the CPU's exact float32 build (`q0f32`:
+    the same weights dequantized). Measured 2e-5 to 3.4e-5 on llvmpipe."""
+    gpu = build(BuildOptions(model=path, target=target, output=tmp_path / target, quiet=True))
+    config = json.loads((gpu / "mlc-chat-config.json").read_text())["quantization_scheme"]
+    assert config["name"] == "gguf" and config["activations"].startswith("float32")
+    assert config["reads_float16"] is True
+    exact = build(BuildOptions(model=path, quantization="q0f32", output=tmp_path, quiet=True))
+    prompt, steps = list(range(7, 40)), 8
+    expected = _float_logits(exact, prompt, steps)
+    if target == "vulkan":
+        got = _float_logits(gpu, prompt, steps, device="vulkan")
+    else:
+        result = run_greedy(gpu, prompt, steps + 1)
+        assert result["tokens"] == [int(np.argmax(row)) for row in expected]
+        got = np.array(result["logits"], np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("target", ["vulkan", "webgpu"])
+def test_gguf_file_runs_on_gpu_targets_in_its_own_formats(mixed, tmp_path, target):
+    path, cpu = mixed
+    _gpu_matches_exact_cpu(path, tmp_path, target)
+    # The same tensors in the same formats as the CPU build keeps.
+    formats = [
+        json.loads((d / "mlc-chat-config.json").read_text())["quantization_scheme"]
+        for d in (cpu, tmp_path / target / f"tiny-mixed-gguf-{target}")
+    ]
+    assert formats[0]["tensor_formats"] == formats[1]["tensor_formats"]
+
+
+def test_k_quant_file_runs_on_vulkan(k_quant_file, tmp_path):
+    _gpu_matches_exact_cpu(k_quant_file, tmp_path, "vulkan")
+
+
+def test_k_quants_are_refused_for_webgpu(k_quant_file, tmp_path):
+    options = BuildOptions(model=k_quant_file, target="webgpu", output=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="K-quants .* no 8-bit storage.* --quantization q4f32_1"):
         build(options)
     assert not list(tmp_path.iterdir())
 
@@ -471,11 +515,12 @@ K_TYPES = {
 }
 
 
-def test_k_quant_file_matches_transformers_reading_it(tmp_path, monkeypatch):
-    """transformers dequantizes the file with the `gguf` package and runs in float64; our
-    build keeps the super-blocks and decodes them in its kernels: logits within 1e-4."""
+@pytest.fixture(scope="module")
+def k_quant_file(tmp_path_factory):
+    """A Q4_K_M-like file of a tiny Llama (`K_TYPES`), its super-blocks random bytes."""
+    root = tmp_path_factory.mktemp("k_quants")
     hf_dir = save_llama(
-        tmp_path / "tiny", num_key_value_heads=2, hidden_size=256, intermediate_size=512
+        root / "tiny", num_key_value_heads=2, hidden_size=256, intermediate_size=512
     )
     real = gguf.quants.quantize
 
@@ -485,9 +530,15 @@ def test_k_quant_file_matches_transformers_reading_it(tmp_path, monkeypatch):
         n, k = array.shape
         return _k_blocks(qtype.name, n, k, seed=n + k, scale=3e-4).reshape(n, -1)
 
-    monkeypatch.setattr(gguf.quants, "quantize", k_quantize)
-    path = export_gguf(hf_dir, tmp_path / "tiny-k.gguf", "F32", overrides=K_TYPES)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf.quants, "quantize", k_quantize)
+        return export_gguf(hf_dir, root / "tiny-k.gguf", "F32", overrides=K_TYPES)
+
+
+def test_k_quant_file_matches_transformers_reading_it(k_quant_file, tmp_path):
+    """transformers dequantizes the file with the `gguf` package and runs in float64; our
+    build keeps the super-blocks and decodes them in its kernels: logits within 1e-4."""
+    path = k_quant_file
     built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
     formats = json.loads((built / "mlc-chat-config.json").read_text())["quantization_scheme"]
     assert formats["tensor_formats"]["layers.*.mlp.down_proj.weight"] == {"Q2_K": 1, "Q6_K": 1}

@@ -3,9 +3,10 @@
 No GPU here: nothing runs. CUDA: the fatbin nvcc embedded is found in the `.so` by its magic
 and listed by NVIDIA's `cuobjdump` (cubins for the requested arches, PTX for the oldest, every
 kernel the host code launches defined). Metal/iPhone: the `.tar` objects are read as Mach-O
-(arm64, platform macOS or iOS) and the Metal source must define every kernel the host code
-names. Bad input (unknown target or arch, no nvcc, nvcc failing) must fail clearly and leave
-nothing behind.
+(arm64, platform macOS or iOS), the Metal source must define every kernel the host code
+names, and each kernel's source must parse and type-check with clang against our declarations
+of Metal's standard library (`mlc.testing.metal_check`; no Metal compiler here). Bad input
+(unknown target or arch, no nvcc, nvcc failing) must fail clearly and leave nothing behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from click.testing import CliRunner
 from mlc.build import BuildOptions, build
 from mlc.cli import main
 from mlc.targets import describe_targets, get_target, local_target
+from mlc.testing.metal_check import check_metal_source, metal_sources_of_tar
 from mlc.testing.random_model import save_model
 
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
@@ -229,11 +231,15 @@ def test_metal_tar_holds_arm64_objects_and_every_kernel(
         symbols.update({s: d or symbols.get(s, False) for s, d in object_symbols.items()})
 
     launched = {n.decode() for data in objects.values() for n in HOST_KERNEL_NAME.findall(data)}
-    metal = "".join(data.decode("latin-1") for data in objects.values())
-    assert "#include <metal_stdlib>" in metal
+    sources = metal_sources_of_tar(lib)  # one source per kernel, by name
+    metal = "\n".join(sources.values())
+    assert all(s.startswith("#include <metal_stdlib>") for s in sources.values())
     defined = set(METAL_KERNEL_DEF.findall(metal))
+    assert defined == set(sources)
     assert launched, "no kernel launches found in the host code"
     assert launched <= defined, f"kernels missing from the Metal source: {launched - defined}"
+    # Each kernel parses and type-checks (clang against our declarations of metal_stdlib).
+    assert [e for s in sources.values() for e in check_metal_source(s)] == []
 
     prefix = f"{lib.stem.replace('-', '_')}_" if target == "iphone" else ""
     assert {prefix + k for k in PAGED_KV_KERNELS} <= launched
@@ -259,6 +265,73 @@ def test_metal_tar_holds_arm64_objects_and_every_kernel(
         assert "_TVMFFIEnvModRegisterSystemLibSymbol" not in symbols
 
 
+def _corrupt_shuffle(source: str) -> str:
+    """A `simd_shuffle_down` given no delta."""
+    return re.sub(
+        r"simd_shuffle_down\((\w+\[0\]), \d+\)", r"simd_shuffle_down(\1)", source, count=1
+    )
+
+
+def _corrupt_address_space(source: str) -> str:
+    """A `device half*` parameter assigned to a `threadgroup half*` local."""
+    param = re.search(r"device half\* (\w+) \[\[", source).group(1)
+    return source.replace(") {\n", f") {{\n  threadgroup half* staged = {param};\n", 1)
+
+
+def _corrupt_components(source: str) -> str:
+    """A `float4` built from three floats."""
+    return re.sub(r"float4\(([^,()]+), [^,()]+,", r"float4(\1,", source, count=1)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "corrupt", "expected"),
+    [
+        (
+            "dequantize_matmul_kernel",
+            _corrupt_shuffle,
+            "no matching function for call to 'simd_shuffle_down'; candidate function template "
+            "not viable: requires 2 arguments, but 1 was provided",
+        ),
+        (
+            "dequantize_matmul_kernel",
+            _corrupt_address_space,
+            "cannot initialize a variable of type 'threadgroup half *'",
+        ),
+        (
+            "batch_decode_paged_kv_kernel",
+            _corrupt_components,
+            "wrong number of components for this vector type",
+        ),
+        (
+            "dequantize_matmul_kernel",
+            lambda s: s.replace("threadIdx.x)", "threadIdx.z)", 1),
+            "vector component access exceeds type 'uint2'",
+        ),
+        (
+            "dequantize_matmul_kernel",
+            lambda s: s.replace("red_buf0[0] = ", "red_buf1[0] = ", 1),
+            "use of undeclared identifier 'red_buf1'",
+        ),
+        (
+            "dequantize_matmul_kernel",
+            lambda s: s.replace("[[ buffer(1) ]]", "[[ bufer(1) ]]"),
+            "unknown Metal attribute [[bufer(1)]]",
+        ),
+    ],
+    ids=["shuffle-arity", "address-space", "vector-size", "swizzle", "undeclared", "attribute"],
+)
+def test_metal_check_reports_errors(tiny_builds, kernel, corrupt, expected):
+    """The check fails on plausible mistakes, naming the problem, the kernel and the line."""
+    source = metal_sources_of_tar(_build(tiny_builds, "metal", "q4f16_1"))[kernel]
+    assert check_metal_source(source) == []
+    bad = corrupt(source)
+    pairs = zip(source.split("\n"), bad.split("\n"), strict=False)
+    line = next(i for i, (a, b) in enumerate(pairs, 1) if a != b)
+    errors = check_metal_source(bad)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{kernel}:{line}: {expected}"), errors
+
+
 # --- choosing a target ------------------------------------------------------------------
 
 
@@ -279,3 +352,14 @@ def test_auto_picks_the_local_device(monkeypatch):
     monkeypatch.setattr("sys.platform", "darwin")
     monkeypatch.setattr("platform.machine", lambda: "arm64")
     assert get_target("auto").name == "metal"
+
+
+@pytest.mark.parametrize("target", ["metal", "iphone"])
+def test_metal_schedules_without_dlights_matmul(target):
+    """DLight's Matmul tries Metal's simdgroup path, which crashes TVM's compiler on our
+    dynamic-shape float matmuls (q0f32/q0f16 builds, float weights of GGUF files)."""
+
+    def rule_names(preset: str) -> set[str]:
+        return {type(getattr(r, "rule", r)).__name__ for r in get_target(preset).schedule_rules()}
+
+    assert "Matmul" in rule_names("cuda") and "Matmul" not in rule_names(target)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tarfile
 
 import pytest
 
+from mlc.quantization.group_quant import GroupQuantization
 from mlc.targets import ToolMissingError, get_target
 from mlc.targets.device_blob import kernel_sources
 from mlc.testing import kernel_check as kc
+from mlc.testing.numpy_kernels import ModelFacts
 from mlc.testing.opencl_check import OpenCLDevice
-from mlc.testing.random_model import save_model
+from mlc.testing.real_shapes import save_case
 
 # Paged-KV-cache kernels run on consistent cache states (mlc.testing.kv_cache_cases), except:
 UNCHECKED = {
@@ -18,18 +21,12 @@ UNCHECKED = {
     # consistent tree-mask case is written yet.
     "batch_tree_attn": "no tree-mask case",
     "tree_attn_paged_kv": "no tree-order case",
-    # TVM's GPU merge kernel updates S in place while other threads of the same head still
-    # read it (no barrier): right only where those threads run in lockstep, as on GPUs. pocl
-    # runs work-items one after another and gets a different V and S (see the report).
-    "tir_attention_merge_state": "read-after-write race on S across threads",
 }
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    path = tmp_path_factory.mktemp("opencl") / "llama"
-    save_model(path)
-    return path
+    return save_case("llama-gqa-hd64", tmp_path_factory.mktemp("opencl") / "llama")
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +48,54 @@ def test_build(tiny_builds, target, quantization):
         assert b"__kernel void" in lib.read_bytes()
 
 
-def test_every_kernel_matches_cpu(lowered_f32):
+def test_every_kernel_matches_cpu(tiny_llama, lowered_f32):
     checked = set(lowered_f32.functions()) - set(UNCHECKED)
-    assert {"rms_norm", "fused_rope", "take", "dequantize_take"} <= checked
+    assert {
+        "rms_norm",
+        "fused_rope",
+        "take",
+        "dequantize_take",
+        "tir_attention_merge_state",
+    } <= checked
     assert {"batch_decode_paged_kv", "batch_prefill_paged_kv", "batch_prefill_ragged_kv"} <= checked
     assert any(n.startswith("fused_dequantize_matmul") for n in checked)
-    results = kc.check_module(lowered_f32, OpenCLDevice(lowered_f32.source), skip=UNCHECKED)
+    facts = ModelFacts.of(tiny_llama, "q4f32_1")
+    device = OpenCLDevice(lowered_f32.source)
+    results = kc.check_module(lowered_f32, device, skip=UNCHECKED, facts=facts)
     assert {r.name for r in results} == checked
+    assert kc.numpy_checked_kinds(results) == {"matmul", "rms_norm", "decode_attention"}
     bad = [r.message for r in results if not r.ok]
     assert not bad, "\n".join(bad)
+
+
+def test_numpy_reference_fails_a_kernel_computing_something_else(tiny_llama, lowered_f32):
+    """The device and the TIR reference agree; numpy, told another model's facts, does not."""
+    facts = ModelFacts.of(tiny_llama, "q4f32_1")
+    device = OpenCLDevice(lowered_f32.source)
+    assert kc.check_function(lowered_f32, "rms_norm", device, facts=facts).ok
+    wrong_eps = dataclasses.replace(facts, rms_norm_eps=1.0)
+    result = kc.check_function(lowered_f32, "rms_norm", device, facts=wrong_eps)
+    assert not result.ok and "off numpy's" in result.message
+    # A plausible slip in a Linear's definition: the zero point taken as 8, not 7.
+    scheme = facts.quantization
+    fields = {f.name: getattr(scheme, f.name) for f in dataclasses.fields(scheme)}
+    off_by_one = dataclasses.replace(facts, quantization=_ZeroPointEight(**fields))
+    result = kc.check_function(lowered_f32, "dequantize_matmul", device, facts=off_by_one)
+    assert not result.ok and "off numpy's" in result.message
+
+
+class _ZeroPointEight(GroupQuantization):
+    @property
+    def max_int(self) -> int:
+        return 8
 
 
 def test_corrupt_kernel_is_named(lowered_f32):
     sources = kernel_sources(lowered_f32.source)
     chunk = sources["rms_norm_kernel"]
     body = chunk.rindex("__kernel void rms_norm_kernel(")  # the definition, after declarations
-    # A plausible codegen bug: the mean over 64 channels divides by 32.
-    corrupted = chunk[body:].replace("/ 6.400000e+01f", "/ 3.200000e+01f")
+    # A plausible codegen bug: the mean over 256 channels divides by 128.
+    corrupted = chunk[body:].replace("/ 2.560000e+02f", "/ 1.280000e+02f")
     assert corrupted != chunk[body:]
     sources["rms_norm_kernel"] = chunk[:body] + corrupted
     device = OpenCLDevice("\n".join(sources.values()))

@@ -12,18 +12,19 @@ from mlc.targets import ToolMissingError, get_target, spirv
 from mlc.targets.device_blob import kernel_sources
 from mlc.targets.vulkan import read_manifest
 from mlc.testing import kernel_check as kc
+from mlc.testing.numpy_kernels import ModelFacts
 from mlc.testing.random_model import save_model
+from mlc.testing.real_shapes import CONTEXT, case_settings
 from mlc.testing.vulkan_check import VulkanDevice
 
-# As in tests/test_opencl_kernels.py: no tree-attention cases yet; merge_state has a race on
-# S (works on llvmpipe only if its threads happen to run in lockstep, so it is not relied on).
-UNCHECKED = {"batch_tree_attn", "tree_attn_paged_kv", "tir_attention_merge_state"}
+# As in tests/test_opencl_kernels.py: no tree-attention cases yet.
+UNCHECKED = {"batch_tree_attn", "tree_attn_paged_kv"}
 
 
-def vulkan_build(tiny_builds, name: str, quantization: str, **settings):
+def vulkan_build(tiny_builds, name: str, quantization: str, options=None, **settings):
     """(manifest, kernels by name, lowered module) of a `vulkan` build of a tiny model."""
     hf_dir, out = tiny_builds.get(
-        name, quantization, build_options={"target": "vulkan"}, **settings
+        name, quantization, build_options={**(options or {}), "target": "vulkan"}, **settings
     )
     (lib,) = out.glob("*-vulkan.so")
     manifest, code = read_manifest(lib)
@@ -38,7 +39,10 @@ def vulkan_build(tiny_builds, name: str, quantization: str, **settings):
 
 @pytest.fixture(scope="module")
 def vulkan_f16(tiny_builds):
-    return vulkan_build(tiny_builds, "llama", "q4f16_1")
+    # The build tests/test_gpu_real_shapes.py runs whole: GQA, head_dim 64, hidden 256.
+    options = {"context_window_size": CONTEXT}
+    case = "llama-gqa-hd64"
+    return vulkan_build(tiny_builds, case, "q4f16_1", options, **case_settings(case))
 
 
 def test_artifact_spirv_is_valid(vulkan_f16):
@@ -53,14 +57,18 @@ def test_artifact_spirv_is_valid(vulkan_f16):
         assert k["launch_params"], k["name"]
 
 
-def test_every_kernel_matches_cpu(vulkan_f16):
+def test_every_kernel_matches_cpu(tiny_builds, vulkan_f16):
     _, kernels, lowered = vulkan_f16
+    options = {"context_window_size": CONTEXT, "target": "vulkan"}
+    hf_dir, _ = tiny_builds.get("llama-gqa-hd64", "q4f16_1", options)  # vulkan_f16's build
     checked = set(lowered.functions()) - UNCHECKED
     assert any(n.startswith("fused_dequantize_matmul") for n in checked)
     device = VulkanDevice(kernels)
     skip = dict.fromkeys(UNCHECKED, "needs a consistent KV-cache state")
-    results = kc.check_module(lowered, device, skip=skip)
+    facts = ModelFacts.of(hf_dir, "q4f16_1")
+    results = kc.check_module(lowered, device, skip=skip, facts=facts)
     assert {r.name for r in results} == checked
+    assert kc.numpy_checked_kinds(results) == {"matmul", "rms_norm", "decode_attention"}
     bad = [r.message for r in results if not r.ok]
     assert not bad, "\n".join(bad)
 

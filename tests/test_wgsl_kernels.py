@@ -9,23 +9,21 @@ import pytest
 from mlc.targets import get_target
 from mlc.targets.device_blob import kernel_sources
 from mlc.testing import kernel_check as kc
-from mlc.testing.random_model import save_model
+from mlc.testing.numpy_kernels import ModelFacts
+from mlc.testing.real_shapes import save_case
 from mlc.testing.wgsl_check import WGSLDevice, fold_grid, pack_scalars
 
-# Tree attention has no consistent random case yet and merge_state races on S (see
-# tests/test_vulkan_kernels.py); every other kernel, paged-KV attention included, is checked.
+# Tree attention has no consistent random case yet; every other kernel, paged-KV attention
+# included, is checked.
 UNCHECKED = {
     "batch_tree_attn": "needs a consistent tree mask and indptr arrays",
     "tree_attn_paged_kv": "needs a consistent page table and tree order",
-    "tir_attention_merge_state": "GPU and CPU kernels disagree on random states (unresolved)",
 }
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    path = tmp_path_factory.mktemp("wgsl") / "llama"
-    save_model(path)
-    return path
+    return save_case("llama-gqa-hd64", tmp_path_factory.mktemp("wgsl") / "llama")
 
 
 def lowered_for(model_dir, quantization: str) -> kc.LoweredModule:
@@ -39,30 +37,32 @@ def lowered_f32(tiny_llama):
     return lowered_for(tiny_llama, "q4f32_1")
 
 
-def check_all(lowered: kc.LoweredModule) -> None:
+def check_all(lowered: kc.LoweredModule, facts: ModelFacts) -> None:
     checked = set(lowered.functions()) - set(UNCHECKED)
     assert {"take", "dequantize_take", "fused_rope", "batch_decode_paged_kv"} <= checked
+    assert "tir_attention_merge_state" in checked
     assert any(n.startswith("fused_dequantize_matmul") for n in checked)
-    results = kc.check_module(lowered, WGSLDevice(lowered.source), skip=UNCHECKED)
+    results = kc.check_module(lowered, WGSLDevice(lowered.source), skip=UNCHECKED, facts=facts)
     assert {r.name for r in results} == checked
+    assert kc.numpy_checked_kinds(results) == {"matmul", "rms_norm", "decode_attention"}
     bad = [r.message for r in results if not r.ok]
     assert not bad, "\n".join(bad)
 
 
-def test_every_f32_kernel_matches_cpu(lowered_f32):
-    check_all(lowered_f32)
+def test_every_f32_kernel_matches_cpu(tiny_llama, lowered_f32):
+    check_all(lowered_f32, ModelFacts.of(tiny_llama, "q4f32_1"))
 
 
 def test_every_f16_kernel_matches_cpu(tiny_llama):
     lowered = lowered_for(tiny_llama, "q4f16_1")
     assert "enable f16;" in lowered.source
-    check_all(lowered)
+    check_all(lowered, ModelFacts.of(tiny_llama, "q4f16_1"))
 
 
 def test_corrupt_kernel_is_named(lowered_f32):
     sources = kernel_sources(lowered_f32.source)
-    # A plausible codegen bug: the mean over 64 channels divides by 32.
-    corrupted = sources["rms_norm_kernel"].replace("/ 6.400000e+01f", "/ 3.200000e+01f")
+    # A plausible codegen bug: the mean over 256 channels divides by 128.
+    corrupted = sources["rms_norm_kernel"].replace("/ 2.560000e+02f", "/ 1.280000e+02f")
     assert corrupted != sources["rms_norm_kernel"]
     sources["rms_norm_kernel"] = corrupted
     device = WGSLDevice("\n".join(sources.values()))

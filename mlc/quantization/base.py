@@ -56,6 +56,10 @@ class Quantization:
         """Whether only the CPU target (llvm) has kernels for the stored formats."""
         return False
 
+    def for_target(self, target: str) -> Quantization:
+        """This scheme as it computes for the target preset named `target`."""
+        return self
+
     @property
     def kv_cache_dtype(self) -> str:
         """The KV cache's dtype unless the build asks for another: the model's."""

@@ -245,10 +245,12 @@ def _unpack_nibbles(words: np.ndarray, transposed: bool) -> np.ndarray:
 # --- layers ------------------------------------------------------------------------------------
 
 
-def block_matmul(fmt: GGMLFormat, x: Tensor, tensors: dict[str, Tensor], k: int, n: int) -> Tensor:
-    """`x[..., K] @ w[N, K]^T` in float32: int8 activations for the formats that have them,
-    else one kernel that dequantizes inside the reduction."""
-    if fmt.int8_activations:
+def block_matmul(
+    fmt: GGMLFormat, x: Tensor, tensors: dict[str, Tensor], k: int, n: int, int8: bool = True
+) -> Tensor:
+    """`x[..., K] @ w[N, K]^T` in float32: int8 activations for the formats that have them
+    (with `int8`), else one kernel that dequantizes inside the reduction."""
+    if int8 and fmt.int8_activations:
         xq, xs, xc = quantize_activations(x, k, fmt.sum_factor)
         q_weight, q_scale, q_min = tensors["q_weight"], tensors["q_scale"], tensors.get("q_min")
         return q4a8_matmul(
@@ -271,10 +273,11 @@ def block_matmul(fmt: GGMLFormat, x: Tensor, tensors: dict[str, Tensor], k: int,
 
 
 class _BlockWeight(nn.Module):
-    """A `[rows, k]` weight held as its format's stored tensors, one parameter each."""
+    """A `[rows, k]` weight held as its format's stored tensors, one parameter each; `int8`:
+    multiplied with int8 activations where the format has them (the CPU's kernels)."""
 
-    def _add_weight(self, fmt, rows: int, k: int) -> None:
-        self.fmt = fmt
+    def _add_weight(self, fmt, rows: int, k: int, int8: bool) -> None:
+        self.fmt, self.int8 = fmt, int8
         params = fmt.params(rows, k)
         for key, param in params.items():
             setattr(self, key, param)
@@ -287,14 +290,16 @@ class _BlockWeight(nn.Module):
 class BlockLinear(_BlockWeight):
     """A Linear layer whose weight is in one GGML block format."""
 
-    def __init__(self, fmt: GGMLFormat, in_features: int, out_features: int, bias: bool, dtype):
+    def __init__(
+        self, fmt, in_features: int, out_features: int, bias: bool, dtype, int8: bool = True
+    ):
         self.in_features, self.out_features = in_features, out_features
-        self._add_weight(fmt, out_features, in_features)
+        self._add_weight(fmt, out_features, in_features, int8)
         self.bias = nn.Parameter((out_features,), dtype) if bias else None
         self.dtype = dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        y = block_matmul(self.fmt, x, self.stored(), self.in_features, self.out_features)
+        y = block_matmul(self.fmt, x, self.stored(), self.in_features, self.out_features, self.int8)
         if self.dtype != "float32":
             y = y.astype(self.dtype)
         return y + self.bias if self.bias is not None else y
@@ -307,16 +312,17 @@ class BlockExperts(_BlockWeight):
     per slot for the down input) where the format has them, else decoding the blocks inside a
     float reduction."""
 
-    def __init__(self, fmt, experts: Experts):
+    def __init__(self, fmt, experts: Experts, int8: bool = True):
         self.out_features, self.in_features = experts.out_features, experts.in_features
         self.num_experts = experts.num_experts
         self.kernel_name = experts.kernel_name
-        self._add_weight(fmt, experts.num_experts * experts.out_features, experts.in_features)
+        rows = experts.num_experts * experts.out_features
+        self._add_weight(fmt, rows, experts.in_features, int8)
 
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
         fmt, name, keys = self.fmt, self.kernel_name, self.stored_keys
         n_out, n_in = self.out_features, self.in_features
-        if fmt.int8_activations:
+        if self.int8 and fmt.int8_activations:
             stacked = {  # `[experts, out, ...]`: the same memory
                 key: op.reshape(value, (self.num_experts, n_out, int(value.shape[1])))
                 for key, value in self.stored().items()
@@ -338,9 +344,9 @@ class BlockEmbedding(_BlockWeight):
     """A token embedding in one GGML block format: dequantizes the rows it looks up; as the
     tied LM head, a `BlockLinear` over the whole table."""
 
-    def __init__(self, fmt: GGMLFormat, num: int, dim: int, dtype: str):
+    def __init__(self, fmt, num: int, dim: int, dtype: str, int8: bool = True):
         self.num, self.dim, self.dtype = num, dim, dtype
-        self._add_weight(fmt, num, dim)
+        self._add_weight(fmt, num, dim, int8)
 
     def forward(self, ids: Tensor) -> Tensor:
         fmt, dim, dtype = self.fmt, self.dim, self.dtype
@@ -358,4 +364,4 @@ class BlockEmbedding(_BlockWeight):
         return op.tensor_expr_op(lookup, "dequantize_take", [ids, *stored.values()])
 
     def lm_head_forward(self, x: Tensor) -> Tensor:
-        return block_matmul(self.fmt, x, self.stored(), self.dim, self.num)
+        return block_matmul(self.fmt, x, self.stored(), self.dim, self.num, self.int8)

@@ -5,7 +5,9 @@ format our kernels compute (`FORMATS`: `ggml_blocks`' Q4_0 … Q8_0 and `kquant_
 Q6_K) keeps its blocks, bits unchanged; every other tensor (norms, biases, F32/F16/BF16
 weights, block formats without a kernel yet) is stored as float32, which holds their values
 exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one format,
-else it is stored as float32 too. The model's activations are float32.
+else it is stored as float32 too. The model's activations are float32. On the CPU the 32-value
+formats multiply int8 activations; on GPU targets every format is decoded inside a float32
+reduction (`for_target`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ class GGUFNative(Quantization):
     # format of those kept in blocks.
     file_types: tuple[tuple[str, tuple[str, ...]], ...] = ()
     formats: tuple[tuple[str, str], ...] = ()
+    # The target preset the kernels are for: the CPU's (llvm) multiply int8 activations with
+    # the 32-value formats; GPU targets decode every format inside float32 reductions.
+    target: str = "llvm"
+
+    def for_target(self, target: str) -> GGUFNative:
+        return dataclasses.replace(self, target=target)
+
+    @property
+    def int8_activations(self) -> bool:
+        return self.target == "llvm"
 
     def for_checkpoint(self, checkpoint: Any, weight_map: dict[str, Any]) -> GGUFNative:
         if not hasattr(checkpoint, "block_rows"):
@@ -61,13 +73,11 @@ class GGUFNative(Quantization):
                 and all(checkpoint.block_rows(h) is not None for h in source.hf_names)
             ):
                 kept[ours] = types[0]
+        if self.target == "webgpu":
+            _refuse_byte_formats(kept)
         return dataclasses.replace(
             self, file_types=tuple(file_types.items()), formats=tuple(kept.items())
         )
-
-    @property
-    def cpu_only(self) -> bool:
-        return True
 
     @property
     def quantizes_experts(self) -> bool:
@@ -94,6 +104,11 @@ class GGUFNative(Quantization):
             "storage": "each weight in the GGUF file's own block format, bits unchanged "
             "(moved: layout 2, Q5 fifth bits in the int8 kernels' order)",
             "tensor_formats": {group: dict(counts) for group, counts in groups.items()},
+            "activations": "int8 per token and group of 32 into the 32-value formats' Linears"
+            if self.int8_activations
+            else "float32: every format decoded inside float32 reductions",
+            # The blocks' scales are float16: WebGPU kernels need `shader-f16` to read them.
+            "reads_float16": bool(self.formats),
         }
 
     def summary(self) -> list[str]:
@@ -120,7 +135,8 @@ class GGUFNative(Quantization):
         return lines
 
     def quantize_model(self, model: nn.Module) -> nn.Module:
-        return _KeepBlocks(dict(self.formats), self.model_dtype).visit("", model)
+        keep = _KeepBlocks(dict(self.formats), self.model_dtype, self.int8_activations)
+        return keep.visit("", model)
 
     def convert_source(
         self, name: str, source: Any, checkpoint: Any
@@ -141,20 +157,35 @@ class GGUFNative(Quantization):
         yield name, array
 
 
+def _refuse_byte_formats(kept: dict[str, str]) -> None:
+    """WGSL has no 8-bit storage type: the K-quants' super-blocks, kept as bytes, cannot be read
+    by `webgpu` kernels."""
+    byte_formats = {name: fmt for name, fmt in kept.items() if fmt in K_FORMATS}
+    if byte_formats:
+        example, fmt = next(iter(byte_formats.items()))
+        raise ValueError(
+            f"--quantization gguf for webgpu: {len(byte_formats)} weights are K-quants (e.g. "
+            f"{example}: {fmt}), whose byte-wise super-blocks WGSL cannot read (it has no 8-bit "
+            "storage); build this file for webgpu with --quantization q4f32_1 (or q4f16_1), or "
+            "for vulkan, which keeps them"
+        )
+
+
 class _KeepBlocks(nn.Mutator):
     """Replaces each Linear, Embedding and Experts whose weight keeps its blocks with its block
     twin."""
 
-    def __init__(self, formats: dict[str, str], dtype: str):
-        self.formats, self.dtype = formats, dtype
+    def __init__(self, formats: dict[str, str], dtype: str, int8: bool):
+        self.formats, self.dtype, self.int8 = formats, dtype, int8
 
     def visit_module(self, name: str, node: nn.Module):
         fmt = FORMATS.get(self.formats.get(f"{name}.weight", ""))
+        int8 = self.int8
         if fmt is not None and isinstance(node, Experts):
-            return BlockExperts(fmt, node)
+            return BlockExperts(fmt, node, int8)
         if fmt is not None and isinstance(node, nn.Linear):
             bias = node.bias is not None
-            return BlockLinear(fmt, node.in_features, node.out_features, bias, self.dtype)
+            return BlockLinear(fmt, node.in_features, node.out_features, bias, self.dtype, int8)
         if fmt is not None and isinstance(node, nn.Embedding):
-            return BlockEmbedding(fmt, node.num, node.dim, self.dtype)
+            return BlockEmbedding(fmt, node.num, node.dim, self.dtype, int8)
         return self.visit(name, node)

@@ -5,7 +5,10 @@ function plus device kernels (TVM's own `SplitHostDevice`), (2) picks small valu
 symbolic shapes and makes inputs, (3) runs the host function here — binding its lets,
 allocating its intermediate buffers and launching each device kernel through a `Device`
 (pyopencl on pocl, Vulkan on llvmpipe) — and (4) compares every buffer with the same PrimFunc
-compiled unscheduled for llvm (the paged-KV-cache kernels: with the CPU build's own kernel).
+compiled unscheduled for llvm (the paged-KV-cache kernels: with the CPU build's own kernel),
+each buffer with its own tolerance, element by element. Given the model's facts, (5) the
+quantized Linears, RMSNorms and decode attention are also compared, device and TIR reference
+both, with numpy computing in float64 (`numpy_kernels`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mlc.targets.base import TargetPreset
 
 from .kernel_case import KernelCase, free_vars, is_buffer, random_array, scalar_dtype
 from .kv_cache_cases import kv_cache_case
+from .numpy_kernels import ModelFacts, kind, numpy_reference
 
 # Symbolic dims of the model's functions, small and distinct so index mix-ups show.
 SHAPE_VALUES = {"seq_len": 5, "batch_size": 3, "num_seqs": 2, "total_seq_len": 5}
@@ -56,6 +60,7 @@ class KernelResult:
     max_error: float
     ok: bool
     message: str = ""
+    numpy_checked: bool = False  # also compared with an independent numpy reference
 
 
 @dataclasses.dataclass
@@ -95,9 +100,12 @@ def model_kernels(
 
     checkpoint = open_checkpoint(Path(model_dir))
     arch = get_architecture(checkpoint.config)
-    quant = get_quantization(quantization)
+    quant = get_quantization(quantization).for_target(preset.name)
     config = arch.CONFIG.from_hf(checkpoint.config)
     target = preset.tvm_target()
+    names = [name for name, _ in arch.MODEL(config, dtype=quant.model_dtype).named_parameters()]
+    weight_map = arch.hf_weight_map(config)
+    quant = quant.for_checkpoint(checkpoint, {n: weight_map[n] for n in names})  # GGUF formats
     model = quant.quantize_model(arch.MODEL(config, dtype=quant.model_dtype))
     mod, _ = export_model(model, target)
     captured: dict[str, tvm.IRModule] = {}
@@ -390,25 +398,43 @@ def _typed(dtype: str, value: int | float) -> np.generic:
 
 # -- comparing --------------------------------------------------------------------------------
 
-# float16 kernels may round intermediates to half where the reference keeps float32.
+# Relative to each element's magnitude (at least 1): float16 kernels may round intermediates to
+# half where the reference keeps float32.
 TOLERANCE = {"float16": 4e-2, "float32": 1e-4}
 
 
-def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> tuple[float, str]:
-    """Worst error over all buffers (relative to each buffer's scale) and where it is."""
+def tolerances(initial: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each buffer's tolerance: an output's is its own dtype's, or its inputs' where they are
+    coarser (a float32 result of float16 inputs is only as exact as float16); integers and the
+    buffers the kernel leaves as they were must come back exactly (0)."""
+    changed = {n for n, a in expected.items() if not np.array_equal(a, initial[n], equal_nan=True)}
+    inputs = max(
+        (TOLERANCE.get(str(a.dtype), 0.0) for n, a in initial.items() if n not in changed),
+        default=0.0,
+    )
+    return {
+        n: max(TOLERANCE.get(str(a.dtype), 0.0), inputs) if n in changed else 0.0
+        for n, a in expected.items()
+    }
+
+
+def compare(
+    expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tolerance: dict[str, float]
+) -> tuple[float, str]:
+    """Worst error over the buffers of `expected`, in units of each element's tolerance
+    (`tolerance[buffer]` times the element's magnitude, at least 1), and where it is."""
     worst, where = 0.0, ""
     for name, ref in expected.items():
         got = actual[name]
-        if ref.dtype.kind == "f":
-            scale = max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
-            diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-            err = (
-                float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))) / scale if ref.size else 0
-            )
-            # A float32 result computed from float16 inputs is only as exact as float16.
-            err /= max(TOLERANCE.get(str(a.dtype), 0.0) for a in expected.values())
+        if ref.dtype.kind != "f" or tolerance[name] == 0.0:
+            err = 0.0 if np.array_equal(got, ref, equal_nan=True) else 2.0
+        elif ref.size:
+            ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+            diff = np.abs(got64 - ref64)
+            diff = np.where(np.isnan(diff), np.inf, diff)
+            err = float(np.max(diff / (tolerance[name] * np.maximum(1.0, np.abs(ref64)))))
         else:
-            err = float(np.any(got != ref)) * 2.0
+            err = 0.0
         if err > worst:
             worst, where = err, name
     return worst, where
@@ -420,8 +446,10 @@ def check_function(
     device: Device,
     case: KernelCase | None = None,
     seed: int = 0,
+    facts: ModelFacts | None = None,
 ) -> KernelResult:
-    """Run `name` on `device` and on the CPU reference; errors are in tolerance units (<= 1 ok)."""
+    """Run `name` on `device` and on the CPU reference (and, given `facts`, against numpy where
+    it has a reference); errors are in tolerance units (<= 1 ok)."""
     host = lowered.host(name)
     kernels = [c.args[0].value for c in launches(host)]
     if case is None:
@@ -430,13 +458,28 @@ def check_function(
     if all(np.array_equal(expected[n], case.arrays[n]) for n in expected):
         return KernelResult(name, kernels, math.inf, False, f"{name}: inputs compute nothing")
     actual = run_on_device(lowered, name, case, device)
-    err, where = compare(expected, actual)
+    tolerance = tolerances(case.arrays, expected)
+    err, where = compare(expected, actual, tolerance)
     message = f"{name} ({', '.join(kernels)}): buffer {where} off by {err:.3g} x tolerance"
-    return KernelResult(name, kernels, err, err <= 1.0, message if err > 1.0 else "")
+    independent = numpy_reference(name, host, case, facts) if facts is not None else None
+    if independent is not None:
+        for label, result in (("the device", actual), ("the TIR reference", expected)):
+            numpy_err, numpy_where = compare(independent, result, tolerance)
+            if numpy_err > err:
+                err, where = numpy_err, numpy_where
+                message = (
+                    f"{name} ({', '.join(kernels)}): {label}'s buffer {where} is off numpy's "
+                    f"by {err:.3g} x tolerance"
+                )
+    checked = independent is not None
+    return KernelResult(name, kernels, err, err <= 1.0, message if err > 1.0 else "", checked)
 
 
 def check_module(
-    lowered: LoweredModule, device: Device, skip: dict[str, str] | None = None
+    lowered: LoweredModule,
+    device: Device,
+    skip: dict[str, str] | None = None,
+    facts: ModelFacts | None = None,
 ) -> list[KernelResult]:
     """Check every kernel-launching function except `skip` (name -> why)."""
     skip = skip or {}
@@ -447,5 +490,10 @@ def check_module(
         if name not in lowered.reference:
             results.append(KernelResult(name, [], math.inf, False, f"{name}: no CPU reference"))
             continue
-        results.append(check_function(lowered, name, device))
+        results.append(check_function(lowered, name, device, facts=facts))
     return results
+
+
+def numpy_checked_kinds(results: list[KernelResult]) -> set[str]:
+    """The kinds of kernel (matmul, rms_norm, decode_attention) numpy checked in `results`."""
+    return {kind(r.name) for r in results if r.numpy_checked}

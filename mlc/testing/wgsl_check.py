@@ -29,11 +29,25 @@ _BINDING = re.compile(
 
 
 def _wgpu() -> Any:
+    _start_clspv()
     try:
         import wgpu
     except ImportError as err:
         raise ToolMissingError(f"checking WGSL kernels needs wgpu: {INSTALL_HINT}") from err
     return wgpu
+
+
+def _start_clspv() -> None:
+    """Compile one kernel with clspv, if it is installed, before wgpu-native loads: clspv's first
+    compile in a process that has loaded wgpu-native crashes (a segmentation fault), and one
+    compile before makes every later one safe, so a test process can build `vulkan` libraries
+    after checking WGSL kernels."""
+    from mlc.targets import spirv
+
+    try:
+        spirv.clspv_compile("__kernel void probe(__global int* x) { x[0] = 1; }")
+    except ToolMissingError:
+        pass
 
 
 def fold_grid(grid: tuple[int, ...]) -> tuple[int, int, int]:

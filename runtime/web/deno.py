@@ -69,7 +69,7 @@ def run_greedy(
     model_dir: Path, prompt: list[int], num_tokens: int, timeout: float = 600
 ) -> dict[str, Any]:
     """Prefill `prompt`, then decode greedily until `num_tokens` tokens; returns the driver's
-    JSON: `tokens`, `first_logits` (of the first generated token) and `device`."""
+    JSON: `tokens`, `logits` (one list per token: the logits that chose it) and `device`."""
     deno = find_deno()
     with tempfile.TemporaryDirectory(prefix="mlc-deno-") as runtime_dir:
         env = deno_env(runtime_dir)

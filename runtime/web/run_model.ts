@@ -6,12 +6,18 @@
  *       --prompt 1,5,7 --tokens 8
  *
  * `--tvm-web` is the apache-tvm wheel's `tvm/web/src` (the TypeScript runtime that matches
- * the wheel's FFI). Prints one JSON object on stdout: the generated token ids, the logits of
- * the first generated token and device information. The model runs in `chat/engine.js`, the
+ * the wheel's FFI). Prints one JSON object on stdout: the generated token ids, the logits that
+ * chose each of them (after the prompt, then after each token fed back) and device information. The model runs in `chat/engine.js`, the
  * module the chat page runs too.
  */
 
-import { loadModel, readChatConfig, requestAdapter, requestDevice } from "./chat/engine.js";
+import {
+  loadModel,
+  needsFloat16,
+  readChatConfig,
+  requestAdapter,
+  requestDevice,
+} from "./chat/engine.js";
 import { createWASI } from "./wasi.ts";
 
 interface Args {
@@ -71,18 +77,19 @@ async function main(): Promise<void> {
   const baseUrl = new URL(`file://${Deno.realPathSync(args.model)}/`);
   const chatConfig = await readChatConfig(baseUrl);
   const adapter = await requestAdapter();
-  const needF16 = chatConfig.quantization_scheme?.model_dtype === "float16";
+  const needF16 = needsFloat16(chatConfig);
   const { device, info } = await requestDevice(adapter, needF16);
   const engine = await loadModel({ tvmjs, createWASI, baseUrl, device, chatConfig });
 
   let logits = await engine.prefill(args.prompt);
-  const firstLogits = Array.from(logits);
+  const steps = [Array.from(logits)];
   const tokens = [argmax(logits)];
   while (tokens.length < args.tokens) {
     logits = await engine.decode(tokens[tokens.length - 1]);
+    steps.push(Array.from(logits));
     tokens.push(argmax(logits));
   }
-  console.log(JSON.stringify({ tokens, first_logits: firstLogits, device: info }));
+  console.log(JSON.stringify({ tokens, logits: steps, device: info }));
   device.destroy();
 }
 

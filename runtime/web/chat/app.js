@@ -9,6 +9,7 @@ import {
   fetchJSON,
   loadModel,
   ModelLoadError,
+  needsFloat16,
   requestAdapter,
   requestDevice,
   WebGPUUnavailableError,
@@ -78,7 +79,7 @@ async function start() {
     );
   });
   $("model-name").textContent = config.model_lib.replace(/\.wasm$/, "");
-  const needF16 = config.quantization_scheme?.model_dtype === "float16";
+  const needF16 = needsFloat16(config);
   const { device, info } = await requestDevice(adapter, needF16);
   $("device").textContent = `WebGPU: ${info.adapter || "adapter"}`;
   device.lost.then((lost) => {

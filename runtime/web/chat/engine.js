@@ -44,16 +44,26 @@ export async function requestAdapter() {
 }
 
 /**
+ * Whether a model's kernels need `shader-f16`: it computes in fp16, or its weights hold fp16
+ * values the kernels read (the scales of a GGUF file's blocks).
+ * @param {object} chatConfig the build's `mlc-chat-config.json`
+ */
+export function needsFloat16(chatConfig) {
+  const scheme = chatConfig.quantization_scheme ?? {};
+  return scheme.model_dtype === "float16" || scheme.reads_float16 === true;
+}
+
+/**
  * A device with the limits a model needs (as large as the adapter allows).
  * @param {GPUAdapter} adapter
- * @param {boolean} needF16 the model computes in fp16 (`shader-f16`)
+ * @param {boolean} needF16 the model's kernels need `shader-f16` (`needsFloat16`)
  */
 export async function requestDevice(adapter, needF16) {
   const info = adapter.info ?? {};
   const name = [info.vendor, info.architecture, info.description].filter(Boolean).join(" ");
   if (needF16 && !adapter.features.has("shader-f16")) {
     throw new ModelLoadError(
-      `This model computes in fp16, but the WebGPU adapter (${name || "unnamed"}) lacks ` +
+      `This model computes in fp16 or reads fp16 weights, but the WebGPU adapter (${name || "unnamed"}) lacks ` +
         "shader-f16: build it with --quantization q4f32_1 for this device.",
     );
   }
