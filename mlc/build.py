@@ -30,9 +30,11 @@ from mlc.gguf.checkpoint import GGUFCheckpoint
 from mlc.hf_checkpoint import HFCheckpoint
 from mlc.models import get_architecture
 from mlc.quantization import Quantization, get_quantization
+from mlc.quantization.base import CPU_TARGETS
 from mlc.quantization.fidelity import WeightChange, block_quantized_sources, requantization_line
 from mlc.runtime.artifact import library_name
 from mlc.runtime.chat_config import ARTIFACT_FORMAT_VERSION, GENERATION_DEFAULT_KEYS, ChatConfig
+from mlc.runtime.chat_format import FORMAT_NAME, write_chat_format
 from mlc.runtime.conversation import get_template
 from mlc.runtime.generation_config import DEFAULTS
 from mlc.runtime.tensor_cache import TensorCacheWriter
@@ -84,9 +86,9 @@ def build(opts: BuildOptions) -> Path:
     preset = get_target(opts.target).with_options(arch=opts.arch)
     quant = get_quantization(opts.quantization or default_quantization(checkpoint))
     quant = quant.for_target(preset.name)
-    if quant.cpu_only and preset.name != "llvm":
+    if quant.cpu_only and preset.name not in CPU_TARGETS:
         raise ValueError(
-            f"--quantization {quant.name} runs on the CPU target (llvm) only: its kernels "
+            f"--quantization {quant.name} runs on the CPU targets (llvm, arm64) only: its kernels "
             f"multiply int8 activations, which only the CPU's do; for {preset.name} use "
             "--quantization q4f16_1 (or q4f32_1 where the device has no fp16)"
         )
@@ -195,6 +197,9 @@ def build(opts: BuildOptions) -> Path:
             staging,
         )
         chat_config.save(staging)
+        unreduced = write_chat_format(staging)
+        if unreduced is not None:
+            _log(opts, f"No {FORMAT_NAME}: {unreduced}")
         _replace_dir(staging, final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -39,7 +39,7 @@ def write_bundle(out_dir: Path, tvm_ffi_wheel: Path | None = None) -> Path:
     mlc_dir = Path(mlc.__file__).parent
     (out_dir / "mlc").mkdir()
     shutil.copy2(mlc_dir / "__init__.py", out_dir / "mlc" / "__init__.py")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.cc")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.cc", "native")
     shutil.copytree(_package_dir("mlc.runtime"), out_dir / "mlc" / "runtime", ignore=ignore)
     shutil.copytree(
         _package_dir("tvm"), out_dir / "tvm", ignore=shutil.ignore_patterns(*_TVM_LEFT_OUT)

@@ -526,6 +526,45 @@ def bundle(out_dir: Path, tvm_ffi_wheel: Path | None) -> None:
         sys.exit(1)
 
 
+@main.group()
+def native() -> None:
+    """The native runtime: C++ with a C API, no Python at run time (docs/native.md)."""
+
+
+@native.command("build")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("dist/native"),
+    show_default=True,
+    help="Where to put bin/mlc-chat, lib/ (our library and TVM's runtime) and include/.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["x86_64", "arm64"]),
+    default=None,
+    help="Compile for this machine (the default) or cross-compile for 64-bit ARM Linux "
+    "(needs apt's g++-aarch64-linux-gnu; run it here with qemu-aarch64).",
+)
+def native_build_command(out_dir: Path, arch: str | None) -> None:
+    """Compile the native runtime and `mlc-chat` into OUT_DIR.
+
+    Then: `OUT_DIR/bin/mlc-chat --model dist/MODEL --prompt "Hello"`.
+    """
+    from mlc.native import NativeBuildError, native_build
+
+    def action() -> None:
+        native_build(out_dir, arch, log=lambda m: click.echo(m, err=True))
+
+    try:
+        _run(action)
+    except NativeBuildError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+
+
 def _run(action):
     """Report expected failures (bad input, damaged artifacts) as one clear line."""
     from mlc.hf_checkpoint import CheckpointError

@@ -4,7 +4,9 @@ A built model directory holds
 - `mlc-chat-config.json` (+ its JSON Schema): the build↔runtime contract (`chat_config.py`);
 - `tensor-cache.json` + `params_shard_*.bin`: the converted weights (`tensor_cache.py`);
 - `<model>-<quantization>-<target>.so`: the compiled library, stamped with `_metadata`;
-- the tokenizer files.
+- the tokenizer files;
+- `chat-format.json`: the chat template as fixed text around turns (`chat_format.py`), for the
+  runtimes without Jinja, where the template reduces to it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,13 @@ def check_library_device(
 ) -> None:
     """A `vulkan` library runs on a Vulkan device only, and only it does: its host code
     launches SPIR-V kernels there (CPU libraries run their kernels on the host)."""
+    if chat_config.target == "arm64" and platform.machine().lower() not in ("aarch64", "arm64"):
+        raise ArtifactError(
+            f"{library_path.name} was built for target 'arm64' and cannot run on this "
+            f"{platform.machine()} CPU: it runs on 64-bit ARM (or here under qemu-aarch64 with "
+            "the native runtime: mlc native build --arch arm64); build it without --target to run "
+            "it here"
+        )
     built_for_vulkan = chat_config.target == "vulkan"
     if built_for_vulkan != (device.type == "vulkan"):
         fix = (

@@ -10,6 +10,7 @@ from tvm.target import Target, codegen
 
 from mlc.runtime.host import ToolMissingError
 
+from .arm64 import Arm64Target
 from .base import TargetPreset
 from .cuda import CUDATarget
 from .llvm import LLVMTarget
@@ -22,6 +23,7 @@ TARGETS: dict[str, TargetPreset] = {
     t.name: t
     for t in (
         LLVMTarget(),
+        Arm64Target(),
         CUDATarget(),
         MetalTarget(),
         IPhoneTarget(),

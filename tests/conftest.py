@@ -54,3 +54,21 @@ class TinyBuilds:
 @pytest.fixture(scope="session")
 def tiny_builds(tmp_path_factory) -> TinyBuilds:
     return TinyBuilds(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_builds(tmp_path_factory):
+    """The embedded default (SmolLM2 Q4_1 GGUF) built with a quantization code, once each."""
+    from mlc.default_model import embedded_gguf
+
+    out = tmp_path_factory.mktemp("smollm2")
+    cache: dict[str, Path] = {}
+
+    def get(code: str) -> Path:
+        if code not in cache:
+            cache[code] = build(
+                BuildOptions(model=embedded_gguf(), quantization=code, output=out, quiet=True)
+            )
+        return cache[code]
+
+    return get

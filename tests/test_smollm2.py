@@ -14,7 +14,6 @@ from reference import hf_logits
 from tokenizer_samples import tokenizer_samples
 
 from mlc import ChatModule, GenerationConfig
-from mlc.build import BuildOptions, build
 from mlc.default_model import QUANTIZATION, embedded_gguf
 from mlc.runtime import CompiledModel
 from mlc.runtime.chat_template import JinjaChatTemplate
@@ -39,18 +38,8 @@ PERPLEXITY_BOUND = {"gguf": 1.03, "q4f32_1": 2.0, "q4a8_1": 2.0}
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smollm2")
-    cache: dict[str, Path] = {}
-
-    def get(code: str) -> Path:
-        if code not in cache:
-            cache[code] = build(
-                BuildOptions(model=embedded_gguf(), quantization=code, output=out, quiet=True)
-            )
-        return cache[code]
-
-    return get
+def builds(smollm2_builds):
+    return smollm2_builds
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ Needs `.ci/system-deps` (chromium, Deno for bundling the TVM runtime, emcc, Mesa
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import select
@@ -23,18 +22,17 @@ import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tokenizer_samples import SENTENCEPIECE_BPE, tokenizer_samples
+from tokenizer_samples import EXTRA_SAMPLES, tokenizer_samples, tokenizer_variants
 from tokenizers import Tokenizer
 
 from mlc import ChatModule, GenerationConfig
 from mlc.cli import main
+from mlc.runtime.chat_format import ChatFormatError, turn_rules
 from mlc.runtime.chat_template import JinjaChatTemplate
 from mlc.runtime.conversation import TEMPLATES
-from mlc.runtime.web.chat_format import ChatFormatError, turn_rules
 
 CHROMIUM = "/usr/bin/chromium"
 # As root Chromium needs --no-sandbox; the rest keeps it off the (closed) network.
@@ -284,72 +282,6 @@ def test_mlc_web_refuses_what_is_not_a_webgpu_build(tmp_path, builds):
 # --- the page's JavaScript against the Python implementations --------------------------------
 
 
-def _tokenizer_variants(folder: Path, tiny_tokenizer: Path) -> dict[str, Path]:
-    """tokenizer.json files of the kinds the page reads: byte-level BPE (our tiny models,
-    SmolLM2's GPT-2 split, Llama 3's and Qwen2's splits) and SentencePiece BPE with byte
-    fallback (our GGUF conversion, `transformers`' conversion, and its older normalizer form)."""
-    import sentencepiece as spm
-    from transformers import LlamaTokenizerFast
-
-    from mlc.default_model import embedded_gguf
-    from mlc.gguf.checkpoint import GGUFCheckpoint
-    from mlc.gguf.sentencepiece_model import read_sentencepiece_model
-    from mlc.gguf.tokenizer import tokenizer_from_gguf
-
-    paths = {"tiny": tiny_tokenizer}
-    meta = dict(GGUFCheckpoint(embedded_gguf()).file.metadata)
-    for pre in ("default", "smollm", "llama3", "qwen2"):
-        paths[f"smollm2-{pre}"] = folder / f"smollm2-{pre}.json"
-        tokenizer_from_gguf({**meta, "tokenizer.ggml.pre": pre}, embedded_gguf()).save(
-            str(paths[f"smollm2-{pre}"])
-        )
-    model_file = folder / "tokenizer.model"
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(
-            (Path(__file__).parent / "data" / "public_domain.txt").read_text().splitlines()
-        ),
-        model_prefix=str(model_file.with_suffix("")),
-        vocab_size=600,
-        **SENTENCEPIECE_BPE,
-    )
-    sp = read_sentencepiece_model(model_file)
-    spm_meta = {
-        "tokenizer.ggml.model": "llama",
-        "tokenizer.ggml.tokens": sp.pieces,
-        "tokenizer.ggml.scores": sp.scores,
-        "tokenizer.ggml.token_type": sp.types,
-    }
-    paths["sentencepiece-gguf"] = folder / "sentencepiece-gguf.json"
-    tokenizer_from_gguf(spm_meta, model_file).save(str(paths["sentencepiece-gguf"]))
-    hf_dir = folder / "hf"
-    LlamaTokenizerFast(vocab_file=str(model_file)).save_pretrained(str(hf_dir))
-    paths["sentencepiece-hf"] = hf_dir / "tokenizer.json"
-    legacy = json.loads(paths["sentencepiece-hf"].read_text())
-    legacy["pre_tokenizer"] = None
-    legacy["normalizer"] = {
-        "type": "Sequence",
-        "normalizers": [
-            {"type": "Prepend", "prepend": "▁"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-        ],
-    }
-    paths["sentencepiece-legacy"] = folder / "sentencepiece-legacy.json"
-    paths["sentencepiece-legacy"].write_text(json.dumps(legacy))
-    return paths
-
-
-EXTRA_SAMPLES = [
-    "\u00a0nbsp\u00a0 and\u3000ideographic",
-    "next\x85line and \ufeffBOM",
-    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-    "<|user|> hi <|im_start|>x",
-    "x <|user|>y",
-    "<s>Hello</s>",
-    "I'm, you're; we'll HE'S",
-    "ÅÄÖ\u0301 ℌ𝔢𝔩𝔩𝔬 ١٢٣",
-    "▁already marked",
-    "<0x41>",
-]
 ENCODE_DECODE = """async ([tokenizers, samples, idLists]) => {
   const { Tokenizer } = await import("/tokenizer.js");
   const out = {};
@@ -365,7 +297,7 @@ ENCODE_DECODE = """async ([tokenizers, samples, idLists]) => {
 
 
 def test_page_tokenizer_matches_the_tokenizers_library(tmp_path, site, plain_browser, builds):
-    paths = _tokenizer_variants(tmp_path, builds[1] / "tokenizer.json")
+    paths = tokenizer_variants(tmp_path, builds[1] / "tokenizer.json")
     samples = tokenizer_samples() + EXTRA_SAMPLES
     rng = random.Random(0)
     refs = {name: Tokenizer.from_file(str(path)) for name, path in paths.items()}

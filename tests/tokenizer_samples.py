@@ -1,8 +1,10 @@
-"""A few hundred varied strings for tokenizer comparisons: Unicode, whitespace runs, digits,
-code, special tokens, and spans of the shipped English text."""
+"""For tokenizer comparisons: a few hundred varied strings (Unicode, whitespace runs, digits,
+code, special tokens, spans of the shipped English text) and tokenizer.json files of each kind
+our own tokenizers (the web page's, the native runtime's) read."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +58,69 @@ def tokenizer_samples(count: int = 300, seed: int = 0) -> list[str]:
         sample = " ".join(words[start : start + int(rng.integers(1, 12))])
         samples.append(sample if rng.random() < 0.5 else sample.upper() + " " + sample)
     return samples
+
+
+def tokenizer_variants(folder: Path, tiny_tokenizer: Path) -> dict[str, Path]:
+    """tokenizer.json files of the kinds our own tokenizers read: byte-level BPE (our tiny models,
+    SmolLM2's GPT-2 split, Llama 3's and Qwen2's splits) and SentencePiece BPE with byte
+    fallback (our GGUF conversion, `transformers`' conversion, and its older normalizer form)."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizerFast
+
+    from mlc.default_model import embedded_gguf
+    from mlc.gguf.checkpoint import GGUFCheckpoint
+    from mlc.gguf.sentencepiece_model import read_sentencepiece_model
+    from mlc.gguf.tokenizer import tokenizer_from_gguf
+
+    paths = {"tiny": tiny_tokenizer}
+    meta = dict(GGUFCheckpoint(embedded_gguf()).file.metadata)
+    for pre in ("default", "smollm", "llama3", "qwen2"):
+        paths[f"smollm2-{pre}"] = folder / f"smollm2-{pre}.json"
+        tokenizer_from_gguf({**meta, "tokenizer.ggml.pre": pre}, embedded_gguf()).save(
+            str(paths[f"smollm2-{pre}"])
+        )
+    model_file = folder / "tokenizer.model"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT.read_text().splitlines()),
+        model_prefix=str(model_file.with_suffix("")),
+        vocab_size=600,
+        **SENTENCEPIECE_BPE,
+    )
+    sp = read_sentencepiece_model(model_file)
+    spm_meta = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": sp.pieces,
+        "tokenizer.ggml.scores": sp.scores,
+        "tokenizer.ggml.token_type": sp.types,
+    }
+    paths["sentencepiece-gguf"] = folder / "sentencepiece-gguf.json"
+    tokenizer_from_gguf(spm_meta, model_file).save(str(paths["sentencepiece-gguf"]))
+    hf_dir = folder / "hf"
+    LlamaTokenizerFast(vocab_file=str(model_file)).save_pretrained(str(hf_dir))
+    paths["sentencepiece-hf"] = hf_dir / "tokenizer.json"
+    legacy = json.loads(paths["sentencepiece-hf"].read_text())
+    legacy["pre_tokenizer"] = None
+    legacy["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        ],
+    }
+    paths["sentencepiece-legacy"] = folder / "sentencepiece-legacy.json"
+    paths["sentencepiece-legacy"].write_text(json.dumps(legacy))
+    return paths
+
+
+EXTRA_SAMPLES = [
+    "\u00a0nbsp\u00a0 and\u3000ideographic",
+    "next\x85line and \ufeffBOM",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "<|user|> hi <|im_start|>x",
+    "x <|user|>y",
+    "<s>Hello</s>",
+    "I'm, you're; we'll HE'S",
+    "ÅÄÖ\u0301 ℌ𝔢𝔩𝔩𝔬 ١٢٣",
+    "▁already marked",
+    "<0x41>",
+]

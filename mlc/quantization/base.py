@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 from tvm.relax.frontend import nn
 
+# The CPU target presets: the host's (llvm) and 64-bit ARM's (arm64). Their int8-activation
+# kernels exist for both (x86's own, the portable reference elsewhere).
+CPU_TARGETS = ("llvm", "arm64")
+
 
 @dataclasses.dataclass(frozen=True)
 class Quantization:
@@ -53,7 +57,7 @@ class Quantization:
 
     @property
     def cpu_only(self) -> bool:
-        """Whether only the CPU target (llvm) has kernels for the stored formats."""
+        """Whether only the CPU targets (`CPU_TARGETS`) have kernels for the stored formats."""
         return False
 
     def for_target(self, target: str) -> Quantization:

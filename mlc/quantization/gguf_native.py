@@ -24,7 +24,7 @@ from tvm.relax.frontend import nn
 from mlc.models.base import concat_rows
 from mlc.models.moe import Experts
 
-from .base import Quantization
+from .base import CPU_TARGETS, Quantization
 from .fidelity import FLOAT_TYPES, source_types
 from .ggml_blocks import FORMATS as LEGACY_FORMATS
 from .ggml_blocks import BlockEmbedding, BlockExperts, BlockLinear
@@ -40,8 +40,8 @@ class GGUFNative(Quantization):
     # format of those kept in blocks.
     file_types: tuple[tuple[str, tuple[str, ...]], ...] = ()
     formats: tuple[tuple[str, str], ...] = ()
-    # The target preset the kernels are for: the CPU's (llvm) multiply int8 activations with
-    # the 32-value formats; GPU targets decode every format inside float32 reductions.
+    # The target preset the kernels are for: the CPUs' (llvm, arm64) multiply int8 activations
+    # with the 32-value formats; GPU targets decode every format inside float32 reductions.
     target: str = "llvm"
 
     def for_target(self, target: str) -> GGUFNative:
@@ -49,7 +49,7 @@ class GGUFNative(Quantization):
 
     @property
     def int8_activations(self) -> bool:
-        return self.target == "llvm"
+        return self.target in CPU_TARGETS
 
     def for_checkpoint(self, checkpoint: Any, weight_map: dict[str, Any]) -> GGUFNative:
         if not hasattr(checkpoint, "block_rows"):

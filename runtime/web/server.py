@@ -4,7 +4,7 @@ static site that any web server can host.
 Layout, served and exported alike:
     /index.html, /app.js, ...   the page (`chat/`)
     /tvmjs.js                   the TVM JavaScript runtime, bundled (`bundle.py`)
-    /model/...                  the build's files, plus `chat-format.json` (`chat_format.py`)
+    /model/...                  the build's files, plus `chat-format.json` (`../chat_format.py`)
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..chat_config import ArtifactError, ChatConfig
+from ..chat_format import FORMAT_NAME, chat_format
 from ..tensor_cache import TENSOR_CACHE_NAME
 from .bundle import BUNDLE_NAME, tvmjs_bundle
-from .chat_format import FORMAT_NAME, chat_format
 
 PAGE_DIR = Path(__file__).with_name("chat")
 PAGE_FILES = ("index.html", "chat.css", "app.js", "engine.js", "session.js", "tokenizer.js")

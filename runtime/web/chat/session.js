@@ -3,7 +3,7 @@
  * stay in the KV cache and each turn prefills only its new tokens; answers stream as text
  * pieces that never split a character nor show any part of a stop string.
  *
- * The conversation format comes from `chat-format.json` (`mlc/runtime/web/chat_format.py`).
+ * The conversation format comes from `chat-format.json` (`mlc/runtime/chat_format.py`).
  */
 
 // Python's str.strip() (Jinja's `trim`) removes these; JavaScript's trim() differs slightly.

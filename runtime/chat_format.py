@@ -1,21 +1,24 @@
-"""The chat page's conversation format: the model's template reduced to fixed text around turns.
+"""`chat-format.json`: the model's chat template reduced to fixed text around turns.
 
 The Python runtime renders a conversation with the model's Jinja chat template (or a built-in
-`ConversationTemplate`). The page has no Jinja; it gets the text that template puts before the
-first user message, between an answer and the next user message, and after each user message,
-found by rendering sentinel conversations and checked here against full renderings, so the page
-prompts the model byte for byte as `ChatModule` does.
+`ConversationTemplate`). The chat page and the native runtime have no Jinja; they get the text
+that template puts before the first user message, between an answer and the next user message,
+and after each user message, found by rendering sentinel conversations and checked here against
+full renderings, so that they prompt the model byte for byte as `ChatModule` does. `mlc build`
+writes it into the build (where the template reduces); `mlc web` derives it again for a
+`--conv-template` override.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from ..chat_config import ChatConfig
-from ..chat_module import choose_template, load_tokenizer, stop_token_ids
-from ..chat_template import JinjaChatTemplate
-from ..conversation import ConversationTemplate
+from .chat_config import ChatConfig
+from .chat_module import choose_template, load_tokenizer, stop_token_ids
+from .chat_template import JinjaChatTemplate
+from .conversation import ConversationTemplate
 
 FORMAT_NAME = "chat-format.json"
 FORMAT_VERSION = 1
@@ -82,7 +85,8 @@ def turn_rules(template: Template) -> dict[str, Any]:
 
 
 def chat_format(model_dir: Path, conv_template: str | None = None) -> dict[str, Any]:
-    """Everything the page needs to prompt the model in `model_dir` as `ChatModule` does."""
+    """Everything a runtime without Jinja needs to prompt the model in `model_dir` as
+    `ChatModule` does."""
     config = ChatConfig.load(model_dir)
     template = choose_template(model_dir, config, conv_template)
     tokenizer = load_tokenizer(model_dir)
@@ -90,8 +94,8 @@ def chat_format(model_dir: Path, conv_template: str | None = None) -> dict[str, 
         rules = turn_rules(template)
     except ChatFormatError as err:
         raise ChatFormatError(
-            f"the chat page cannot use this model's chat template: {err}; choose a built-in "
-            "one with --conv-template"
+            f"the chat page and the native runtime cannot use this model's chat template: {err}; "
+            "choose a built-in one with --conv-template"
         ) from err
     return {
         "format_version": FORMAT_VERSION,
@@ -102,3 +106,13 @@ def chat_format(model_dir: Path, conv_template: str | None = None) -> dict[str, 
         "stop_token_ids": sorted(stop_token_ids(config, tokenizer, template)),
         "stop_str": list(template.stop_str),
     }
+
+
+def write_chat_format(model_dir: Path) -> str | None:
+    """Write `chat-format.json` into the build in `model_dir`; the reason it cannot, or None."""
+    try:
+        fmt = chat_format(model_dir)
+    except ChatFormatError as err:
+        return str(err)
+    (Path(model_dir) / FORMAT_NAME).write_text(json.dumps(fmt, indent=2))
+    return None
