@@ -14,13 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizer_samples import EXTRA_SAMPLES, TEXT, tokenizer_samples, tokenizer_variants
+from tokenizer_samples import (
+    CONVERSATION,
+    EXTRA_SAMPLES,
+    LLAMA3_STYLE,
+    TEXT,
+    tokenizer_samples,
+    tokenizer_variants,
+)
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from mlc.testing.random_model import TINY_SETTINGS, make_tokenizer
 
 NATIVE = Path(__file__).resolve().parents[1] / "runtime" / "native"
-SOURCES = [NATIVE / "src" / f"{name}.cc" for name in ("json", "unicode", "regex", "tokenizer")]
+SOURCES = [
+    NATIVE / "src" / f"{name}.cc"
+    for name in ("json", "unicode", "regex", "tokenizer", "chat_format")
+]
 
 BYTES = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
 PADDING = {  # to the longest of a batch: a single text is left as it is
@@ -58,8 +68,7 @@ COMPONENT_SAMPLES = [
 
 @pytest.fixture(scope="module")
 def mlc_tokenize(tmp_path_factory) -> Path:
-    if shutil.which("g++") is None:
-        pytest.skip("needs g++")
+    assert shutil.which("g++") is not None, "the native tokenizer's test needs g++ (apt)"
     binary = tmp_path_factory.mktemp("native") / "mlc-tokenize"
     cmd = ["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", f"-I{NATIVE / 'src'}"]
     cmd += [*map(str, SOURCES), str(NATIVE / "tools" / "mlc_tokenize.cc"), "-o", str(binary)]
@@ -316,3 +325,44 @@ def test_encode_speed(mlc_tokenize, variants):
     per_encode = (time.perf_counter() - start - load) / repeats
     print(f"\nnative encode, {tokens} tokens: {per_encode * 1e3:.1f} ms (load {load * 1e3:.0f} ms)")
     assert per_encode < 2
+
+
+def test_native_chat_format_renders_as_the_python_templates(mlc_tokenize, variants):
+    """`chat-format.json` rendered by the native runtime equals the template's own rendering:
+    every built-in template, SmolLM2's Jinja template and a Llama-3-style trimming one."""
+    from mlc.default_model import embedded_gguf
+    from mlc.gguf.checkpoint import GGUFCheckpoint
+    from mlc.runtime.chat_format import FORMAT_VERSION, turn_rules
+    from mlc.runtime.chat_template import JinjaChatTemplate
+    from mlc.runtime.conversation import TEMPLATES
+
+    smollm2 = GGUFCheckpoint(embedded_gguf()).file.metadata["tokenizer.chat_template"]
+    templates = {
+        **TEMPLATES,
+        "smollm2": JinjaChatTemplate(smollm2, {}),
+        "llama3-style": JinjaChatTemplate(LLAMA3_STYLE, {"bos_token": "<|begin_of_text|>"}),
+    }
+    conversations = [CONVERSATION[:n] for n in (1, 3, 5)]
+    roles = ["user", "assistant"]
+    for name, template in templates.items():
+        fmt = {
+            "format_version": FORMAT_VERSION,
+            **turn_rules(template),
+            "add_bos": False,
+            "bos_token_id": None,
+            "stop_token_ids": [],
+            "stop_str": [],
+        }
+        request = {"render": {"format": fmt, "conversations": conversations}}
+        out = subprocess.run(
+            [str(mlc_tokenize), str(variants["tiny"])],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        expected = [
+            template.render([{"role": roles[i % 2], "content": c} for i, c in enumerate(conv)])
+            for conv in conversations
+        ]
+        assert json.loads(out.stdout)["rendered"] == expected, name

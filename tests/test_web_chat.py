@@ -25,7 +25,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
-from tokenizer_samples import EXTRA_SAMPLES, tokenizer_samples, tokenizer_variants
+from tokenizer_samples import (
+    CONVERSATION,
+    EXTRA_SAMPLES,
+    LLAMA3_STYLE,
+    tokenizer_samples,
+    tokenizer_variants,
+)
 from tokenizers import Tokenizer
 
 from mlc import ChatModule, GenerationConfig
@@ -329,16 +335,6 @@ def test_page_tokenizer_matches_the_tokenizers_library(tmp_path, site, plain_bro
     )
     chatml = samples.index("<|im_start|>user\nhi<|im_end|>")
     assert result["tiny"]["ids"][chatml][0] == refs["tiny"].token_to_id("<|im_start|>")
-
-
-LLAMA3_STYLE = (  # trims every message, as Llama 3's template does
-    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
-    "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 "
-    "== 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{% endif %}"
-)
-CONVERSATION = ["Hi there", " spaced answer \n", "Ünïcödé\tnext", "Sure.", "\x1c last one \xa0"]
 
 
 def test_page_renders_conversations_as_the_python_templates(site, plain_browser):

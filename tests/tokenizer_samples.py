@@ -124,3 +124,15 @@ EXTRA_SAMPLES = [
     "▁already marked",
     "<0x41>",
 ]
+
+
+# Chat template checks: a Llama-3-style template, and a conversation whose contents have
+# surrounding white space of several kinds.
+LLAMA3_STYLE = (  # trims every message, as Llama 3's template does
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 "
+    "== 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+CONVERSATION = ["Hi there", " spaced answer \n", "Ünïcödé\tnext", "Sure.", "\x1c last one \xa0"]

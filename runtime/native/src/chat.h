@@ -11,26 +11,12 @@
 #include <string>
 #include <vector>
 
+#include "chat_format.h"
 #include "generation.h"
 #include "model.h"
 #include "tokenizer.h"
 
 namespace mlc {
-
-// `chat-format.json` (written by `mlc build`, runtime/web/chat_format.py): the model's chat
-// template reduced to fixed text around turns, checked at build time against the template.
-struct ChatFormat {
-  std::string first_user_prefix, user_prefix, user_suffix;
-  bool trim = false;  // the template strips message contents (Python's str.strip)
-  bool add_bos = false;
-  std::optional<int32_t> bos_token_id;
-  std::set<int32_t> stop_token_ids;
-  std::vector<std::string> stop_strings;
-
-  static ChatFormat Load(const std::string& model_dir, const std::string& rebuild);
-  // user/assistant messages alternating, from a user message: the text up to the answer.
-  std::string Render(const std::vector<std::string>& turns) const;
-};
 
 struct GenerationStats {
   int64_t prefill_tokens = 0, decode_tokens = 0;

@@ -1,7 +1,10 @@
-// mlc-tokenize TOKENIZER_JSON: the native tokenizer alone, for checks against `tokenizers`.
+// mlc-tokenize TOKENIZER_JSON: the native tokenizer and chat format alone, for checks against
+// `tokenizers` and the Python templates.
 //
-// Reads one JSON object from stdin, {"encode": [text, ...], "decode": [[id, ...], ...]}, and
-// writes {"ids": [[id, ...], ...], "text": [text, ...]} (decoded with skip_special_tokens).
+// Reads one JSON object from stdin, {"encode": [text, ...], "decode": [[id, ...], ...],
+// "render": {"format": CHAT_FORMAT, "conversations": [[content, ...], ...]}} (every key
+// optional), and writes {"ids": [[id, ...], ...], "text": [text, ...], "rendered": [text, ...]}
+// (decoded with skip_special_tokens; each conversation alternates user and assistant turns).
 // A tokenizer that cannot be loaded prints the reason on stderr and exits with 1.
 #include <cstdint>
 #include <exception>
@@ -11,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "chat_format.h"
 #include "json.h"
 #include "tokenizer.h"
 
@@ -40,7 +44,17 @@ std::string Run(const mlc::Tokenizer& tokenizer, const mlc::Json& request) {
       text += (text.size() > 1 ? "," : "") + mlc::JsonQuote(tokenizer.Decode(id_list));
     }
   }
-  return "{\"ids\":" + ids + "],\"text\":" + text + "]}";
+  std::string rendered = "[";
+  const mlc::Json& render = request.get("render");
+  if (!render.is_null()) {
+    mlc::ChatFormat format = mlc::ChatFormat::FromJson(render.at("format"));
+    for (const mlc::Json& conversation : render.at("conversations").as_array()) {
+      std::vector<std::string> turns;
+      for (const mlc::Json& turn : conversation.as_array()) turns.push_back(turn.as_string());
+      rendered += (rendered.size() > 1 ? "," : "") + mlc::JsonQuote(format.Render(turns));
+    }
+  }
+  return "{\"ids\":" + ids + "],\"text\":" + text + "],\"rendered\":" + rendered + "]}";
 }
 
 }  // namespace
