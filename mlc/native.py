@@ -27,6 +27,7 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
+import mlc
 from mlc.runtime.host import ToolMissingError, cache_dir
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "runtime" / "native"
@@ -170,6 +171,7 @@ def native_build(out_dir: Path, arch: str | None = None, log: Log | None = None)
                 *cross,
                 f"-DTVM_FFI_ROOT={roots[0]}",
                 f"-DTVM_ROOT={roots[1]}",
+                f"-DMLC_VERSION={mlc.__version__}",
             ],
             "configuring the native runtime",
         )

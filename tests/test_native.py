@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import mlc
 from mlc import ChatModule, GenerationConfig
 from mlc.native import emulator_prefix, native_build
 from mlc.runtime import ArtifactError
@@ -215,6 +216,7 @@ def test_a_c_program_streams_and_cancels(native, tiny, tmp_path):
     assert 2 <= report["cancelled_by_flag"]["decode_tokens"] < 24
     assert report["bad_prompt_status"] == -1
     assert report["bad_prompt_error"] == "prompt is NULL"
+    assert report["version"] == mlc.__version__
 
 
 # --- 64-bit ARM: the target and the runtime cross-compiled, run under qemu-aarch64 ----------

@@ -81,6 +81,8 @@ int main(int argc, char** argv) {
   int status = mlc_engine_generate(engine, NULL, &config, NULL, NULL, NULL, NULL);
   printf(", \"bad_prompt_status\": %d, \"bad_prompt_error\": ", status);
   print_json_string(mlc_last_error());
+  printf(", \"version\": ");
+  print_json_string(mlc_runtime_version());
   printf("}\n");
   mlc_engine_destroy(engine);
   return 0;

@@ -84,6 +84,7 @@ MLC_API void mlc_string_free(char* text);
 /* Why the last failed call on this thread failed ("" if none did). */
 MLC_API const char* mlc_last_error(void);
 
+/* The mlc version this runtime was built from. */
 MLC_API const char* mlc_runtime_version(void);
 
 #ifdef __cplusplus

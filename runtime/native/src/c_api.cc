@@ -151,6 +151,6 @@ void mlc_string_free(char* text) { std::free(text); }
 
 const char* mlc_last_error(void) { return last_error.c_str(); }
 
-const char* mlc_runtime_version(void) { return "0.1.0"; }
+const char* mlc_runtime_version(void) { return MLC_VERSION; }
 
 }  // extern "C"
