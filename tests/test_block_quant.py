@@ -101,7 +101,7 @@ def test_q4a8_2_is_refused_for_gpu_targets(tiny_builds, tmp_path):
     options = BuildOptions(
         model=hf_dir, quantization="q4a8_2", target="vulkan", output=tmp_path, quiet=True
     )
-    with pytest.raises(ValueError, match="q4a8_2 runs on the CPU target .* use --quantization"):
+    with pytest.raises(ValueError, match="q4a8_2 runs on the CPU targets .* use --quantization"):
         build(options)
     assert get_quantization("q4a8_2").cpu_only and not get_quantization("q4f16_1").cpu_only
 
