@@ -7,6 +7,9 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -54,6 +57,15 @@ float HalfToFloat(uint16_t h) {
   float out;
   std::memcpy(&out, &bits, sizeof(out));
   return out;
+}
+
+// The cores this process may run on (its affinity mask), as the Python runtime counts them.
+unsigned UsableCores() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
 }
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
@@ -214,7 +226,7 @@ Model::Model(const std::string& model_dir, const std::string& device, bool verif
     throw std::invalid_argument("unknown device '" + device + "': this runtime runs CPU builds (--device cpu)");
   }
   // TVM sizes its thread pool once, from TVM_NUM_THREADS or its own guess: every core we may use.
-  setenv("TVM_NUM_THREADS", std::to_string(std::max(1u, std::thread::hardware_concurrency())).c_str(), 0);
+  setenv("TVM_NUM_THREADS", std::to_string(UsableCores()).c_str(), 0);
   if (!std::filesystem::is_directory(model_dir)) {
     throw ArtifactError("model directory not found: " + model_dir + " (build one with `mlc build`)");
   }
