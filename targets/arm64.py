@@ -17,6 +17,7 @@ from .base import TargetPreset
 from .cpu_attention import use_cpu_attention
 from .cpu_schedules import Elementwise, MatmulNT, RowReduction
 from .llvm import FAST_MATH_FLAGS
+from .x86_kernels import use_x86_kernels
 
 TRIPLE = "aarch64-linux-gnu"
 CROSS_COMPILER = f"{TRIPLE}-g++"
@@ -52,7 +53,12 @@ class Arm64Target(TargetPreset):
         return head_dim % 8 == 0  # our CPU kernels; the cache's scalar ones otherwise
 
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
-        return [use_cpu_attention, ApplyDefaultSchedule(MatmulNT(), Elementwise(), RowReduction())]
+        # The int8-activation kernels in x86's generic form: the x86 build's bits.
+        return [
+            use_x86_kernels(target),
+            use_cpu_attention,
+            ApplyDefaultSchedule(MatmulNT(), Elementwise(), RowReduction()),
+        ]
 
     def export(self, executable: tvm.runtime.Executable, path: Path) -> None:
         executable.export_library(str(path), fcompile=cc.cross_compiler(cross_compiler()))

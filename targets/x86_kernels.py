@@ -13,6 +13,9 @@ Groups after the whole blocks go in pairs, reduced with scalar lane sums. Output
 into tiles over the cores; a tile's weights stay in cache while every row of `x` passes, four
 tokens at a time.
 
+Each has a generic form (`generic=True`): the integer dot products in plain integer arithmetic,
+the rest unchanged, which any CPU's LLVM lowers to the same bits (the `arm64` target's kernels).
+
 `quantize_activations`: the same arithmetic as the portable kernel (absmax, `127 / absmax`,
 round to nearest even, the zero-point term), eight lanes at a time, one token per core, each
 group written straight into the kernel layout.
@@ -70,6 +73,9 @@ _MADD_WD = "llvm.x86.avx2.pmadd.wd"
 _DPBUSD = "llvm.x86.avx512.vpdpbusd.256"  # AVX512-VNNI with AVX512VL
 _DPBUSD_512 = "llvm.x86.avx512.vpdpbusd.512"
 _PSIGN = "llvm.x86.avx2.psign.b"
+# The instruction sets the kernels are written for: AVX2, AVX512-VNNI, and plain integer
+# arithmetic (any CPU: the same exact integer sums, the same float order, so the same bits).
+AVX2, VNNI, GENERIC = "avx2", "avx512-vnni", "generic"
 
 
 def _u8(value: int, lanes: int):
@@ -95,7 +101,17 @@ def _word_shifts(p: int):
     return T.Ramp(T.uint32(p), T.uint32(2), 4)
 
 
-def _word_dot(acc, w, x_even, x_odd, vnni: bool, fifth=None):
+def _dot4(a, b, lanes: int):
+    """int32x`lanes`: lane l is the exact sum of the products of bytes 4l .. 4l+3 of `a` and
+    `b` (what `vpmaddubsw` + `vpmaddwd` and `vpdpbusd` compute), in plain integer arithmetic
+    that any CPU's LLVM lowers."""
+    count = 4 * lanes
+    products = T.Cast(f"int32x{count}", a) * T.Cast(f"int32x{count}", b)
+    parts = [T.Shuffle([products], list(range(byte, count, 4))) for byte in range(4)]
+    return (parts[0] + parts[1]) + (parts[2] + parts[3])
+
+
+def _word_dot(acc, w, x_even, x_odd, isa: str, fifth=None):
     """`acc` + the int32x8 sums of 32 weight bytes' low nibbles times `x_even` and high nibbles
     times `x_odd` (four products per lane each); `fifth`: the (low, high) nibbles' fifth bits
     (`_fifth_bits`) set on top, for 5-bit weights."""
@@ -103,7 +119,9 @@ def _word_dot(acc, w, x_even, x_odd, vnni: bool, fifth=None):
     hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
     if fifth is not None:
         lo, hi = T.bitwise_or(lo, fifth[0]), T.bitwise_or(hi, fifth[1])
-    if vnni:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
+    if isa == GENERIC:
+        return acc + (_dot4(lo, x_even, 8) + _dot4(hi, x_odd, 8))
+    if isa == VNNI:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
         acc = T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, lo, x_even)
         return T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, hi, x_odd)
     even = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, x_even)
@@ -113,14 +131,16 @@ def _word_dot(acc, w, x_even, x_odd, vnni: bool, fifth=None):
     )
 
 
-def _signed_dot(acc, w, x, vnni: bool):
+def _signed_dot(acc, w, x, isa: str):
     """`acc` + the int32x8 sums of 32 signed weight bytes times 32 int8 activations (four
     products per lane): `|w|` times `x` with the sign of `w` (`vpsignb`), unsigned by signed as
     the instructions multiply; `|-128|` is 128 as an unsigned byte, and a pair of products stays
     within int16 (2 · 128 · 127)."""
+    if isa == GENERIC:
+        return acc + _dot4(w, x, 8)
     magnitude = T.reinterpret("uint8x32", T.call_llvm_pure_intrin("int8x32", _PSIGN, w, w))
     signed_x = T.call_llvm_pure_intrin("int8x32", _PSIGN, x, w)
-    if vnni:
+    if isa == VNNI:
         return T.call_llvm_pure_intrin("int32x8", _DPBUSD, acc, magnitude, signed_x)
     pairs = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, magnitude, signed_x)
     return acc + T.call_llvm_pure_intrin("int32x8", _MADD_WD, pairs, T.Broadcast(T.int16(1), 16))
@@ -131,23 +151,21 @@ def _bytes(qw, n, word):
     return T.reinterpret("int8x32", qw[n, T.Ramp(word, 1, 8)])
 
 
-def _pair_dot_8(qw, xq, n, i, pair, vnni: bool = False, qh=None):
+def _pair_dot_8(qw, xq, n, i, pair, isa: str = AVX2, qh=None):
     """`_pair_dot` for byte weights stored in the activations' own layout."""
     acc = _signed_dot(
-        T.Broadcast(T.int32(0), 8), _bytes(qw, n, pair * 16), xq[i, T.Ramp(pair * 64, 1, 32)], vnni
+        T.Broadcast(T.int32(0), 8), _bytes(qw, n, pair * 16), xq[i, T.Ramp(pair * 64, 1, 32)], isa
     )
-    return _signed_dot(
-        acc, _bytes(qw, n, pair * 16 + 8), xq[i, T.Ramp(pair * 64 + 32, 1, 32)], vnni
-    )
+    return _signed_dot(acc, _bytes(qw, n, pair * 16 + 8), xq[i, T.Ramp(pair * 64 + 32, 1, 32)], isa)
 
 
-def _single_dot_8(qw, xq, n, i, group, vnni: bool = False, qh=None):
+def _single_dot_8(qw, xq, n, i, group, isa: str = AVX2, qh=None):
     """`_single_dot` for byte weights."""
     x = xq[i, T.Ramp(group * GROUP, 1, 32)]
-    return _signed_dot(T.Broadcast(T.int32(0), 8), _bytes(qw, n, group * 8), x, vnni)
+    return _signed_dot(T.Broadcast(T.int32(0), 8), _bytes(qw, n, group * 8), x, isa)
 
 
-def _block_sums_8(qw, xq, n, i, block, vnni: bool = False, qh=None):
+def _block_sums_8(qw, xq, n, i, block, isa: str = AVX2, qh=None):
     """`_block_sums` for byte weights: the block's 512 bytes in eight 64-byte spans, each the
     same span of `xq`; bytes 4g .. 4g+3 of a span belong to group g."""
     halves = []
@@ -155,12 +173,12 @@ def _block_sums_8(qw, xq, n, i, block, vnni: bool = False, qh=None):
         acc = T.Broadcast(T.int32(0), 8)
         for c in range(8):
             w = _bytes(qw, n, block * (BLOCK // 4) + 16 * c + 8 * h)
-            acc = _signed_dot(acc, w, xq[i, T.Ramp(block * BLOCK + 64 * c + 32 * h, 1, 32)], vnni)
+            acc = _signed_dot(acc, w, xq[i, T.Ramp(block * BLOCK + 64 * c + 32 * h, 1, 32)], isa)
         halves.append(acc)
     return T.Shuffle(halves, list(range(16)))
 
 
-def _pair_dot(qw, xq, n, i, pair, vnni: bool = False, qh=None):
+def _pair_dot(qw, xq, n, i, pair, isa: str = AVX2, qh=None):
     """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second
     (words 0-3 of each); `qh`: the groups' fifth bits."""
     w = T.reinterpret("uint8x32", qw[n, T.Ramp(pair * 8, 1, 8)])
@@ -172,10 +190,10 @@ def _pair_dot(qw, xq, n, i, pair, vnni: bool = False, qh=None):
         fifth = tuple(
             _fifth_bits(high, T.Shuffle([_word_shifts(p)] * 2, list(range(8))), 8) for p in (0, 1)
         )
-    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, vnni, fifth)
+    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, isa, fifth)
 
 
-def _single_dot(qw, xq, n, i, group, vnni: bool = False, qh=None):
+def _single_dot(qw, xq, n, i, group, isa: str = AVX2, qh=None):
     """int32x8 partial sums of one unpaired group (layout: 16 even values, then 16 odd);
     `qh`: its fifth bits."""
     w = T.reinterpret("uint8x16", qw[n, T.Ramp(group * 4, 1, 4)])
@@ -186,11 +204,13 @@ def _single_dot(qw, xq, n, i, group, vnni: bool = False, qh=None):
         lo = T.bitwise_or(lo, _fifth_bits(high, _word_shifts(0), 4))
         hi = T.bitwise_or(hi, _fifth_bits(high, _word_shifts(1), 4))
     q = T.Shuffle([lo, hi], list(range(32)))
+    if isa == GENERIC:
+        return _dot4(q, xq[i, T.Ramp(group * GROUP, 1, 32)], 8)
     p = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, q, xq[i, T.Ramp(group * GROUP, 1, 32)])
     return T.call_llvm_pure_intrin("int32x8", _MADD_WD, p, T.Broadcast(T.int16(1), 16))
 
 
-def _block_sums(qw, xq, n, i, block, vnni: bool = False, qh=None):
+def _block_sums(qw, xq, n, i, block, isa: str = AVX2, qh=None):
     """int32x16: lane g holds the integer dot product of group g of `block` (AVX2: two halves
     of 8 groups, each word j's 32 bytes of weights against 32 even and 32 odd values); `qh`:
     the groups' fifth bits, one uint32 lane per group as the words."""
@@ -206,12 +226,12 @@ def _block_sums(qw, xq, n, i, block, vnni: bool = False, qh=None):
             fifth = None
             if qh is not None:
                 fifth = tuple(_fifth_bits(high, _shift(2 * j + p, 8), 8) for p in (0, 1))
-            acc = _word_dot(acc, w, x_even, x_odd, vnni=False, fifth=fifth)
+            acc = _word_dot(acc, w, x_even, x_odd, GENERIC if isa == GENERIC else AVX2, fifth)
         halves.append(acc)
     return T.Shuffle(halves, list(range(16)))
 
 
-def _block_sums_512(qw, xq, n, i, block, vnni: bool = True, qh=None):
+def _block_sums_512(qw, xq, n, i, block, isa: str = VNNI, qh=None):
     """`_block_sums` on 512-bit registers (AVX512-VNNI `vpdpbusd`): word j of the 16 groups at
     once, the even words and the odd words in two accumulators (two short dependency chains);
     the sums are exact integers, so the result is the AVX2 one."""
@@ -285,8 +305,11 @@ def q4a8_matmul_avx2(
     has_min: bool = False,
     weight_bits: int = 4,
     gather: Gather | None = None,
+    generic: bool = False,
 ) -> tirx.PrimFunc:
-    """The kernel for `[n, k_padded]` weights; `vnni` uses AVX512-VNNI's `vpdpbusd` for the
+    """The kernel for `[n, k_padded]` weights; `generic` computes the integer dot products in
+    plain integer arithmetic (for CPUs other than x86: the same bits); `vnni` uses
+    AVX512-VNNI's `vpdpbusd` for the
     integer dot products where the CPU has it (512-bit registers for 4-bit blocks); `has_min`
     takes a per-group minimum (`Q4_1`, `Q5_1`) that weights `xc`; `weight_bits` 8 takes signed
     bytes in the activations' layout (`Q8_0`), 5 the nibbles with their fifth bits (`q_high`,
@@ -302,8 +325,9 @@ def q4a8_matmul_avx2(
     if weight_bits == 8:
         block_sums, pair_dot, single_dot = _block_sums_8, _pair_dot_8, _single_dot_8
     else:
-        block_sums = _block_sums_512 if vnni else _block_sums
+        block_sums = _block_sums_512 if vnni and not generic else _block_sums
         pair_dot, single_dot = _pair_dot, _single_dot
+    isa = GENERIC if generic else VNNI if vnni else AVX2
     lanes = BLOCK_GROUPS
     five = weight_bits == 5
 
@@ -318,7 +342,7 @@ def q4a8_matmul_avx2(
         token on AVX2, 1 ulp apart."""
         groups_at = T.Ramp(b * BLOCK_GROUPS, 1, lanes)
         sw = T.Cast(f"float32x{lanes}", qs[row, groups_at])
-        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, vnni, fifth(qh)))
+        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, isa, fifth(qh)))
         if has_min:
             m = T.Cast(f"float32x{lanes}", qm[row, groups_at])
             return _fence(_fma(sw, dot * xs[i, groups_at], _fence(_fma(m, xc[i, groups_at], acc))))
@@ -357,11 +381,11 @@ def q4a8_matmul_avx2(
         if tail_groups >= 2:
             for p in range(tail_pairs):
                 pair = blocks * BLOCK_GROUPS // 2 + p
-                part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, vnni, fifth(qh))
+                part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, isa, fifth(qh))
                 part[PART_DOTS + 2 * p] = _lanes_sum(part, 0, 4)
                 part[PART_DOTS + 2 * p + 1] = _lanes_sum(part, 4, 4)
             if single:
-                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni, fifth(qh))
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, isa, fifth(qh))
                 part[PART_DOTS + tail_groups - 1] = _lanes_sum(part, 0, 8)
             acc[T.Ramp(base, 1, tail_groups)] = tail_lanes(
                 qs, qm, xs, xc, row, i, part, acc[T.Ramp(base, 1, tail_groups)]
@@ -370,7 +394,7 @@ def q4a8_matmul_avx2(
         else:
             tail[0] = T.float32(0)
             if single:
-                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, vnni, fifth(qh))
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, isa, fifth(qh))
                 tail[0] = tail_value(
                     qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
                 )
@@ -793,8 +817,10 @@ def has_avx512_vnni(target: tvm.target.Target) -> bool:
 
 
 def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Swap each portable kernel that has a hand-written x86 twin for that twin."""
-    vnni = has_avx512_vnni(target)
+    """Swap each portable kernel that has a hand-written x86 twin for that twin; on a CPU
+    without AVX2 (64-bit ARM), for the twin's generic form, which gives the same bits."""
+    generic = not has_avx2(target)
+    vnni = not generic and has_avx512_vnni(target)
 
     @tvm.transform.module_pass(opt_level=0, name="UseX86Kernels")
     def swap(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
@@ -810,13 +836,17 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                 has_min = bool(a["mlc.has_min"])
                 bits = int(a["mlc.weight_bits"])
                 scale_dtype = str(a["mlc.scale_dtype"])
-                fast = q4a8_matmul_avx2(n, k_padded, scale_dtype, vnni, has_min, bits)
+                fast = q4a8_matmul_avx2(
+                    n, k_padded, scale_dtype, vnni, has_min, bits, None, generic
+                )
             elif a[KERNEL_ATTR] == Q4A8_GATHER_MATMUL:
                 n, k_padded = int(a["mlc.n"]), int(a["mlc.k_padded"])
                 gather = Gather(int(a["mlc.experts"]), int(a["mlc.top_k"]), bool(a["mlc.shared"]))
                 scale_dtype = str(a["mlc.scale_dtype"])
                 has_min, bits = bool(a["mlc.has_min"]), int(a["mlc.weight_bits"])
-                fast = q4a8_matmul_avx2(n, k_padded, scale_dtype, vnni, has_min, bits, gather)
+                fast = q4a8_matmul_avx2(
+                    n, k_padded, scale_dtype, vnni, has_min, bits, gather, generic
+                )
             elif a[KERNEL_ATTR] == QUANTIZE_ACTIVATIONS and str(a["mlc.dtype"]) == "float32":
                 fast = quantize_activations_avx2(int(a["mlc.k"]), float(a["mlc.sum_factor"]))
             else:

@@ -41,6 +41,7 @@ from mlc.runtime.web import run_greedy
 from mlc.targets.x86_kernels import (
     Gather,
     has_avx2,
+    has_avx512_vnni,
     q4a8_matmul_avx2,
     quantize_activations_avx2,
 )
@@ -210,6 +211,42 @@ def test_x86_expert_kernel_is_exact(name, vnni, shared):
     # The check can fail: every slot given expert 0's blocks is far off.
     ids = np.zeros_like(ids)
     assert np.abs(run(slice(0, tokens)) - exact).max() > 1e-2 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("name", INT8_FORMATS)
+def test_generic_kernel_gives_the_x86_kernel_s_bits(name):
+    """The kernels' generic form (plain integer arithmetic, what 64-bit ARM builds run) gives
+    the x86 kernel's results (AVX512-VNNI where this CPU has it, else AVX2) bit for bit, over
+    whole blocks and every kind of tail, and for a mixture's experts: so an `arm64` build
+    answers as the x86 build."""
+    fmt = FORMATS[name]
+    target = x86_target(vnni=False)
+    vnni = has_avx512_vnni(target)
+    for n, k, rows in [(40, 1120, 2), (40, 384, 3)]:  # blocks, pairs and a single; pairs
+        _, inputs, _ = _problem(name, n, k, rows)
+        args = [*inputs, np.zeros((1, rows, n), "f4")]
+        generic = q4a8_matmul_avx2(n, k, "float16", False, fmt.has_min, fmt.bits, generic=True)
+        kernel = q4a8_matmul_avx2(n, k, "float16", vnni, fmt.has_min, fmt.bits)
+        np.testing.assert_array_equal(
+            run_kernel(kernel, target, args)[0], run_kernel(generic, target, args)[0]
+        )
+    experts, n, k, tokens, top_k = 3, 24, 1056, 4, 2
+    stacks = [fmt.from_ggml_blocks(_quantized(name, n, k, seed=e)) for e in range(experts)]
+    stored = {key: np.stack([st[key] for st in stacks]) for key in stacks[0]}
+    params = [stored[key] for key in ("q_weight", "q_scale", "q_min", "q_high") if key in stored]
+    _, acts, _ = _problem(name, 8, k, tokens)
+    ids = np.random.default_rng(3).integers(0, experts, (tokens, top_k)).astype(np.int32)
+    args = [*acts[:3], ids, *params, np.zeros((tokens, top_k, n), "f4")]
+    gather = Gather(experts, top_k, True)
+    results = [
+        run_kernel(
+            q4a8_matmul_avx2(n, k, "float16", vnni, fmt.has_min, fmt.bits, gather, generic),
+            target,
+            args,
+        )[0]
+        for generic in (False, True)
+    ]
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 def _run_portable(layer: nn.Module, inputs: dict, stored: dict, *arrays: np.ndarray):

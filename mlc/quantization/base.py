@@ -10,7 +10,7 @@ import numpy as np
 from tvm.relax.frontend import nn
 
 # The CPU target presets: the host's (llvm) and 64-bit ARM's (arm64). Their int8-activation
-# kernels exist for both (x86's own, the portable reference elsewhere).
+# kernels exist for both (x86's own, and their generic form with the same bits on arm64).
 CPU_TARGETS = ("llvm", "arm64")
 
 
