@@ -339,7 +339,10 @@ def test_unknown_target_lists_the_presets(hf_dir, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["build", str(hf_dir), "--target", "tpu", "-o", str(out)])
     assert result.exit_code == 1
-    assert "unknown target 'tpu'; choose one of: auto, llvm, cuda, metal, iphone" in result.output
+    assert (
+        "unknown target 'tpu'; choose one of: auto, llvm, arm64, cuda, metal, iphone"
+        in result.output
+    )
     assert not out.exists()
 
 
