@@ -7,17 +7,12 @@ import shutil
 from pathlib import Path
 
 import tvm
-from tvm.s_tir.dlight import ApplyDefaultSchedule
 from tvm.support import cc
 from tvm.target import Target
 
 from mlc.runtime.host import ToolMissingError
 
-from .base import TargetPreset
-from .cpu_attention import use_cpu_attention
-from .cpu_schedules import Elementwise, MatmulNT, RowReduction
-from .llvm import FAST_MATH_FLAGS
-from .x86_kernels import use_x86_kernels
+from .llvm import FAST_MATH_FLAGS, LLVMTarget
 
 TRIPLE = "aarch64-linux-gnu"
 CROSS_COMPILER = f"{TRIPLE}-g++"
@@ -34,7 +29,9 @@ def cross_compiler() -> str:
     return path
 
 
-class Arm64Target(TargetPreset):
+class Arm64Target(LLVMTarget):
+    """The host CPU's schedules and kernels, for AArch64."""
+
     name = "arm64"
     description = "64-bit ARM Linux/Android CPUs (NEON + dotprod; .so for aarch64-linux-gnu)"
 
@@ -49,16 +46,8 @@ class Arm64Target(TargetPreset):
             }
         )
 
-    def computes_attention_variant(self, head_dim: int) -> bool:
-        return head_dim % 8 == 0  # our CPU kernels; the cache's scalar ones otherwise
-
-    def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
-        # The int8-activation kernels in x86's generic form: the x86 build's bits.
-        return [
-            use_x86_kernels(target),
-            use_cpu_attention,
-            ApplyDefaultSchedule(MatmulNT(), Elementwise(), RowReduction()),
-        ]
+    def has_int8_kernels(self, target: Target) -> bool:
+        return True  # x86's kernels in their generic form: the x86 build's bits
 
     def export(self, executable: tvm.runtime.Executable, path: Path) -> None:
         executable.export_library(str(path), fcompile=cc.cross_compiler(cross_compiler()))

@@ -44,8 +44,13 @@ class LLVMTarget(TargetPreset):
     def computes_attention_variant(self, head_dim: int) -> bool:
         return head_dim % LANES == 0  # our CPU kernels; the cache's scalar ones otherwise
 
+    def has_int8_kernels(self, target: Target) -> bool:
+        """Whether `use_x86_kernels` replaces the portable int8-activation kernels: on x86
+        with AVX2 (an x86 CPU without it keeps the portable ones)."""
+        return has_avx2(target)
+
     def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
-        kernels = [use_x86_kernels(target)] if has_avx2(target) else []
+        kernels = [use_x86_kernels(target)] if self.has_int8_kernels(target) else []
         return [
             *kernels,
             use_cpu_attention,

@@ -33,12 +33,15 @@ def tiny(tiny_builds) -> Path:
 
 
 def mlc_chat(
-    native: Path, model: Path, prompts: list[str], *options: str
+    native: Path, model: Path, prompts: list[str], *options: str, arch: str = "x86_64"
 ) -> subprocess.CompletedProcess:
-    command = [str(native / "bin" / "mlc-chat"), "--model", str(model), "--json", *options]
+    """`mlc-chat --json` of the runtime in `native`, built for `arch` (run under emulation
+    where that is not this machine's)."""
+    program = [*emulator_prefix(arch), str(native / "bin" / "mlc-chat")]
+    command = [*program, "--model", str(model), "--json", *options]
     for prompt in prompts:
         command += ["--prompt", prompt]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 def turns(run: subprocess.CompletedProcess) -> list[dict]:
@@ -245,16 +248,7 @@ def test_arm64_build_answers_as_the_x86_build(native, native_arm64, tiny_builds,
     assert b"\x7fELF\x02\x01\x01" in library.read_bytes()[:8]
     assert int.from_bytes(library.read_bytes()[18:20], "little") == 183  # EM_AARCH64
     expected = turns(mlc_chat(native, x86, prompts, *options))
-    command = [
-        *emulator_prefix("arm64"),
-        str(native_arm64 / "bin" / "mlc-chat"),
-        "--model",
-        str(arm),
-    ]
-    command += ["--json", *options]
-    for prompt in prompts:
-        command += ["--prompt", prompt]
-    got = turns(subprocess.run(command, capture_output=True, text=True, timeout=600))
+    got = turns(mlc_chat(native_arm64, arm, prompts, *options, arch="arm64"))
     keys = ("answer", "ids", "finish_reason", "prefill_tokens")
     assert [{k: t[k] for k in keys} for t in got] == [{k: t[k] for k in keys} for t in expected]
     assert expected[0]["prefill_tokens"] > 16
@@ -277,8 +271,7 @@ def test_default_model_for_arm64_answers_as_on_x86(native_arm64, smollm2_builds,
     config = GenerationConfig(temperature=0, max_tokens=12)
     expected = python_turns(smollm2_builds(QUANTIZATION), [prompt], config)
     arm = build(BuildOptions(model=embedded_gguf(), target="arm64", output=tmp_path, quiet=True))
-    command = [*emulator_prefix("arm64"), str(native_arm64 / "bin" / "mlc-chat"), "--model"]
-    command += [str(arm), "--json", "--temperature", "0", "--max-tokens", "12", "--prompt", prompt]
-    got = turns(subprocess.run(command, capture_output=True, text=True, timeout=600))
+    options = ("--temperature", "0", "--max-tokens", "12")
+    got = turns(mlc_chat(native_arm64, arm, [prompt], *options, arch="arm64"))
     assert_same_turns(got, expected)
     assert "Paris" in got[0]["answer"]
