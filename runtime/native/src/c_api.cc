@@ -12,7 +12,7 @@
 
 struct mlc_engine {
   std::unique_ptr<mlc::ChatSession> session;
-  std::string finish_reason;
+  mutable std::string finish_reason;  // what mlc_stats.finish_reason points to
 };
 
 namespace {
@@ -126,7 +126,7 @@ int mlc_engine_stats(const mlc_engine* engine, mlc_stats* stats) {
     Require(engine, "engine");
     Require(stats, "stats");
     const mlc::GenerationStats& s = engine->session->last_stats();
-    const_cast<mlc_engine*>(engine)->finish_reason = s.finish_reason;
+    engine->finish_reason = s.finish_reason;
     stats->prefill_tokens = s.prefill_tokens;
     stats->prefill_seconds = s.prefill_seconds;
     stats->decode_tokens = s.decode_tokens;

@@ -1,6 +1,5 @@
 #include "chat.h"
 
-#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 

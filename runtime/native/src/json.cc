@@ -102,10 +102,12 @@ class JsonParser {
       out.string_ = std::make_shared<std::string>(ParseString());
       return out;
     }
-    if (Consume("true") || Consume("false")) {
-      out.kind_ = Json::Kind::kBool;
-      out.bool_ = text_[pos_ - 1] == 'e' && text_[pos_ - 2] == 'u';
-      return out;
+    for (bool value : {true, false}) {
+      if (Consume(value ? "true" : "false")) {
+        out.kind_ = Json::Kind::kBool;
+        out.bool_ = value;
+        return out;
+      }
     }
     if (Consume("null")) return out;
     if (c == '-' || (c >= '0' && c <= '9')) return ParseNumber();
