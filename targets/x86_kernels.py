@@ -41,6 +41,7 @@ from mlc.quantization.int8_activations import (
     QUANTIZE_ACTIVATIONS,
     block_offset,
 )
+from mlc.quantization.kquant_nibbles import SUPER_BLOCK
 
 TILE_N = 16
 # Scratch ints per output: a pair's or a group's 8 partial sums, then (from PART_DOTS) the dot
@@ -306,6 +307,7 @@ def q4a8_matmul_avx2(
     weight_bits: int = 4,
     gather: Gather | None = None,
     generic: bool = False,
+    k_scales: bool = False,
 ) -> tirx.PrimFunc:
     """The kernel for `[n, k_padded]` weights; `generic` computes the integer dot products in
     plain integer arithmetic (for CPUs other than x86: the same bits); `vnni` uses
@@ -315,7 +317,12 @@ def q4a8_matmul_avx2(
     bytes in the activations' layout (`Q8_0`), 5 the nibbles with their fifth bits (`q_high`,
     `Q5_0`/`Q5_1`). With `gather`, the kernel of a mixture's experts (`q4a8_gather_matmul`):
     each (token, slot) multiplies the rows of the expert `ids` names, one output at a time (the
-    lone-token path), so that a prompt's slots equal decode's."""
+    lone-token path), so that a prompt's slots equal decode's. With `k_scales`, the scales and
+    minima are a K-quant's (`Q4_K`, `Q5_K`; `kquant_nibbles`): each run's 6-bit `sc` and `m`
+    as bytes, times its super-block's `d` and `-dmin` from `qd` (float16, two per 256
+    values), so a run's scale is `d · sc` and its minimum `-dmin · m`, exact in float32."""
+    if k_scales and (gather is not None or not has_min or k_padded % SUPER_BLOCK):
+        raise ValueError("K-quant scales take whole super-blocks, with minima, without gather")
     groups = k_padded // GROUP
     words = k_padded // (4 if weight_bits == 8 else 8)
     blocks = groups // BLOCK_GROUPS
@@ -335,16 +342,40 @@ def q4a8_matmul_avx2(
         """The fifth bits' buffer for the dot products (None unless 5-bit weights)."""
         return qh if five else None
 
-    def block_value(qw, qs, qm, qh, xq, xs, xc, row, i, b, acc):
+    def scales(qs, qm, qd, row, first, count: int):
+        """The scales and minima (float32 x `count`) of groups `first` .. `first + count`:
+        stored; or, with `k_scales`, the runs' 6-bit values times their super-blocks' `d` and
+        `-dmin` (a block of 16 groups spans two super-blocks)."""
+        vector = f"float32x{count}"
+        groups_at = T.Ramp(first, 1, count)
+        sw = T.Cast(vector, qs[row, groups_at])
+        m = T.Cast(vector, qm[row, groups_at]) if has_min else None
+        if not k_scales:
+            return sw, m
+
+        def per_super_block(which: int):
+            runs = SUPER_BLOCK // GROUP
+            parts = [
+                T.Broadcast(T.Cast("float32", qd[row, 2 * (first // runs + s) + which]), runs)
+                for s in range(count // runs)
+            ]
+            if len(parts) == 1:
+                return parts[0]
+            return T.Shuffle(parts, list(range(count)))
+
+        # Fenced: fast-math would otherwise fold `d` into the products that follow, in one
+        # order for the 4-token micro-kernel and in another for a lone token.
+        return _fence(sw * per_super_block(0)), _fence(m * -per_super_block(1))
+
+    def block_value(qw, qs, qm, qh, qd, xq, xs, xc, row, i, b, acc):
         """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane (with
         minima: `acc + m · xc + sw · (dot · xs)`). The sum is fenced: fast-math reassociated
         the chain over the blocks differently in the 4-token micro-kernel than for a lone
         token on AVX2, 1 ulp apart."""
         groups_at = T.Ramp(b * BLOCK_GROUPS, 1, lanes)
-        sw = T.Cast(f"float32x{lanes}", qs[row, groups_at])
+        sw, m = scales(qs, qm, qd, row, b * BLOCK_GROUPS, lanes)
         dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, isa, fifth(qh)))
         if has_min:
-            m = T.Cast(f"float32x{lanes}", qm[row, groups_at])
             return _fence(_fma(sw, dot * xs[i, groups_at], _fence(_fma(m, xc[i, groups_at], acc))))
         return _fence(_fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc))
 
@@ -358,21 +389,20 @@ def q4a8_matmul_avx2(
 
     tail_groups = groups - blocks * BLOCK_GROUPS
 
-    def tail_lanes(qs, qm, xs, xc, row, i, part, acc):
+    def tail_lanes(qs, qm, qd, xs, xc, row, i, part, acc):
         """`acc` + each trailing group's `sw · (dot · xs + xc)` (with minima: `acc + m · xc +
         sw · (dot · xs)`), one lane per group, fenced as `block_value`."""
         count = tail_groups
         groups_at = T.Ramp(blocks * BLOCK_GROUPS, 1, count)
-        sw = T.Cast(f"float32x{count}", qs[row, groups_at])
+        sw, m = scales(qs, qm, qd, row, blocks * BLOCK_GROUPS, count)
         dot = T.Cast(f"float32x{count}", part[T.Ramp(PART_DOTS, 1, count)])
         if has_min:
-            m = T.Cast(f"float32x{count}", qm[row, groups_at])
             with_min = _fence(_fma(m, xc[i, groups_at], acc))
             return _fence(_fma(sw, dot * xs[i, groups_at], with_min))
         return _fence(_fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc))
 
     @T.macro
-    def finish_row(qw, qs, qm, qh, xq, xs, xc, y, acc, base, part, tail, row, i, y_row, y_col):
+    def finish_row(qw, qs, qm, qh, qd, xq, xs, xc, y, acc, base, part, tail, row, i, y_row, y_col):
         """The groups after the whole blocks, then the output value of (i, row), written to
         `y[y_row, y_col]`. Two or more such groups are summed like a block's: their integer
         dot products gathered in `part[8:]`, then scaled and added lane by lane into the
@@ -388,7 +418,7 @@ def q4a8_matmul_avx2(
                 part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, isa, fifth(qh))
                 part[PART_DOTS + tail_groups - 1] = _lanes_sum(part, 0, 8)
             acc[T.Ramp(base, 1, tail_groups)] = tail_lanes(
-                qs, qm, xs, xc, row, i, part, acc[T.Ramp(base, 1, tail_groups)]
+                qs, qm, qd, xs, xc, row, i, part, acc[T.Ramp(base, 1, tail_groups)]
             )
             y[y_row, y_col] = _reduce_add(T.float32(0), acc[T.Ramp(base, 1, lanes)], lanes)
         else:
@@ -401,7 +431,9 @@ def q4a8_matmul_avx2(
             y[y_row, y_col] = _reduce_add(tail[0], acc[T.Ramp(base, 1, lanes)], lanes)
 
     @T.macro
-    def micro(qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail, xi, r0, tokens, rows, yi, c0, pick):
+    def micro(
+        qw, qs, qm, qh, qd, xq, xs, xc, y, acc, part, tail, xi, r0, tokens, rows, yi, c0, pick
+    ):
         """Outputs of `tokens` tokens and `rows` weight rows from r0, block by block, so each
         block's weights are loaded and unpacked once for all the tokens and each token's
         activations once for all the rows. Token u is row `pick(xi, u)` of x and its outputs
@@ -417,6 +449,7 @@ def q4a8_matmul_avx2(
                     qs,
                     qm,
                     qh,
+                    qd,
                     xq,
                     xs,
                     xc,
@@ -431,6 +464,7 @@ def q4a8_matmul_avx2(
                 qs,
                 qm,
                 qh,
+                qd,
                 xq,
                 xs,
                 xc,
@@ -446,7 +480,7 @@ def q4a8_matmul_avx2(
             )
 
     @T.macro
-    def matmul(qw, qs, qm, qh, var_xq, var_xs, var_xc, var_y):
+    def matmul(qw, qs, qm, qh, qd, var_xq, var_xs, var_xc, var_y):
         batch = T.int64()
         seq = T.int64()
         xq_in = T.match_buffer(var_xq, (batch, seq, k_padded), "int8")
@@ -472,7 +506,7 @@ def q4a8_matmul_avx2(
                         r0 = T.meta_var(tile * TILE_N + t * ROWS)
                         i0 = T.meta_var(i * TOKENS)
                         micro(
-                            qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, qd, xq, xs, xc, y, acc, part, tail,
                             i0, r0, TOKENS, ROWS, i0, r0, _consecutive,
                         )  # fmt: skip
             grouped = T.meta_var(T.if_then_else(whole, rows // TOKENS * TOKENS, T.int64(0)))
@@ -480,7 +514,7 @@ def q4a8_matmul_avx2(
                 for t in range(T.min(TILE_N, n - tile * TILE_N)):
                     r = T.meta_var(tile * TILE_N + t)
                     micro(
-                        qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
+                        qw, qs, qm, qh, qd, xq, xs, xc, y, acc, part, tail,
                         i, r, 1, 1, i, r, _consecutive,
                     )  # fmt: skip
 
@@ -496,7 +530,7 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            matmul(qw, qs, qs, qs, var_xq, var_xs, var_xc, var_y)
+            matmul(qw, qs, qs, qs, qs, var_xq, var_xs, var_xc, var_y)
 
         @T.prim_func
         def q4a8_matmul_with_min(
@@ -509,7 +543,7 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            matmul(qw, qs, qm, qs, var_xq, var_xs, var_xc, var_y)
+            matmul(qw, qs, qm, qs, qs, var_xq, var_xs, var_xc, var_y)
 
     if five:
 
@@ -524,7 +558,7 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            matmul(qw, qs, qs, qh, var_xq, var_xs, var_xc, var_y)
+            matmul(qw, qs, qs, qh, qs, var_xq, var_xs, var_xc, var_y)
 
         @T.prim_func
         def q5a8_matmul_with_min(
@@ -538,7 +572,41 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            matmul(qw, qs, qm, qh, var_xq, var_xs, var_xc, var_y)
+            matmul(qw, qs, qm, qh, qs, var_xq, var_xs, var_xc, var_y)
+
+    if k_scales:
+        super_blocks = k_padded // SUPER_BLOCK
+
+        @T.prim_func
+        def q4a8_matmul_k_scales(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            qw: T.Buffer((n, words), "uint32"),
+            qs: T.Buffer((n, groups), "uint8"),
+            qm: T.Buffer((n, groups), "uint8"),
+            qd: T.Buffer((n, 2 * super_blocks), "float16"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            matmul(qw, qs, qm, qs, qd, var_xq, var_xs, var_xc, var_y)
+
+        @T.prim_func
+        def q5a8_matmul_k_scales(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            qw: T.Buffer((n, words), "uint32"),
+            qs: T.Buffer((n, groups), "uint8"),
+            qm: T.Buffer((n, groups), "uint8"),
+            qd: T.Buffer((n, 2 * super_blocks), "float16"),
+            qh: T.Buffer((n, groups), "uint32"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            matmul(qw, qs, qm, qh, qd, var_xq, var_xs, var_xc, var_y)
+
+        return q5a8_matmul_k_scales if five else q4a8_matmul_k_scales
 
     if gather is not None:
         experts, top_k = gather.experts, gather.top_k
@@ -608,7 +676,7 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t * ROWS)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, qs, xq, xs, xc, y, acc, part, tail,
                             x_sel, row, TOKENS, ROWS, y_sel, r, _listed,
                         )  # fmt: skip
                 for rest in range(begin + grouped * TOKENS, first[e + 1]):
@@ -618,7 +686,7 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qm, qh, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, qs, xq, xs, xc, y, acc, part, tail,
                             x_row, row, 1, 1, s, r, _consecutive,
                         )  # fmt: skip
 
@@ -836,8 +904,9 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                 has_min = bool(a["mlc.has_min"])
                 bits = int(a["mlc.weight_bits"])
                 scale_dtype = str(a["mlc.scale_dtype"])
+                k_scales = bool(a.get("mlc.k_scales", False))
                 fast = q4a8_matmul_avx2(
-                    n, k_padded, scale_dtype, vnni, has_min, bits, None, generic
+                    n, k_padded, scale_dtype, vnni, has_min, bits, None, generic, k_scales
                 )
             elif a[KERNEL_ATTR] == Q4A8_GATHER_MATMUL:
                 n, k_padded = int(a["mlc.n"]), int(a["mlc.k_padded"])

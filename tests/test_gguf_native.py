@@ -19,6 +19,7 @@ from x86_kernel_runner import run_kernel, x86_target
 
 from mlc.build import BuildOptions, build
 from mlc.cli import main
+from mlc.gguf.dequantize import k_scales_mins
 from mlc.gguf.export import export_gguf
 from mlc.models.moe import Experts
 from mlc.quantization import get_quantization
@@ -36,6 +37,7 @@ from mlc.quantization.int8_activations import (
     stored_position,
 )
 from mlc.quantization.kquant_blocks import K_FORMATS
+from mlc.quantization.kquant_nibbles import K_NIBBLE_FORMATS, pack_scales, unpack_scales
 from mlc.runtime.compiled_model import CompiledModel
 from mlc.runtime.web import run_greedy
 from mlc.targets.x86_kernels import (
@@ -262,6 +264,14 @@ def _run_portable(layer: nn.Module, inputs: dict, stored: dict, *arrays: np.ndar
     return vm["forward"](*[tvm.runtime.tensor(a) for a in arrays], weights).numpy()
 
 
+def _int8_rounded(x: np.ndarray) -> np.ndarray:
+    """`x[rows, k]` rounded to int8 per group of 32 as the kernels round activations."""
+    groups = x.reshape(x.shape[0], -1, GROUP)
+    absmax = np.abs(groups).max(-1, keepdims=True)
+    q = np.round(groups * (np.float32(127) / absmax))
+    return (q * (absmax / np.float32(127))).reshape(x.shape)
+
+
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_portable_kernels_match_the_definition(name):
     """The TE kernels every other target starts from, compiled for a CPU without AVX2 so that
@@ -275,11 +285,8 @@ def test_portable_kernels_match_the_definition(name):
     x = np.random.default_rng(1).normal(size=(rows, k)).astype(np.float32)
     layer = BlockLinear(fmt, k, n, bias=False, dtype="float32")
     out = _run_portable(layer, {"x": nn.spec.Tensor(["rows", k], "float32")}, stored, x)
-    if fmt.int8_activations:  # activations rounded per group of 32 as the kernels round them
-        groups = x.reshape(rows, -1, GROUP)
-        absmax = np.abs(groups).max(-1, keepdims=True)
-        q = np.round(groups * (np.float32(127) / absmax))
-        x = (q * (absmax / np.float32(127))).reshape(rows, k)
+    if fmt.int8_activations:
+        x = _int8_rounded(x)
     exact = x.astype(np.float64) @ w.T
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
 
@@ -308,8 +315,8 @@ def test_portable_expert_kernel_matches_the_definition(name):
 
 
 # A file mixing every format: Q4_1 q/k/v fused (kept), Q4_0 o_proj, Q5_0 gate/up, Q5_1 down;
-# layer 1: Q8_0 q/k/v, F16 o_proj, gate Q4_0 with up Q8_0 (a fused weight of two formats:
-# float32), Q4_1 down over K = 544 (a block of 16 groups and a single one); the Q8_0 token
+# layer 1: Q8_0 q/k/v, F16 o_proj, gate Q4_0 with up Q8_0 (a fused weight of two formats: kept
+# in two parts), Q4_1 down over K = 544 (a block of 16 groups and a single one); the Q8_0 token
 # embedding is also the tied LM head.
 TYPES = {
     "token_embd.weight": "Q8_0",
@@ -325,12 +332,11 @@ TYPES = {
     "blk.1.ffn_down.weight": "Q4_1",
 }
 # The transformers modules our build computes with int8 activations: every block-format Linear
-# (not the F16 o_proj, nor the gate/up fused from two formats and stored as float32).
+# (not the F16 o_proj).
 INT8_LAYERS = {
     *(f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"),
-    *(f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")),
+    *(f"model.layers.{i}.mlp.{p}_proj" for i in (0, 1) for p in ("gate", "up", "down")),
     *(f"model.layers.1.self_attn.{p}_proj" for p in "qkv"),
-    "model.layers.1.mlp.down_proj",
     "lm_head",
 }
 MODEL = {
@@ -356,10 +362,7 @@ def test_a_gguf_file_builds_in_its_own_formats_by_default(mixed):
     config = json.loads((built / "mlc-chat-config.json").read_text())
     formats = config["quantization_scheme"]["tensor_formats"]
     assert formats["layers.*.self_attn.qkv_proj.weight"] == {"Q4_1": 1, "Q8_0": 1}
-    assert formats["layers.*.mlp.up_proj.weight"] == {  # gate and up, fused
-        "Q5_0": 1,
-        "float32 (from Q4_0+Q8_0)": 1,
-    }
+    assert formats["layers.*.mlp.up_proj.weight"] == {"Q5_0": 1, "Q4_0+Q8_0": 1}  # gate+up
     assert formats["embed_tokens.weight"] == {"Q8_0": 1}
     assert formats["layers.*.self_attn.o_proj.weight"] == {"Q4_0": 1, "float32 (from F16)": 1}
     # The tensor cache holds the file's bytes of each kept tensor.
@@ -372,11 +375,16 @@ def test_a_gguf_file_builds_in_its_own_formats_by_default(mixed):
         sum(v for k, v in stored.items() if k.startswith(prefix))
         == (file_bytes["blk.0.ffn_down.weight"])
     )
+    # Layer 1's gate (Q4_0) and up (Q8_0) are kept as two parts of the fused weight.
+    parts = {k: v for k, v in stored.items() if k.startswith("layers.1.mlp.up_proj.parts.")}
+    assert {k.split(".")[-2] for k in parts} == {"0", "1"}
+    gate_up = file_bytes["blk.1.ffn_gate.weight"] + file_bytes["blk.1.ffn_up.weight"]
+    assert sum(parts.values()) == gate_up
 
 
 def test_mixed_file_matches_transformers_reading_it(mixed):
     path, built = mixed
-    prompt = list(range(133, 143))
+    prompt = [int(v) for v in np.random.default_rng(69).integers(3, 250, 10)]
     reference = load_gguf_reference(path, tie_word_embeddings=True)
     plain = hf_logits(reference, prompt)
     margins: list[float] = []
@@ -384,7 +392,8 @@ def test_mixed_file_matches_transformers_reading_it(mixed):
     expected = hf_logits(int8_reference, prompt)
     # A well-posed comparison: no int8 activation of this prompt lies within 1e-4 of a rounding
     # boundary (another prompt had one 8e-6 away, which rounded the other way on one CPU; with
-    # ~20,000 activations rounded, most prompts have one closer than 1e-4: this one's is 1.9e-4).
+    # ~20,000 activations rounded, most prompts have one closer than 1e-4: this one's is 2.2e-4,
+    # the best of 80 random prompts).
     assert min(margins) > 1e-4
     # Prefill, then decode step by step: within 1e-4 of the reference at every position.
     max_logit_error(built, expected, prompt, split=6)
@@ -442,12 +451,17 @@ def _gpu_matches_exact_cpu(path, tmp_path, target: str) -> None:
 def test_gguf_file_runs_on_gpu_targets_in_its_own_formats(mixed, tmp_path, target):
     path, cpu = mixed
     _gpu_matches_exact_cpu(path, tmp_path, target)
-    # The same tensors in the same formats as the CPU build keeps.
-    formats = [
-        json.loads((d / "mlc-chat-config.json").read_text())["quantization_scheme"]
+    # The same tensors in the same formats as the CPU build keeps, but the fused weight of two
+    # formats, which the CPU keeps in parts and GPU targets as float32.
+    cpu_formats, gpu_formats = [
+        json.loads((d / "mlc-chat-config.json").read_text())["quantization_scheme"][
+            "tensor_formats"
+        ]
         for d in (cpu, tmp_path / target / f"tiny-mixed-gguf-{target}")
     ]
-    assert formats[0]["tensor_formats"] == formats[1]["tensor_formats"]
+    parted = cpu_formats["layers.*.mlp.up_proj.weight"].pop("Q4_0+Q8_0")
+    assert gpu_formats["layers.*.mlp.up_proj.weight"].pop("float32 (from Q4_0+Q8_0)") == parted
+    assert cpu_formats == gpu_formats
 
 
 def test_k_quant_file_runs_on_vulkan(k_quant_file, tmp_path):
@@ -508,18 +522,29 @@ def test_k_quants_are_stored_as_the_file_has_them(name):
     fmt = K_FORMATS[name]
     blocks = _k_blocks(name, 6, 768)
     stored = fmt.from_ggml_blocks(blocks)
-    assert stored["q_blocks"].dtype == np.uint8 and stored["q_blocks"].nbytes == blocks.nbytes
+    # Nothing added, but Q4_K's and Q5_K's sixteen 6-bit fields a byte each (4 bytes more).
+    unpacked = 4 * blocks.shape[0] * blocks.shape[1] if name in K_NIBBLE_FORMATS else 0
+    assert sum(a.nbytes for a in stored.values()) == blocks.nbytes + unpacked
     np.testing.assert_array_equal(fmt.to_ggml_blocks(stored), blocks)
     expected = _reference_dequantize(name, blocks)
     np.testing.assert_array_equal(fmt.dequantize(stored), expected)
     assert np.isfinite(expected).all() and np.abs(expected).max() > 0
+    if "q_weight" not in stored:
+        return
+    # The comparison can fail: one bit of a moved nibble changes one value and one file bit.
+    stored["q_weight"] = stored["q_weight"].copy()
+    stored["q_weight"][3, 2] ^= np.uint32(1 << 9)
+    assert (fmt.dequantize(stored) != expected).sum() == 1
+    assert (fmt.to_ggml_blocks(stored) != blocks).sum() == 1
 
 
 @pytest.mark.parametrize("name", sorted(K_FORMATS))
 def test_k_quant_kernels_decode_every_value(name):
     """The embedding lookup returns every value of the `gguf` package's dequantization exactly
-    (each decoded from the bytes inside the kernel); the Linear layer's float32 matmul equals
-    the float64 product within 1e-5 of its range."""
+    (each decoded from the stored tensors inside the kernel); the Linear layer's portable
+    kernel (a float32 matmul, or for `Q4_K`/`Q5_K` the int8-activation one) equals the float64
+    product of its activations, rounded as its kernel rounds them, within 1e-5 of its
+    range."""
     fmt = K_FORMATS[name]
     n, k, rows = 24, 512, 3
     blocks = _k_blocks(name, n, k, scale=1e-2)
@@ -532,15 +557,19 @@ def test_k_quant_kernels_decode_every_value(name):
     np.testing.assert_array_equal(table, w)
     linear = BlockLinear(fmt, k, n, bias=False, dtype="float32")
     out = _run_portable(linear, {"x": nn.spec.Tensor(["rows", k], "float32")}, stored, x)
+    if fmt.int8_activations:  # Q4_K, Q5_K
+        x = _int8_rounded(x)
     exact = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
 
 
 # A Q4_K_M-like file: Q4_K attention and gate/up, Q6_K down and LM head, F32 norms; layer 1
-# has Q5_K attention and a Q3_K_M-like MLP (Q3_K gate/up, Q2_K down).
+# has Q5_K attention with a Q6_K v (q/k/v kept in two parts) and a Q3_K_M-like MLP (Q3_K
+# gate/up, Q2_K down).
 K_TYPES = {
     **{f"blk.0.attn_{p}.weight": "Q4_K" for p in "qkv"},
-    **{f"blk.1.attn_{p}.weight": "Q5_K" for p in "qkv"},
+    **{f"blk.1.attn_{p}.weight": "Q5_K" for p in "qk"},
+    "blk.1.attn_v.weight": "Q6_K",
     "blk.0.attn_output.weight": "Q4_K",
     "blk.1.attn_output.weight": "Q5_K",
     **{f"blk.0.ffn_{p}.weight": "Q4_K" for p in ("gate", "up")},
@@ -549,6 +578,15 @@ K_TYPES = {
     "blk.1.ffn_down.weight": "Q2_K",
     "output.weight": "Q6_K",
     "token_embd.weight": "Q4_K",
+}
+
+
+# The transformers modules our build computes with int8 activations: the Q4_K and Q5_K
+# Linears (the Q4_K token embedding is looked up; the LM head is Q6_K).
+K_INT8_LAYERS = {
+    *(f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"),
+    *(f"model.layers.1.self_attn.{p}_proj" for p in "qko"),
+    *(f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up")),
 }
 
 
@@ -573,17 +611,30 @@ def k_quant_file(tmp_path_factory):
 
 
 def test_k_quant_file_matches_transformers_reading_it(k_quant_file, tmp_path):
-    """transformers dequantizes the file with the `gguf` package and runs in float64; our
-    build keeps the super-blocks and decodes them in its kernels: logits within 1e-4."""
+    """transformers dequantizes the file with the `gguf` package and runs in float64, the
+    inputs of the `Q4_K`/`Q5_K` Linears rounded to int8 as our kernels round them; our build
+    keeps the super-blocks and decodes them in its kernels: logits within 1e-4."""
     path = k_quant_file
     built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
     formats = json.loads((built / "mlc-chat-config.json").read_text())["quantization_scheme"]
     assert formats["tensor_formats"]["layers.*.mlp.down_proj.weight"] == {"Q2_K": 1, "Q6_K": 1}
     assert formats["tensor_formats"]["layers.*.mlp.up_proj.weight"] == {"Q3_K": 1, "Q4_K": 1}
     assert formats["tensor_formats"]["lm_head.weight"] == {"Q6_K": 1}
-    prompt = list(range(7, 40))
-    reference = hf_logits(load_gguf_reference(path), prompt)
-    max_logit_error(built, reference, prompt, split=20)
+    qkv = formats["tensor_formats"]["layers.*.self_attn.qkv_proj.weight"]
+    assert qkv == {"Q4_K": 1, "Q5_K+Q6_K": 1}
+    # A prompt none of whose int8-rounded activations lies within 1e-4 of a rounding boundary
+    # (1.6e-4, the best of 100 random prompts).
+    prompt = [int(v) for v in np.random.default_rng(7).integers(3, 250, 16)]
+    plain = hf_logits(load_gguf_reference(path), prompt)
+    margins: list[float] = []
+    int8_model = quantize_activations_int8(
+        load_gguf_reference(path), only=K_INT8_LAYERS, margins=margins
+    )
+    reference = hf_logits(int8_model, prompt)
+    assert min(margins) > 1e-4
+    max_logit_error(built, reference, prompt, split=10)
+    # The comparison can fail: without the int8 activations the logits move far more.
+    assert np.abs(plain - reference).max() > 1e-2
     # The comparison can fail: one super-block scale changed in the file shows in the logits.
     data = bytearray(path.read_bytes())
     reader = gguf.GGUFReader(path)
@@ -592,4 +643,54 @@ def test_k_quant_file_matches_transformers_reading_it(k_quant_file, tmp_path):
     changed = tmp_path / "changed.gguf"
     changed.write_bytes(bytes(data))
     other = hf_logits(load_gguf_reference(changed), prompt)
-    assert np.abs(other - reference).max() > 1e-3
+    assert np.abs(other - plain).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(K_NIBBLE_FORMATS))
+def test_k_quant_scales_unpack_and_pack_every_pattern(name):
+    """The runs' 6-bit scales and minima, one byte each, are llama.cpp's (`get_scale_min_k4`,
+    as our numpy decoder reads them) and pack back into the file's 12 bytes, any bit pattern."""
+    packed = np.random.default_rng(0).integers(0, 256, size=(500, 12), dtype=np.uint8)
+    sc, m = unpack_scales(packed)
+    expected_sc, expected_m = k_scales_mins(packed)
+    np.testing.assert_array_equal(sc, expected_sc)
+    np.testing.assert_array_equal(m, expected_m)
+    np.testing.assert_array_equal(pack_scales(sc, m), packed)
+    assert sc.max() == 63 and m.max() == 63
+
+
+@pytest.mark.parametrize("vnni", [False, True], ids=["avx2", "avx512-vnni"])
+@pytest.mark.parametrize("name", sorted(K_NIBBLE_FORMATS))
+def test_x86_kernel_computes_k_quant_runs_exactly(name, vnni):
+    """`Q4_K`/`Q5_K` on the int8 kernel, which forms each run's scale `d · sc` and minimum
+    `-dmin · m` from the stored fields: the exact product of the int8 activations with the
+    `gguf` package's values, up to float rounding, over whole blocks of 16 runs and a
+    super-block after them; a prompt's rows equal each row alone."""
+    fmt = K_NIBBLE_FORMATS[name]
+    target = x86_target(vnni)
+    n, k, rows = 40, 768, 5
+    blocks = _k_blocks(name, n, k, scale=1e-2)
+    stored = fmt.from_ggml_blocks(blocks)
+    w = _reference_dequantize(name, blocks).astype(np.float64)
+    x = np.random.default_rng(1).normal(size=(1, rows, k)).astype(np.float32)
+    outputs = [np.zeros((1, rows, k), "i1"), *(np.zeros((1, rows, k // GROUP), "f4"),) * 2]
+    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    exact = _int8_rounded(x[0]).astype(np.float64) @ w.T
+    params = [stored[key] for key in ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high")
+              if key in stored]  # fmt: skip
+    kernel = q4a8_matmul_avx2(n, k, "uint8", vnni, True, fmt.bits, k_scales=True)
+
+    def run(r: slice) -> np.ndarray:
+        tokens = [a[:, r] for a in acts]
+        out = np.zeros((1, tokens[0].shape[1], n), "f4")
+        return run_kernel(kernel, target, [*tokens, *params, out])[0][0]
+
+    together = run(slice(0, rows))
+    np.testing.assert_allclose(together, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    alone = np.concatenate([run(slice(i, i + 1)) for i in range(rows)])
+    np.testing.assert_array_equal(together, alone)
+    # The comparison can fail: the second super-block of each block given the first's d.
+    kd = params[3].copy()
+    kd[:, 2::4] = kd[:, 0::4][:, : kd[:, 2::4].shape[1]]
+    params[3] = kd
+    assert np.abs(run(slice(0, rows)) - exact).max() > 1e-3 * np.abs(exact).max()

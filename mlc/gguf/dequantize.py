@@ -107,7 +107,7 @@ def _decode_q3_k(b: np.ndarray) -> np.ndarray:
     return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
 
 
-def _k_scales_mins(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def k_scales_mins(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 8 six-bit scales and mins of a Q4_K/Q5_K super-block, from its 12 bytes."""
     s = scales.astype(np.uint8)
     sc = np.empty((s.shape[0], 8), np.uint8)
@@ -127,7 +127,7 @@ def _k_nibbles(qs: np.ndarray) -> np.ndarray:
 
 def _decode_q4_k(b: np.ndarray) -> np.ndarray:
     d, dmin = _f16(b, 0), _f16(b, 2)
-    sc, mn = _k_scales_mins(b[:, 4:16])
+    sc, mn = k_scales_mins(b[:, 4:16])
     q = _k_nibbles(b[:, 16:144]).astype(np.float32)
     out = (d * sc)[:, :, None] * q - (dmin * mn)[:, :, None]
     return out.reshape(b.shape[0], QK_K)
@@ -135,7 +135,7 @@ def _decode_q4_k(b: np.ndarray) -> np.ndarray:
 
 def _decode_q5_k(b: np.ndarray) -> np.ndarray:
     d, dmin = _f16(b, 0), _f16(b, 2)
-    sc, mn = _k_scales_mins(b[:, 4:16])
+    sc, mn = k_scales_mins(b[:, 4:16])
     qh = b[:, 16:48]
     q = _k_nibbles(b[:, 48:176]).astype(np.int32)
     # Run r of 32 values takes its fifth bit from bit r of the 32 qh bytes.

@@ -68,6 +68,11 @@ class GGMLFormat:
         return self.bits in (4, 5, 8)
 
     @property
+    def int8_experts(self) -> bool:
+        """A mixture's experts in this format take int8 activations too."""
+        return self.int8_activations
+
+    @property
     def per_word(self) -> int:
         return 4 if self.bits == 8 else 8
 
@@ -96,10 +101,10 @@ class GGMLFormat:
             out["q_weight"] = permuted.view(np.uint32)
             return _ordered(out)
         if self.bits == 5:
-            out["q_high"] = _move_high_bits(fields.u32(4 if self.has_min else 2), HIGH_BIT)
+            out["q_high"] = move_high_bits(fields.u32(4 if self.has_min else 2), HIGH_BIT)
         qs = blocks[..., self.type_size - 16 :]
         nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, nb * BLOCK)
-        out["q_weight"] = _pack_nibbles(nibbles, self.int8_activations)
+        out["q_weight"] = pack_nibbles(nibbles, self.int8_activations)
         return _ordered(out)
 
     def to_ggml_blocks(self, stored: dict[str, np.ndarray]) -> np.ndarray:
@@ -114,9 +119,9 @@ class GGMLFormat:
             parts.append(_natural_bytes(words).view(np.uint8).reshape(n, nb, BLOCK))
             return np.concatenate(parts, axis=-1)
         if self.bits == 5:
-            high = _move_high_bits(stored["q_high"], np.argsort(HIGH_BIT))
+            high = move_high_bits(stored["q_high"], np.argsort(HIGH_BIT))
             parts.append(high.view(np.uint8).reshape(n, nb, 4))
-        nibbles = _unpack_nibbles(words, self.int8_activations).reshape(n, nb, BLOCK)
+        nibbles = unpack_nibbles(words, self.int8_activations).reshape(n, nb, BLOCK)
         parts.append((nibbles[..., :16] | (nibbles[..., 16:] << 4)).astype(np.uint8))
         return np.concatenate(parts, axis=-1)
 
@@ -126,7 +131,7 @@ class GGMLFormat:
         if self.bits == 8:
             q = _natural_bytes(words).view(np.int8).astype(np.float32)
         else:
-            q = _unpack_nibbles(words, self.int8_activations).astype(np.int32)
+            q = unpack_nibbles(words, self.int8_activations).astype(np.int32)
             if self.bits == 5:
                 high = np.ascontiguousarray(stored["q_high"], dtype=np.uint32)
                 bits = (high[..., None] >> HIGH_BIT.astype(np.uint32)) & 1
@@ -150,6 +155,10 @@ class GGMLFormat:
         if self.bits == 5:
             out["q_high"] = nn.Parameter((rows, groups), "uint32")
         return _ordered(out)
+
+    def int8_operands(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What the int8 kernels take: the stored tensors themselves."""
+        return tensors
 
     def value(self, tensors: dict[str, te.Tensor], n, k) -> tirx.PrimExpr:
         """`w[n, k]` in float32, read from the stored tensors inside a kernel."""
@@ -186,7 +195,7 @@ _ORDER = ("q_weight", "q_scale", "q_min", "q_high")
 HIGH_BIT = high_bit(np.arange(BLOCK))
 
 
-def _move_high_bits(words: np.ndarray, where: np.ndarray) -> np.ndarray:
+def move_high_bits(words: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Bit v of each uint32 moved to bit `where[v]`."""
     bits = (np.ascontiguousarray(words, dtype=np.uint32)[..., None] >> np.arange(BLOCK)) & 1
     moved = bits.astype(np.uint32) << where.astype(np.uint32)
@@ -221,7 +230,7 @@ def _natural_bytes(words: np.ndarray) -> np.ndarray:
     return natural
 
 
-def _pack_nibbles(values: np.ndarray, transposed: bool) -> np.ndarray:
+def pack_nibbles(values: np.ndarray, transposed: bool) -> np.ndarray:
     """uint values `[N, K]` (< 16) → words `[N, K / 8]`, value `8j + e` in bits `4e` of word j
     (stored at `stored_word(j)` when `transposed`)."""
     n, k = values.shape
@@ -235,7 +244,7 @@ def _pack_nibbles(values: np.ndarray, transposed: bool) -> np.ndarray:
     return words
 
 
-def _unpack_nibbles(words: np.ndarray, transposed: bool) -> np.ndarray:
+def unpack_nibbles(words: np.ndarray, transposed: bool) -> np.ndarray:
     if transposed:
         words = words[:, stored_word(np.arange(words.shape[1]), words.shape[1])]
     shifts = (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
@@ -252,9 +261,11 @@ def block_matmul(
     (with `int8`), else one kernel that dequantizes inside the reduction."""
     if int8 and fmt.int8_activations:
         xq, xs, xc = quantize_activations(x, k, fmt.sum_factor)
-        q_weight, q_scale, q_min = tensors["q_weight"], tensors["q_scale"], tensors.get("q_min")
+        operands = fmt.int8_operands(tensors)
+        q_weight, q_scale, q_min = operands["q_weight"], operands["q_scale"], operands.get("q_min")
+        high, k_scales = operands.get("q_high"), operands.get("q_kd")
         return q4a8_matmul(
-            _Q4_LAYOUT, xq, xs, xc, q_weight, q_scale, n, q_min, fmt.bits, tensors.get("q_high")
+            _Q4_LAYOUT, xq, xs, xc, q_weight, q_scale, n, q_min, fmt.bits, high, k_scales
         )
     keys = list(tensors)
 
@@ -305,6 +316,26 @@ class BlockLinear(_BlockWeight):
         return y + self.bias if self.bias is not None else y
 
 
+class PartedBlockLinear(nn.Module):
+    """A fused Linear (q/k/v, gate/up) whose parts the file stores in different block formats
+    (`Q4_K_M` keeps v in `Q6_K` beside q and k in `Q4_K`): each run of rows in one format is a
+    `BlockLinear` of its own, their outputs concatenated, so that every part keeps its bits
+    and its kernel. `parts`: (format, rows) in the fused weight's row order. CPU targets only:
+    clspv (the vulkan target's compiler) crashed on the concatenation's kernel."""
+
+    def __init__(self, parts, in_features: int, bias: bool, dtype: str, int8: bool = True):
+        self.in_features = in_features
+        self.out_features = sum(rows for _, rows in parts)
+        self.parts = nn.ModuleList(
+            [BlockLinear(fmt, in_features, rows, False, dtype, int8) for fmt, rows in parts]
+        )
+        self.bias = nn.Parameter((self.out_features,), dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = op.concat([part(x) for part in self.parts], dim=-1)
+        return y + self.bias if self.bias is not None else y
+
+
 class BlockExperts(_BlockWeight):
     """Stacked experts in one GGML block format, their rows flat (`[experts · out, ...]`,
     expert e's rows from `e · out`): the gather matmul reads only the chosen experts' blocks,
@@ -322,7 +353,7 @@ class BlockExperts(_BlockWeight):
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
         fmt, name, keys = self.fmt, self.kernel_name, self.stored_keys
         n_out, n_in = self.out_features, self.in_features
-        if self.int8 and fmt.int8_activations:
+        if self.int8 and fmt.int8_experts:
             stacked = {  # `[experts, out, ...]`: the same memory
                 key: op.reshape(value, (self.num_experts, n_out, int(value.shape[1])))
                 for key, value in self.stored().items()

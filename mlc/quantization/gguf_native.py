@@ -4,10 +4,12 @@ Every Linear and Embedding weight, and every stack of a mixture's experts, store
 format our kernels compute (`FORMATS`: `ggml_blocks`' Q4_0 … Q8_0 and `kquant_blocks`' Q2_K …
 Q6_K) keeps its blocks, bits unchanged; every other tensor (norms, biases, F32/F16/BF16
 weights, block formats without a kernel yet) is stored as float32, which holds their values
-exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one format,
-else it is stored as float32 too. The model's activations are float32. On the CPU the 32-value
-formats multiply int8 activations; on GPU targets every format is decoded inside a float32
-reduction (`for_target`).
+exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one format;
+on the CPU one whose parts are in different block formats keeps each run of parts in one
+format as a tensor of its own (`PartedBlockLinear`); any other is stored as float32. The
+model's activations are float32. On the CPU the 32-value formats, `Q4_K` and `Q5_K` multiply
+int8 activations; on GPU targets every format is decoded
+inside a float32 reduction (`for_target`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mlc.models.moe import Experts
 from .base import CPU_TARGETS, Quantization
 from .fidelity import FLOAT_TYPES, source_types
 from .ggml_blocks import FORMATS as LEGACY_FORMATS
-from .ggml_blocks import BlockEmbedding, BlockExperts, BlockLinear
+from .ggml_blocks import BlockEmbedding, BlockExperts, BlockLinear, PartedBlockLinear
 from .kquant_blocks import K_FORMATS
 
 # Every block format kept as the file stores it.
@@ -40,6 +42,9 @@ class GGUFNative(Quantization):
     # format of those kept in blocks.
     file_types: tuple[tuple[str, tuple[str, ...]], ...] = ()
     formats: tuple[tuple[str, str], ...] = ()
+    # The fused weights whose parts are kept in different block formats: each run of source
+    # tensors in one format as (format, tensors, rows), in the fused weight's row order.
+    parts: tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...] = ()
     # The target preset the kernels are for: the CPUs' (llvm, arm64) multiply int8 activations
     # with the 32-value formats; GPU targets decode every format inside float32 reductions.
     target: str = "llvm"
@@ -58,25 +63,32 @@ class GGUFNative(Quantization):
                 f"{getattr(checkpoint, 'path', checkpoint)} is not a GGUF file; choose a code "
                 "that quantizes, e.g. --quantization q4a8_1 (CPU) or q4f16_1 (GPU)"
             )
-        file_types, kept = {}, {}
+        file_types, kept, parted = {}, {}, {}
         for ours, source in weight_map.items():
             types = tuple(sorted(source_types(checkpoint, source)))
             file_types[ours] = types
             # A layer's experts stack whole rows of each expert (`models.moe.stacked`).
             expert = ".experts_" in ours
             rows_only = source.combine is None or source.combine is concat_rows or expert
-            if (
-                len(types) == 1
-                and types[0] in FORMATS
+            keepable = (
+                all(t in FORMATS for t in types)
                 and ours.endswith(".weight")
                 and rows_only
                 and all(checkpoint.block_rows(h) is not None for h in source.hf_names)
-            ):
+            )
+            if keepable and len(types) == 1:
                 kept[ours] = types[0]
+            elif (
+                keepable and source.combine is concat_rows and not expert and self.int8_activations
+            ):
+                parted[ours] = _runs_of_formats(checkpoint, source.hf_names)
         if self.target == "webgpu":
             _refuse_byte_formats(kept)
         return dataclasses.replace(
-            self, file_types=tuple(file_types.items()), formats=tuple(kept.items())
+            self,
+            file_types=tuple(file_types.items()),
+            formats=tuple(kept.items()),
+            parts=tuple(parted.items()),
         )
 
     @property
@@ -86,8 +98,10 @@ class GGUFNative(Quantization):
 
     @property
     def tensor_formats(self) -> list[tuple[str, str]]:
-        """(parameter, how it is stored): its block format, or float32 from the file's types."""
+        """(parameter, how it is stored): its block format, its parts' formats (`Q4_K+Q6_K`),
+        or float32 from the file's types."""
         kept = dict(self.formats)
+        kept.update({name: "+".join(fmt for fmt, *_ in runs) for name, runs in self.parts})
         return [
             (name, kept.get(name) or f"float32 (from {'+'.join(types)})")
             for name, types in self.file_types
@@ -102,9 +116,11 @@ class GGUFNative(Quantization):
             # The 32-value formats' bits are moved into the int8 kernels' order; the version
             # changes with that order, so a library refuses weights stored in another.
             "storage": "each weight in the GGUF file's own block format, bits unchanged "
-            "(moved: layout 2, Q5 fifth bits in the int8 kernels' order)",
+            "(moved: layout 3, Q5 fifth bits in the int8 kernels' order, Q4_K/Q5_K nibbles "
+            "in the int8 kernels' words)",
             "tensor_formats": {group: dict(counts) for group, counts in groups.items()},
-            "activations": "int8 per token and group of 32 into the 32-value formats' Linears"
+            "activations": "int8 per token and group of 32 into the Linears of the 32-value "
+            "formats, Q4_K and Q5_K"
             if self.int8_activations
             else "float32: every format decoded inside float32 reductions",
             # The blocks' scales are float16: WebGPU kernels need `shader-f16` to read them.
@@ -117,7 +133,7 @@ class GGUFNative(Quantization):
         parts differ in format."""
         counts = Counter(fmt for _, fmt in self.tensor_formats)
         lines = [f"{count} tensors as {fmt}" for fmt, count in sorted(counts.items())]
-        kept = dict(self.formats)
+        kept = {**dict(self.formats), **dict(self.parts)}
         unkept = [types for name, types in self.file_types if name not in kept]
         no_kernel = sorted({types[0] for types in unkept if len(types) == 1} - FLOAT_TYPES)
         if no_kernel:
@@ -135,12 +151,17 @@ class GGUFNative(Quantization):
         return lines
 
     def quantize_model(self, model: nn.Module) -> nn.Module:
-        keep = _KeepBlocks(dict(self.formats), self.model_dtype, self.int8_activations)
+        keep = _KeepBlocks(
+            dict(self.formats), dict(self.parts), self.model_dtype, self.int8_activations
+        )
         return keep.visit("", model)
 
     def convert_source(
         self, name: str, source: Any, checkpoint: Any
     ) -> tuple[int, list[tuple[str, np.ndarray]]]:
+        runs = dict(self.parts).get(name)
+        if runs is not None:
+            return _convert_parts(name, runs, source, checkpoint)
         fmt = dict(self.formats).get(name)
         if fmt is None:
             return super().convert_source(name, source, checkpoint)
@@ -171,16 +192,49 @@ def _refuse_byte_formats(kept: dict[str, str]) -> None:
         )
 
 
+def _runs_of_formats(checkpoint: Any, hf_names) -> tuple[tuple[str, int, int], ...]:
+    """A fused weight's source tensors as runs of one format: (format, tensors, rows)."""
+    runs: list[tuple[str, int, int]] = []
+    for h in hf_names:
+        fmt, rows = checkpoint.tensor_type(h), len(checkpoint.block_rows(h))
+        if runs and runs[-1][0] == fmt:
+            runs[-1] = (fmt, runs[-1][1] + 1, runs[-1][2] + rows)
+        else:
+            runs.append((fmt, 1, rows))
+    return tuple(runs)
+
+
+def _convert_parts(
+    name: str, runs, source: Any, checkpoint: Any
+) -> tuple[int, list[tuple[str, np.ndarray]]]:
+    """A parted fused weight's stored tensors: `{prefix}.parts.{i}.{key}` for each run."""
+    prefix, names = name.removesuffix(".weight"), list(source.hf_names)
+    out, size = [], 0
+    for i, (fmt, count, _rows) in enumerate(runs):
+        blocks = np.concatenate([checkpoint.get_blocks(h) for h in names[:count]], axis=0)
+        names = names[count:]
+        size += blocks.shape[0] * blocks.shape[1] * FORMATS[fmt].block_size
+        stored = FORMATS[fmt].from_ggml_blocks(blocks)
+        out += [(f"{prefix}.parts.{i}.{key}", array) for key, array in stored.items()]
+    return size, out
+
+
 class _KeepBlocks(nn.Mutator):
     """Replaces each Linear, Embedding and Experts whose weight keeps its blocks with its block
-    twin."""
+    twin, and each fused Linear kept in parts with a `PartedBlockLinear`."""
 
-    def __init__(self, formats: dict[str, str], dtype: str, int8: bool):
-        self.formats, self.dtype, self.int8 = formats, dtype, int8
+    def __init__(self, formats: dict[str, str], parts: dict, dtype: str, int8: bool):
+        self.formats, self.parts, self.dtype, self.int8 = formats, parts, dtype, int8
 
     def visit_module(self, name: str, node: nn.Module):
         fmt = FORMATS.get(self.formats.get(f"{name}.weight", ""))
         int8 = self.int8
+        runs = self.parts.get(f"{name}.weight")
+        if runs is not None and isinstance(node, nn.Linear):
+            parts = [(FORMATS[f], rows) for f, _, rows in runs]
+            return PartedBlockLinear(
+                parts, node.in_features, node.bias is not None, self.dtype, int8
+            )
         if fmt is not None and isinstance(node, Experts):
             return BlockExperts(fmt, node, int8)
         if fmt is not None and isinstance(node, nn.Linear):

@@ -273,16 +273,34 @@ def q4a8_matmul(
     q_min: Tensor | None = None,
     weight_bits: int = 4,
     q_high: Tensor | None = None,
+    k_scales: Tensor | None = None,
 ) -> Tensor:
     """`y[..., n]` float32; the portable reference every target may replace with its own
     kernel (the attribute `mlc.kernel` names it). With `q_min` (per-group minima, `Q4_1`) the
     `xc` term is weighted by the minima instead of the scales. `weight_bits` 8 takes signed
     bytes (`Q8_0`), four per word, each row's bytes in the layout of `xq` itself; 5 takes the
-    fifth bits from `q_high` (`Q5_0`, `Q5_1`, in `high_bit`'s order)."""
+    fifth bits from `q_high` (`Q5_0`, `Q5_1`, in `high_bit`'s order). With `k_scales`
+    (float16 `[N, K / 256 · 2]`: each super-block's `d` and `dmin`), `q_scale` and `q_min`
+    are a K-quant's 6-bit run scales and minima as bytes: a group's scale is `d · sc`, its
+    minimum `-dmin · m` (`kquant_nibbles`)."""
+    has_k = k_scales is not None
 
     def compute(xq, xs, xc, q_weight, q_scale, *rest):
         q_min = rest[0] if has_min else None
         q_high = rest[-1] if weight_bits == 5 else None
+        q_kd = rest[1] if has_k else None
+
+        def group_scale(j, g):
+            scale = q_scale[j, g].astype("float32")
+            return scale * q_kd[j, 2 * (g // 8)].astype("float32") if has_k else scale
+
+        def group_offset(j, g):
+            if q_min is None:
+                return q_scale[j, g].astype("float32")
+            if has_k:
+                return q_min[j, g].astype("float32") * -q_kd[j, 2 * (g // 8) + 1].astype("float32")
+            return q_min[j, g].astype("float32")
+
         lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
         p = te.reduce_axis((0, kp), name="p")
@@ -290,34 +308,39 @@ def q4a8_matmul(
 
         def term(row, j, p):
             k = source_index(p, groups)
-            scale = q_scale[j, k // GROUP].astype("float32") * xs[(*row, k // GROUP)]
+            scale = group_scale(j, k // GROUP) * xs[(*row, k // GROUP)]
             w = _stored_integer(scheme, q_weight, q_high, j, k, p, weight_bits)
             return w * xq[(*row, p)].astype("float32") * scale
 
         dots = te.compute(
             (*lead, n), lambda *i: te.sum(term(i[:-1], i[-1], p), axis=p), name="dots"
         )
-        offsets = q_scale if q_min is None else q_min
         zero = te.compute(
             (*lead, n),
-            lambda *i: te.sum(offsets[i[-1], g].astype("float32") * xc[(*i[:-1], g)], axis=g),
+            lambda *i: te.sum(group_offset(i[-1], g) * xc[(*i[:-1], g)], axis=g),
             name="zero_point",
         )
         return te.compute((*lead, n), lambda *i: dots[i] + zero[i], name=Q4A8_MATMUL)
 
     has_min = q_min is not None
-    inputs = [xq, xs, xc, *_weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits)]
+    if has_k and not has_min:
+        raise ValueError("K-quant scales come with their minima")
+    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits)
+    if has_k:  # after the minima, before the fifth bits (the x86 kernel's order)
+        weights.insert(3, k_scales)
+    inputs = [xq, xs, xc, *weights]
     return op.tensor_expr_op(
         compute,
         Q4A8_MATMUL,
         inputs,
         attrs={
             KERNEL_ATTR: Q4A8_MATMUL,
+            "mlc.k_scales": has_k,
             "mlc.has_min": q_min is not None,
             "mlc.weight_bits": weight_bits,
             "mlc.n": n,
             "mlc.k_padded": int(q_scale.shape[1]) * GROUP,
-            "mlc.scale_dtype": scheme.scale_dtype,
+            "mlc.scale_dtype": str(q_scale.dtype),
             "mlc.ndim": len(xq.shape),
             "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
         },
@@ -409,7 +432,7 @@ def q4a8_gather_matmul(
             "mlc.experts": int(q_weight.shape[0]),
             "mlc.top_k": int(ids.shape[1]),
             "mlc.shared": shared,
-            "mlc.scale_dtype": scheme.scale_dtype,
+            "mlc.scale_dtype": str(q_scale.dtype),
             "mlc.ndim": 3,  # the x86 kernels' activations (`[batch, seq, k]`) fit
             "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
         },

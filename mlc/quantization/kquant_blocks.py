@@ -1,4 +1,4 @@
-"""llama.cpp's K-quants `Q2_K` … `Q6_K`, stored as the GGUF file has them: each row's
+"""llama.cpp's K-quants `Q2_K`, `Q3_K` and `Q6_K`, stored as the GGUF file has them: each row's
 super-blocks of 256 values, byte for byte, as one uint8 tensor `q_blocks` `[N, K / 256 ·
 type_size]`. Kernels decode the values they read straight from those bytes:
 
@@ -8,18 +8,13 @@ type_size]`. Kernels decode the values they read straight from those bytes:
 - `Q3_K` (110 bytes): 32 bytes of high bits (bit r of byte e: value e of run r; a clear bit
   subtracts 4), the 2-bit values as `Q2_K`'s, twelve bytes of sixteen 6-bit scales
   (`mlc.gguf.dequantize.q3_k_scales`), fp16 `d`: `w = d · (sc - 32) · q`;
-
-- `Q4_K` (144 bytes): fp16 `d` and `dmin`, 12 bytes of eight 6-bit scales `sc` and minima `m`
-  (one per run of 32 values), 128 bytes of nibbles (per 32-byte chunk c, the low nibbles are
-  run 2c and the high ones run 2c + 1): `w = d · sc · q - dmin · m`;
-- `Q5_K` (176 bytes): as `Q4_K` with 32 bytes of fifth bits before the nibbles (bit r of byte
-  e: value e of run r);
 - `Q6_K` (210 bytes): 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, sixteen int8
   scales (one per 16 values) and fp16 `d`: `w = d · sc · (q - 32)`.
 
-The byte offsets follow llama.cpp's `block_q4_K` / `block_q5_K` / `block_q6_K`; `mlc.gguf.
+The byte offsets follow llama.cpp's `block_q2_K` / `block_q3_K` / `block_q6_K`; `mlc.gguf.
 dequantize` decodes the same bytes in numpy. These formats dequantize inside a float32 matmul;
-int8-activation kernels for them are not written yet.
+int8-activation kernels for them are not written yet. `Q4_K` and `Q5_K`, whose runs of 32 fit
+the `q4a8_1` kernels, are moved into their layout (`kquant_nibbles`); `K_FORMATS` holds all five.
 """
 
 from __future__ import annotations
@@ -32,6 +27,8 @@ from tvm.relax.frontend import nn
 
 from mlc.gguf.dequantize import GGML_TYPES
 
+from .kquant_nibbles import K_NIBBLE_FORMATS, KQuantNibbles
+
 SUPER_BLOCK = 256
 
 
@@ -42,6 +39,7 @@ class KQuantFormat:
 
     block_size = SUPER_BLOCK
     int8_activations = False
+    int8_experts = False
 
     @property
     def two_bit_offset(self) -> int:
@@ -120,39 +118,11 @@ class KQuantFormat:
             d = f16(208) * scale.astype("float32")
             return d * q.astype("float32")
 
-        run, e = i // 32, i % 32
-        qs = 16 if self.name == "Q4_K" else 48
-        q = bits(byte(qs + 32 * (run // 2) + e), 4 * (run % 2), 15)
-        if self.name == "Q5_K":
-            q = q | (bits(byte(16 + e), run, 1) << tirx.const(4, "uint32"))
-        sc, m = _scale_min(byte, run)
-        d = f16(0) * sc.astype("float32")
-        dmin = f16(2) * m.astype("float32")
-        return d * q.astype("float32") - dmin
+        raise ValueError(f"{self.name} is not a byte-wise K-quant")
 
 
-def _scale_min(byte, run):
-    """Run `run`'s 6-bit scale and minimum from the 12 scale bytes at offset 4 (llama.cpp's
-    `get_scale_min_k4`)."""
-    six, four = tirx.const(63, "uint32"), tirx.const(15, "uint32")
-    two_high = tirx.const(6, "uint32")
-    low_sc, low_m = byte(4 + run % 4) & six, byte(8 + run % 4) & six
-    mixed = byte(12 + run % 4)
-    high_sc = (mixed & four) | ((byte(4 + run % 4) >> two_high) << tirx.const(4, "uint32"))
-    high_m = (mixed >> tirx.const(4, "uint32")) | (
-        (byte(8 + run % 4) >> two_high) << tirx.const(4, "uint32")
-    )
-    first = run < 4
-    return tirx.Select(first, low_sc, high_sc), tirx.Select(first, low_m, high_m)
-
-
-K_FORMATS: dict[str, KQuantFormat] = {
-    f.name: f
-    for f in (
-        KQuantFormat("Q2_K", 84),
-        KQuantFormat("Q3_K", 110),
-        KQuantFormat("Q4_K", 144),
-        KQuantFormat("Q5_K", 176),
-        KQuantFormat("Q6_K", 210),
-    )
+K_FORMATS: dict[str, KQuantFormat | KQuantNibbles] = {
+    **{f.name: f for f in (KQuantFormat("Q2_K", 84), KQuantFormat("Q3_K", 110))},
+    **K_NIBBLE_FORMATS,
+    "Q6_K": KQuantFormat("Q6_K", 210),
 }

@@ -1,0 +1,81 @@
+"""Write a random-weight Llama GGUF file whose weights are K-quants, for speed measurements.
+
+    python benchmarks/random_kquant_gguf.py OUT.gguf [--preset tinyllama-1.1b] [--mix Q4_K_M]
+
+`--mix Q4_K_M` types the tensors as llama.cpp's `Q4_K_M` does for a Llama (Q4_K, with Q6_K for
+the value and down projections and the LM head); `Q4_K`, `Q5_K`, `Q6_K` type every weight
+alike (the LM head included). The `gguf` package has no K-quant quantizer: the super-blocks
+are random bytes with small float16 scales, which costs the kernels what real weights cost.
+Then build and time it: `mlc build OUT.gguf`, `mlc bench dist/<name>-gguf`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from mlc.gguf.dequantize import GGML_TYPES
+from mlc.gguf.export import export_gguf
+from mlc.testing.random_model import PRESETS, save_llama
+
+# Where each K-quant keeps its float16 super-block scales.
+SCALES = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def types_for(mix: str, layers: int) -> dict[str, str]:
+    per_layer = {
+        **{f"attn_{p}": "Q4_K" for p in ("q", "k", "output")},
+        **{f"ffn_{p}": "Q4_K" for p in ("gate", "up")},
+        "attn_v": "Q6_K",
+        "ffn_down": "Q6_K",
+    }
+    if mix != "Q4_K_M":
+        per_layer = dict.fromkeys(per_layer, mix)
+    types = {f"blk.{i}.{t}.weight": q for i in range(layers) for t, q in per_layer.items()}
+    types["token_embd.weight"] = "Q4_K" if mix == "Q4_K_M" else mix
+    types["output.weight"] = "Q6_K" if mix == "Q4_K_M" else mix
+    return types
+
+
+def random_super_blocks(name: str, rows: int, k: int, seed: int) -> np.ndarray:
+    size = next(t.type_size for t in GGML_TYPES.values() if t.name == name)
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(rows, k // 256, size), dtype=np.uint8)
+    for offset in SCALES[name]:
+        scale = rng.uniform(-1e-3, 1e-3, size=(rows, k // 256)).astype(np.float16)
+        blocks[..., offset : offset + 2] = scale.view(np.uint8).reshape(rows, -1, 2)
+    return blocks.reshape(rows, -1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tinyllama-1.1b")
+    parser.add_argument("--mix", choices=["Q4_K_M", "Q4_K", "Q5_K", "Q6_K"], default="Q4_K_M")
+    args = parser.parse_args()
+    shape = PRESETS[args.preset]
+    real = gguf.quants.quantize
+
+    def quantize(array: np.ndarray, qtype) -> np.ndarray:
+        if qtype.name not in SCALES:
+            return real(array, qtype)
+        rows, k = array.shape
+        return random_super_blocks(qtype.name, rows, k, seed=rows + k)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = save_llama(Path(tmp) / "model", **shape)
+        gguf.quants.quantize = quantize
+        try:
+            types = types_for(args.mix, shape.get("num_hidden_layers", 2))
+            export_gguf(hf_dir, args.out, "F32", overrides=types)
+        finally:
+            gguf.quants.quantize = real
+    print(f"wrote {args.out} ({args.preset}, {args.mix})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""llama.cpp's `Q4_K` and `Q5_K` moved into the int8-activation kernels' nibble layout.
+
+A super-block of 256 values is eight runs of 32, each with a 6-bit scale `sc` and minimum `m`,
+under the super-block's float16 `d` and `dmin`: `w = d · sc · q - dmin · m` (`q` 4-bit, or
+5-bit with `Q5_K`'s fifth bits). Per run that is `Q4_1`'s form `w = s · q + mn` with
+`s = d · sc` and `mn = -dmin · m` (products of a float16 and a 6-bit integer: exact in
+float32), so the runs are the groups of 32 the `q4a8_1` kernels sum with int8 activations; the
+kernels form `s` and `mn` from the fields as they read them. We store the file's bits, moved
+(`to_ggml_blocks` puts them back, bit for bit):
+
+- `q_weight` uint32 `[N, K / 8]`: the nibbles, eight per word, in `q4a8_1`'s block-transposed
+  order (as `ggml_blocks` stores `Q4_1`);
+- `q_ksc`, `q_kmin` uint8 `[N, K / 32]`: each run's 6-bit scale and minimum, one byte each
+  (the file packs the sixteen into 12 bytes per super-block: 4 bytes more here, 2.8 % of a
+  `Q4_K` weight);
+- `q_kd` float16 `[N, K / 256 · 2]`: each super-block's `d` and `dmin`;
+- `q_high` uint32 `[N, K / 32]` (`Q5_K`): each run's 32 fifth bits in one word, in
+  `int8_activations.high_bit`'s order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor
+
+from mlc.gguf.dequantize import GGML_TYPES
+
+from .ggml_blocks import HIGH_BIT, move_high_bits, pack_nibbles, unpack_nibbles
+from .int8_activations import GROUP, fifth_bit, stored_word
+
+SUPER_BLOCK = 256
+RUNS = SUPER_BLOCK // GROUP  # runs of 32 per super-block
+
+
+@dataclasses.dataclass(frozen=True)
+class KQuantNibbles:
+    name: str
+    type_size: int  # bytes per super-block in the GGUF file
+    bits: int  # 4 (Q4_K) or 5 (Q5_K)
+
+    block_size = SUPER_BLOCK
+    int8_activations = True
+    has_min = True
+    sum_factor = 1.0  # `xc = xs · Σ xq`, weighted by the runs' minima
+    # The experts' gather kernels would decode every expert's scales per call: they decode
+    # the values inside a float reduction instead.
+    int8_experts = False
+
+    @property
+    def _nibbles_at(self) -> int:
+        return 16 if self.bits == 4 else 48
+
+    # --- numpy: GGUF blocks ↔ stored tensors, and the reference dequantization -------------
+
+    def from_ggml_blocks(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """GGUF blocks uint8 `[N, K / 256, type_size]` → the stored tensors by suffix."""
+        n, nb, size = blocks.shape
+        if size != self.type_size:
+            raise ValueError(f"{self.name} blocks have {self.type_size} bytes, got {size}")
+        # Chunk c of 32 bytes: run 2c in the low nibbles, run 2c + 1 in the high ones.
+        chunks = blocks[..., self._nibbles_at :].reshape(n, nb, 4, 1, 32)
+        runs = np.concatenate([chunks & 0x0F, chunks >> 4], axis=3)  # [n, nb, 4, 2, 32]
+        out = {"q_weight": pack_nibbles(runs.reshape(n, nb * SUPER_BLOCK), transposed=True)}
+        sc, m = unpack_scales(blocks[..., 4:16])
+        out["q_ksc"], out["q_kmin"] = sc.reshape(n, nb * RUNS), m.reshape(n, nb * RUNS)
+        out["q_kd"] = np.ascontiguousarray(blocks[..., :4]).view(np.float16).reshape(n, nb * 2)
+        if self.bits == 5:
+            # Bit r of byte e: the fifth bit of value e of run r → one word per run, bit e.
+            qh = blocks[..., 16:48].astype(np.uint32)  # [n, nb, 32]
+            bits = (qh[..., None, :] >> np.arange(RUNS, dtype=np.uint32)[:, None]) & 1
+            words = np.bitwise_or.reduce(bits << np.arange(32, dtype=np.uint32), axis=-1)
+            out["q_high"] = move_high_bits(words.reshape(n, nb * RUNS), HIGH_BIT)
+        return out
+
+    def to_ggml_blocks(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """The inverse of `from_ggml_blocks`: the GGUF file's bytes, bit for bit."""
+        kd = np.ascontiguousarray(stored["q_kd"], dtype=np.float16)
+        n, nb = kd.shape[0], kd.shape[1] // 2
+        parts = [kd.view(np.uint8).reshape(n, nb, 4)]
+        sc, m = (np.asarray(stored[key], np.uint8).reshape(n, nb, RUNS) for key in KEYS[1:3])
+        parts.append(pack_scales(sc, m))
+        if self.bits == 5:
+            words = move_high_bits(stored["q_high"], np.argsort(HIGH_BIT)).reshape(n, nb, RUNS)
+            bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # [n, nb, run, e]
+            qh = np.bitwise_or.reduce(bits << np.arange(RUNS, dtype=np.uint32)[:, None], axis=2)
+            parts.append(qh.astype(np.uint8))
+        runs = unpack_nibbles(stored["q_weight"], transposed=True).reshape(n, nb, 4, 2, 32)
+        parts.append(
+            (runs[..., 0, :] | (runs[..., 1, :] << 4)).astype(np.uint8).reshape(n, nb, 128)
+        )
+        return np.concatenate(parts, axis=-1)
+
+    def dequantize(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """`w` float32 `[N, K]` (`mlc.gguf.dequantize`'s decoder of the file's bytes)."""
+        blocks = self.to_ggml_blocks(stored)
+        n, nb, _ = blocks.shape
+        decode = next(t.decode for t in GGML_TYPES.values() if t.name == self.name)
+        return decode(blocks.reshape(n * nb, self.type_size)).reshape(n, nb * SUPER_BLOCK)
+
+    # --- the model's parameters and their values in kernels ----------------------------------
+
+    def params(self, rows: int, k: int) -> dict[str, nn.Parameter]:
+        if k % SUPER_BLOCK:
+            raise ValueError(f"{self.name} needs rows of whole super-blocks of 256, not {k}")
+        out = {
+            "q_weight": nn.Parameter((rows, k // 8), "uint32"),
+            "q_ksc": nn.Parameter((rows, k // GROUP), "uint8"),
+            "q_kmin": nn.Parameter((rows, k // GROUP), "uint8"),
+            "q_kd": nn.Parameter((rows, k // SUPER_BLOCK * 2), "float16"),
+        }
+        if self.bits == 5:
+            out["q_high"] = nn.Parameter((rows, k // GROUP), "uint32")
+        return out
+
+    def value(self, tensors: dict[str, te.Tensor], n, k) -> tirx.PrimExpr:
+        """`w[n, k]` in float32, read from the stored tensors inside a kernel."""
+        words = tensors["q_weight"]
+        word = stored_word(k // 8, int(words.shape[1]))
+        q = (words[n, word] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
+        if self.bits == 5:
+            q = q | (fifth_bit(tensors["q_high"], n, k) << tirx.const(4, "uint32"))
+        g, kd = k // GROUP, tensors["q_kd"]
+        scale = tensors["q_ksc"][n, g].astype("float32") * kd[n, 2 * (g // RUNS)].astype("float32")
+        dmin = kd[n, 2 * (g // RUNS) + 1].astype("float32")
+        return scale * q.astype("float32") - dmin * tensors["q_kmin"][n, g].astype("float32")
+
+    def int8_operands(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What the int8 kernels take: the words, the runs' scales and minima as `q_scale` and
+        `q_min`, the super-blocks' `d` and `dmin` as `q_kd`, and the fifth bits."""
+        out = {
+            "q_weight": tensors["q_weight"],
+            "q_scale": tensors["q_ksc"],
+            "q_min": tensors["q_kmin"],
+            "q_kd": tensors["q_kd"],
+        }
+        if self.bits == 5:
+            out["q_high"] = tensors["q_high"]
+        return out
+
+
+KEYS = ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high")
+
+
+def unpack_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """12 bytes `[..., 12]` → the eight 6-bit scales and minima `[..., 8]` uint8 each
+    (llama.cpp's `get_scale_min_k4`): runs 0-3 in the low six bits of bytes 0-3 (scales) and
+    4-7 (minima); runs 4-7 in the nibbles of bytes 8-11 with their top two bits in the top
+    bits of bytes 0-3 and 4-7."""
+    p = np.asarray(packed, np.uint8)
+    low_sc, low_m, mixed = p[..., 0:4], p[..., 4:8], p[..., 8:12]
+    sc = np.concatenate([low_sc & 63, (mixed & 15) | ((low_sc >> 6) << 4)], axis=-1)
+    m = np.concatenate([low_m & 63, (mixed >> 4) | ((low_m >> 6) << 4)], axis=-1)
+    return sc.astype(np.uint8), m.astype(np.uint8)
+
+
+def pack_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The inverse of `unpack_scales`."""
+    sc, m = np.asarray(sc, np.uint8), np.asarray(m, np.uint8)
+    low_sc = (sc[..., :4] & 63) | ((sc[..., 4:] >> 4) << 6)
+    low_m = (m[..., :4] & 63) | ((m[..., 4:] >> 4) << 6)
+    mixed = (sc[..., 4:] & 15) | ((m[..., 4:] & 15) << 4)
+    return np.concatenate([low_sc, low_m, mixed], axis=-1).astype(np.uint8)
+
+
+K_NIBBLE_FORMATS = {
+    f.name: f for f in (KQuantNibbles("Q4_K", 144, 4), KQuantNibbles("Q5_K", 176, 5))
+}
