@@ -321,8 +321,8 @@ def q4a8_matmul_avx2(
     minima are a K-quant's (`Q4_K`, `Q5_K`; `kquant_nibbles`): each run's 6-bit `sc` and `m`
     as bytes, times its super-block's `d` and `-dmin` from `qd` (float16, two per 256
     values), so a run's scale is `d · sc` and its minimum `-dmin · m`, exact in float32."""
-    if k_scales and (gather is not None or not has_min or k_padded % SUPER_BLOCK):
-        raise ValueError("K-quant scales take whole super-blocks, with minima, without gather")
+    if k_scales and (not has_min or k_padded % SUPER_BLOCK):
+        raise ValueError("K-quant scales take whole super-blocks, with minima")
     groups = k_padded // GROUP
     words = k_padded // (4 if weight_bits == 8 else 8)
     blocks = groups // BLOCK_GROUPS
@@ -574,7 +574,7 @@ def q4a8_matmul_avx2(
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
             matmul(qw, qs, qm, qh, qs, var_xq, var_xs, var_xc, var_y)
 
-    if k_scales:
+    if k_scales and gather is None:
         super_blocks = k_padded // SUPER_BLOCK
 
         @T.prim_func
@@ -613,7 +613,7 @@ def q4a8_matmul_avx2(
         slots_per_row = top_k if gather.shared else 1
 
     @T.macro
-    def gather_matmul(qw3, qs3, qm3, qh3, var_xq, var_xs, var_xc, var_ids, var_y):
+    def gather_matmul(qw3, qs3, qm3, qh3, qd3, var_xq, var_xs, var_xc, var_ids, var_y):
         tokens = T.int64()
         ids_in = T.match_buffer(var_ids, (tokens, top_k), "int32")
         # The activations `[1, tokens, k]` (a row per token, shared by its slots) or
@@ -639,6 +639,10 @@ def q4a8_matmul_avx2(
             qh = T.decl_buffer((experts * n, groups), "uint32", data=qh3.data)
         else:
             qh = qs  # not read
+        if k_scales:
+            qd = T.decl_buffer((experts * n, k_padded // SUPER_BLOCK * 2), "float16", data=qd3.data)
+        else:
+            qd = qs  # not read
         # The slots in order of their experts (a counting sort, stable): expert e's slots are
         # order[first[e]:first[e + 1]], so a tile's rows of an expert are read from memory once
         # and unpacked once for every TOKENS of its slots.
@@ -676,7 +680,7 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t * ROWS)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qm, qh, qs, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, qd, xq, xs, xc, y, acc, part, tail,
                             x_sel, row, TOKENS, ROWS, y_sel, r, _listed,
                         )  # fmt: skip
                 for rest in range(begin + grouped * TOKENS, first[e + 1]):
@@ -686,9 +690,45 @@ def q4a8_matmul_avx2(
                         r = T.meta_var(tile * TILE_N + t)
                         row = T.meta_var(base + T.Cast("int64", r))
                         micro(
-                            qw, qs, qm, qh, qs, xq, xs, xc, y, acc, part, tail,
+                            qw, qs, qm, qh, qd, xq, xs, xc, y, acc, part, tail,
                             x_row, row, 1, 1, s, r, _consecutive,
                         )  # fmt: skip
+
+    if gather is not None and k_scales:
+        super_blocks = k_padded // SUPER_BLOCK
+
+        @T.prim_func
+        def q4a8_gather_matmul_k_scales(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            var_ids: T.handle,
+            qw3: T.Buffer((experts, n, words), "uint32"),
+            qs3: T.Buffer((experts, n, groups), "uint8"),
+            qm3: T.Buffer((experts, n, groups), "uint8"),
+            qd3: T.Buffer((experts, n, 2 * super_blocks), "float16"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            gather_matmul(qw3, qs3, qm3, qs3, qd3, var_xq, var_xs, var_xc, var_ids, var_y)
+
+        @T.prim_func
+        def q5a8_gather_matmul_k_scales(
+            var_xq: T.handle,
+            var_xs: T.handle,
+            var_xc: T.handle,
+            var_ids: T.handle,
+            qw3: T.Buffer((experts, n, words), "uint32"),
+            qs3: T.Buffer((experts, n, groups), "uint8"),
+            qm3: T.Buffer((experts, n, groups), "uint8"),
+            qd3: T.Buffer((experts, n, 2 * super_blocks), "float16"),
+            qh3: T.Buffer((experts, n, groups), "uint32"),
+            var_y: T.handle,
+        ):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            gather_matmul(qw3, qs3, qm3, qh3, qd3, var_xq, var_xs, var_xc, var_ids, var_y)
+
+        return q5a8_gather_matmul_k_scales if five else q4a8_gather_matmul_k_scales
 
     if gather is not None and not five:
 
@@ -703,7 +743,7 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            gather_matmul(qw3, qs3, qs3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
+            gather_matmul(qw3, qs3, qs3, qs3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
 
         @T.prim_func
         def q4a8_gather_matmul_with_min(
@@ -717,7 +757,7 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            gather_matmul(qw3, qs3, qm3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
+            gather_matmul(qw3, qs3, qm3, qs3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
 
         return q4a8_gather_matmul_with_min if has_min else q4a8_gather_matmul
 
@@ -735,7 +775,7 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            gather_matmul(qw3, qs3, qs3, qh3, var_xq, var_xs, var_xc, var_ids, var_y)
+            gather_matmul(qw3, qs3, qs3, qh3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
 
         @T.prim_func
         def q5a8_gather_matmul_with_min(
@@ -750,7 +790,7 @@ def q4a8_matmul_avx2(
             var_y: T.handle,
         ):
             T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            gather_matmul(qw3, qs3, qm3, qh3, var_xq, var_xs, var_xc, var_ids, var_y)
+            gather_matmul(qw3, qs3, qm3, qh3, qs3, var_xq, var_xs, var_xc, var_ids, var_y)
 
         return q5a8_gather_matmul_with_min if has_min else q5a8_gather_matmul
     if five:
@@ -913,8 +953,9 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                 gather = Gather(int(a["mlc.experts"]), int(a["mlc.top_k"]), bool(a["mlc.shared"]))
                 scale_dtype = str(a["mlc.scale_dtype"])
                 has_min, bits = bool(a["mlc.has_min"]), int(a["mlc.weight_bits"])
+                k_scales = bool(a.get("mlc.k_scales", False))
                 fast = q4a8_matmul_avx2(
-                    n, k_padded, scale_dtype, vnni, has_min, bits, gather, generic
+                    n, k_padded, scale_dtype, vnni, has_min, bits, gather, generic, k_scales
                 )
             elif a[KERNEL_ATTR] == QUANTIZE_ACTIVATIONS and str(a["mlc.dtype"]) == "float32":
                 fast = quantize_activations_avx2(int(a["mlc.k"]), float(a["mlc.sum_factor"]))

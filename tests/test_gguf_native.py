@@ -47,7 +47,7 @@ from mlc.targets.x86_kernels import (
     q4a8_matmul_avx2,
     quantize_activations_avx2,
 )
-from mlc.testing.random_model import save_llama
+from mlc.testing.random_model import save_llama, save_model
 
 INT8_FORMATS = [name for name, fmt in FORMATS.items() if fmt.int8_activations]
 # Every tail of the kernels: whole blocks of 16 groups, leftover pairs, a last single group,
@@ -291,13 +291,17 @@ def test_portable_kernels_match_the_definition(name):
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
 
 
-@pytest.mark.parametrize("name", ["Q4_1", "Q5_0", "Q8_0"])
+@pytest.mark.parametrize("name", ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K"])
 def test_portable_expert_kernel_matches_the_definition(name):
     """The block experts' portable gather kernel (a CPU without AVX2): each token's slots
     multiply their experts' blocks with int8 activations quantized once per token."""
-    experts, n, k, tokens, top_k = 3, 24, 96, 5, 2
-    fmt = FORMATS[name]
-    blocks = [_quantized(name, n, k, seed=e) for e in range(experts)]
+    experts, n, tokens, top_k = 3, 24, 5, 2
+    if name in K_NIBBLE_FORMATS:
+        fmt, k = K_NIBBLE_FORMATS[name], 256
+        blocks = [_k_blocks(name, n, k, seed=e, scale=1e-2) for e in range(experts)]
+    else:
+        fmt, k = FORMATS[name], 96
+        blocks = [_quantized(name, n, k, seed=e) for e in range(experts)]
     stacks = [fmt.from_ggml_blocks(b) for b in blocks]
     stored = {key: np.concatenate([st[key] for st in stacks]) for key in stacks[0]}
     x = np.random.default_rng(1).normal(size=(tokens, k)).astype(np.float32)
@@ -694,3 +698,127 @@ def test_x86_kernel_computes_k_quant_runs_exactly(name, vnni):
     kd[:, 2::4] = kd[:, 0::4][:, : kd[:, 2::4].shape[1]]
     params[3] = kd
     assert np.abs(run(slice(0, rows)) - exact).max() > 1e-3 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("name", sorted(K_NIBBLE_FORMATS))
+def test_x86_expert_kernel_computes_k_quant_runs_exactly(name):
+    """A mixture's `Q4_K`/`Q5_K` experts on the gather kernel (AVX512-VNNI where this CPU has
+    it): each slot multiplies its own expert's runs exactly up to float rounding; a prompt's
+    slots equal each token's alone, bit for bit."""
+    fmt = K_NIBBLE_FORMATS[name]
+    target = x86_target(vnni=False)
+    vnni = has_avx512_vnni(target)
+    experts, n, k, tokens, top_k = 3, 24, 768, 6, 2
+    blocks = [_k_blocks(name, n, k, seed=e, scale=1e-2) for e in range(experts)]
+    stacks = [fmt.from_ggml_blocks(b) for b in blocks]
+    stored = {key: np.stack([st[key] for st in stacks]) for key in stacks[0]}
+    x = np.random.default_rng(5).normal(size=(1, tokens, k)).astype(np.float32)
+    outputs = [np.zeros((1, tokens, k), "i1"), *(np.zeros((1, tokens, k // GROUP), "f4"),) * 2]
+    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    ids = np.random.default_rng(9).integers(0, experts, (tokens, top_k)).astype(np.int32)
+    xf = _int8_rounded(x[0]).astype(np.float64)
+    w = [_reference_dequantize(name, b).astype(np.float64) for b in blocks]
+    exact = np.stack([[xf[t] @ w[e].T for e in ids[t]] for t in range(tokens)])
+    keys = ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high")
+    params = [stored[key] for key in keys if key in stored]
+    gather = Gather(experts, top_k, True)
+    kernel = q4a8_matmul_avx2(n, k, "uint8", vnni, True, fmt.bits, gather, k_scales=True)
+
+    def run(part: slice, ids=ids) -> np.ndarray:
+        out = np.zeros((len(ids[part]), top_k, n), "f4")
+        chosen = [a[:, part] for a in acts]
+        return run_kernel(kernel, target, [*chosen, ids[part], *params, out])[0]
+
+    together = run(slice(0, tokens))
+    np.testing.assert_allclose(together, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+    alone = np.concatenate([run(slice(t, t + 1)) for t in range(tokens)])
+    np.testing.assert_array_equal(together, alone)
+    # The check can fail: every slot given expert 0's blocks is far off.
+    wrong = run(slice(0, tokens), np.zeros_like(ids))
+    assert np.abs(wrong - exact).max() > 1e-2 * np.abs(exact).max()
+
+
+def test_k_quant_experts_match_transformers_reading_the_file(tmp_path):
+    """A Qwen3-MoE file whose expert stacks are `Q4_K` (gate, up) and `Q5_K` (down), random
+    super-blocks, built in its own formats: the experts stay in their blocks on the int8
+    gather kernel and the logits match `transformers` on the file (float64, every block-format
+    matmul's input int8-rounded as ours) within 1e-4."""
+    settings = {"head_dim": 32, "moe_intermediate_size": 256, "norm_topk_prob": True}
+    hf_dir = save_model(
+        tmp_path / "moe",
+        model_type="qwen3_moe",
+        hidden_size=256,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        vector_std=0.1,
+        **settings,
+    )
+    types = {
+        **{f"blk.{i}.ffn_{p}_exps.weight": "Q4_K" for i in (0, 1) for p in ("gate", "up")},
+        **{f"blk.{i}.ffn_down_exps.weight": "Q5_K" for i in (0, 1)},
+    }
+    real = gguf.quants.quantize
+
+    def k_quantize(array, qtype):  # the package writes no K-quants: random super-blocks
+        if qtype.name not in K_FORMATS:
+            return real(array, qtype)
+        rows, k = int(np.prod(array.shape[:-1])), array.shape[-1]
+        blocks = _k_blocks(qtype.name, rows, k, seed=rows + k, scale=3e-4)
+        return blocks.reshape(*array.shape[:-1], -1)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf.quants, "quantize", k_quantize)
+        path = export_gguf(hf_dir, tmp_path / "moe-k.gguf", "Q8_0", overrides=types)
+    built = build(BuildOptions(model=path, output=tmp_path / "dist", quiet=True))
+    formats = json.loads((built / "mlc-chat-config.json").read_text())["quantization_scheme"]
+    assert formats["tensor_formats"]["layers.*.mlp.experts_down.weight"] == {"Q5_K": 2}
+    margins: list[float] = []
+    int8 = quantize_activations_int8(
+        load_gguf_reference(path, **settings), experts=True, margins=margins
+    )
+    # No int8 activation of this prompt lies within 1e-4 of a rounding boundary (1.5e-4, the
+    # best of 150 random prompts of 12 tokens).
+    prompt = [int(v) for v in np.random.default_rng(54).integers(3, 250, 12)]
+    reference = hf_logits(int8, prompt)
+    assert min(margins) > 1e-4
+    max_logit_error(built, reference, prompt, split=8)
+    # The comparison can fail: without the int8 activations the logits move far more.
+    plain = hf_logits(load_gguf_reference(path, **settings), prompt)
+    assert np.abs(plain - reference).max() > 1e-2
+
+
+@pytest.mark.parametrize("name", sorted(K_NIBBLE_FORMATS))
+def test_generic_kernel_gives_the_x86_kernel_s_bits_for_k_quants(name):
+    """As for the 32-value formats: the generic form (what `arm64` builds run) of the K-quant
+    kernels, dense and gather, gives the x86 kernel's bits."""
+    fmt = K_NIBBLE_FORMATS[name]
+    target = x86_target(vnni=False)
+    vnni = has_avx512_vnni(target)
+    experts, n, k, tokens, top_k = 2, 24, 768, 3, 2
+    stacks = [fmt.from_ggml_blocks(_k_blocks(name, n, k, seed=e)) for e in range(experts)]
+    keys = [key for key in ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high") if key in stacks[0]]
+    x = np.random.default_rng(5).normal(size=(1, tokens, k)).astype(np.float32)
+    outputs = [np.zeros((1, tokens, k), "i1"), *(np.zeros((1, tokens, k // GROUP), "f4"),) * 2]
+    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    ids = np.random.default_rng(3).integers(0, experts, (tokens, top_k)).astype(np.int32)
+    cases = [
+        (None, [*acts, *[stacks[0][key] for key in keys]], (1, tokens, n)),
+        (
+            Gather(experts, top_k, True),
+            [*acts, ids, *[np.stack([st[key] for st in stacks]) for key in keys]],
+            (tokens, top_k, n),
+        ),
+    ]
+    for gather, args, shape in cases:
+        results = [
+            run_kernel(
+                q4a8_matmul_avx2(n, k, "uint8", vnni and not generic, True, fmt.bits, gather,
+                                 generic, k_scales=True),
+                target,
+                [*args, np.zeros(shape, "f4")],
+            )[0]
+            for generic in (False, True)
+        ]  # fmt: skip
+        np.testing.assert_array_equal(results[0], results[1])
+        assert np.abs(results[0]).max() > 0

@@ -358,8 +358,9 @@ class BlockExperts(_BlockWeight):
                 key: op.reshape(value, (self.num_experts, n_out, int(value.shape[1])))
                 for key, value in self.stored().items()
             }
+            operands = fmt.int8_operands(stacked)
             return int8_expert_matmul(
-                _Q4_LAYOUT, x, ids, n_in, fmt.sum_factor, stacked, name, fmt.bits
+                _Q4_LAYOUT, x, ids, n_in, fmt.sum_factor, operands, name, fmt.bits
             )
 
         def compute(x: te.Tensor, ids: te.Tensor, *arrays: te.Tensor) -> te.Tensor:

@@ -377,20 +377,38 @@ def q4a8_gather_matmul(
     q_min: Tensor | None = None,
     weight_bits: int = 4,
     q_high: Tensor | None = None,
+    k_scales: Tensor | None = None,
 ) -> Tensor:
     """`y[t, j, n]`: `q4a8_matmul` of slot j of token t with the weights of its expert
     `ids[t, j]` (`q_weight` `[experts, N, words]`, the other stored tensors `[experts, N,
-    groups]`; `q_min`, `weight_bits` and `q_high` as in `q4a8_matmul`), float32. The
+    groups]`; `q_min`, `weight_bits`, `q_high` and `k_scales` (`[experts, N, K / 256 · 2]`)
+    as in `q4a8_matmul`), float32. The
     activations are one row per token (`xq` `[1, tokens, Kp]`: every slot multiplies the same
     input) or per slot (`[tokens, top_k, Kp]`), as `shared` says. The portable reference; x86
     swaps in its own kernel."""
     n = int(q_weight.shape[1])
-    has_min = q_min is not None
+    has_min, has_k = q_min is not None, k_scales is not None
+    if has_k and not has_min:
+        raise ValueError("K-quant scales come with their minima")
     weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits)
+    if has_k:  # after the minima, before the fifth bits (the x86 kernel's order)
+        weights.insert(3, k_scales)
 
     def compute(xq, xs, xc, ids, q_weight, q_scale, *rest):
         q_min = rest[0] if has_min else None
         q_high = rest[-1] if weight_bits == 5 else None
+        q_kd = rest[1] if has_k else None
+
+        def group_scale(e, m, g):
+            scale = q_scale[e, m, g].astype("float32")
+            return scale * q_kd[e, m, 2 * (g // 8)].astype("float32") if has_k else scale
+
+        def group_offset(e, m, g):
+            if q_min is None:
+                return q_scale[e, m, g].astype("float32")
+            minimum = q_min[e, m, g].astype("float32")
+            return minimum * -q_kd[e, m, 2 * (g // 8) + 1].astype("float32") if has_k else minimum
+
         tokens, top_k = ids.shape
         kp = xq.shape[-1]
         groups = kp // GROUP
@@ -403,18 +421,15 @@ def q4a8_gather_matmul(
         def term(t, j, m):
             e, k = ids[t, j], source_index(p, groups)
             w = _stored_integer(scheme, q_weight, q_high, (e, m), k, p, weight_bits)
-            scale = q_scale[e, m, k // GROUP].astype("float32") * xs[(*row(t, j), k // GROUP)]
+            scale = group_scale(e, m, k // GROUP) * xs[(*row(t, j), k // GROUP)]
             return w * xq[(*row(t, j), p)].astype("float32") * scale
 
         dots = te.compute(
             (tokens, top_k, n), lambda t, j, m: te.sum(term(t, j, m), axis=p), name="dots"
         )
-        offsets = q_scale if q_min is None else q_min
         zero = te.compute(
             (tokens, top_k, n),
-            lambda t, j, m: te.sum(
-                offsets[ids[t, j], m, g].astype("float32") * xc[(*row(t, j), g)], axis=g
-            ),
+            lambda t, j, m: te.sum(group_offset(ids[t, j], m, g) * xc[(*row(t, j), g)], axis=g),
             name="zero_point",
         )
         return te.compute((tokens, top_k, n), lambda *i: dots[i] + zero[i], name=name)
@@ -425,6 +440,7 @@ def q4a8_gather_matmul(
         [xq, xs, xc, ids, *weights],
         attrs={
             KERNEL_ATTR: Q4A8_GATHER_MATMUL,
+            "mlc.k_scales": has_k,
             "mlc.has_min": has_min,
             "mlc.weight_bits": weight_bits,
             "mlc.n": n,
@@ -451,8 +467,8 @@ def int8_expert_matmul(
 ) -> Tensor:
     """`q4a8_gather_matmul` of float `x` — `[tokens, k]`, the gate/up input every slot of a
     token shares, quantized once per token; or `[tokens, top_k, k]`, the down input, once per
-    slot — with the stored tensors `weights` (`q_weight`, `q_scale`, and `q_min`/`q_high` where
-    the format has them, `[experts, N, ...]`)."""
+    slot — with the stored tensors `weights` (`q_weight`, `q_scale`, and `q_min`/`q_high`/`q_kd`
+    where the format has them, `[experts, N, ...]`)."""
     shared = len(x.shape) == 2
     # The activation kernels take `[batch, seq, k]`: `[1, tokens, k]` for the gate/up input.
     xq, xs, xc = quantize_activations(op.unsqueeze(x, 0) if shared else x, k, sum_factor)
@@ -469,6 +485,7 @@ def int8_expert_matmul(
         weights.get("q_min"),
         weight_bits,
         weights.get("q_high"),
+        weights.get("q_kd"),
     )
 
 

@@ -46,9 +46,7 @@ class KQuantNibbles:
     int8_activations = True
     has_min = True
     sum_factor = 1.0  # `xc = xs · Σ xq`, weighted by the runs' minima
-    # The experts' gather kernels would decode every expert's scales per call: they decode
-    # the values inside a float reduction instead.
-    int8_experts = False
+    int8_experts = True
 
     @property
     def _nibbles_at(self) -> int:
