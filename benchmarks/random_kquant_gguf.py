@@ -21,12 +21,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from mlc.gguf.dequantize import GGML_TYPES
 from mlc.gguf.export import export_gguf
+from mlc.testing.random_blocks import K_SCALE_OFFSETS, random_k_blocks
 from mlc.testing.random_model import PRESETS, save_llama
 
-# Where each K-quant keeps its float16 super-block scales.
-SCALES = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 MOE_SHAPE = {
     "model_type": "qwen3_moe",
     "vocab_size": 8192,
@@ -59,16 +57,6 @@ def types_for(mix: str, layers: int, moe: bool = False) -> dict[str, str]:
     return types
 
 
-def random_super_blocks(name: str, rows: int, k: int, seed: int) -> np.ndarray:
-    size = next(t.type_size for t in GGML_TYPES.values() if t.name == name)
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, size=(rows, k // 256, size), dtype=np.uint8)
-    for offset in SCALES[name]:
-        scale = rng.uniform(-1e-3, 1e-3, size=(rows, k // 256)).astype(np.float16)
-        blocks[..., offset : offset + 2] = scale.view(np.uint8).reshape(rows, -1, 2)
-    return blocks.reshape(rows, -1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -80,10 +68,10 @@ def main() -> None:
     real = gguf.quants.quantize
 
     def quantize(array: np.ndarray, qtype) -> np.ndarray:
-        if qtype.name not in SCALES:
+        if qtype.name not in K_SCALE_OFFSETS:
             return real(array, qtype)
         rows, k = int(np.prod(array.shape[:-1])), array.shape[-1]  # expert stacks: 3-D
-        blocks = random_super_blocks(qtype.name, rows, k, seed=rows + k)
+        blocks = random_k_blocks(qtype.name, rows, k, seed=rows + k, scale=1e-3)
         return blocks.reshape(*array.shape[:-1], -1)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,7 +37,7 @@ from mlc.quantization.int8_activations import (
     stored_position,
 )
 from mlc.quantization.kquant_blocks import K_FORMATS
-from mlc.quantization.kquant_nibbles import K_NIBBLE_FORMATS, pack_scales, unpack_scales
+from mlc.quantization.kquant_nibbles import K_NIBBLE_FORMATS, pack_scales
 from mlc.runtime.compiled_model import CompiledModel
 from mlc.runtime.web import run_greedy
 from mlc.targets.x86_kernels import (
@@ -47,6 +47,7 @@ from mlc.targets.x86_kernels import (
     q4a8_matmul_avx2,
     quantize_activations_avx2,
 )
+from mlc.testing.random_blocks import random_k_blocks
 from mlc.testing.random_model import save_llama, save_model
 
 INT8_FORMATS = [name for name, fmt in FORMATS.items() if fmt.int8_activations]
@@ -298,7 +299,7 @@ def test_portable_expert_kernel_matches_the_definition(name):
     experts, n, tokens, top_k = 3, 24, 5, 2
     if name in K_NIBBLE_FORMATS:
         fmt, k = K_NIBBLE_FORMATS[name], 256
-        blocks = [_k_blocks(name, n, k, seed=e, scale=1e-2) for e in range(experts)]
+        blocks = [random_k_blocks(name, n, k, seed=e, scale=1e-2) for e in range(experts)]
     else:
         fmt, k = FORMATS[name], 96
         blocks = [_quantized(name, n, k, seed=e) for e in range(experts)]
@@ -504,27 +505,11 @@ def test_build_log_names_the_formats_stored_as_float32():
 
 # --- K-quants: the file's super-blocks byte for byte, decoded inside float32 kernels ---------
 
-# Where each K-quant keeps its fp16 super-block scales (d, and dmin where it has one).
-K_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
-
-
-def _k_blocks(name: str, n: int, k: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
-    """Random super-blocks (any bit pattern) with finite fp16 scales of magnitude <= `scale`;
-    the `gguf` package has no K-quant quantizer to make them from weights."""
-    fmt = K_FORMATS[name]
-    rng = np.random.default_rng(seed)
-    nb = k // 256
-    blocks = rng.integers(0, 256, size=(n, nb, fmt.type_size), dtype=np.uint8)
-    for offset in K_SCALES[name]:
-        values = (rng.uniform(-scale, scale, size=(n, nb))).astype(np.float16)
-        blocks[..., offset : offset + 2] = values.view(np.uint8).reshape(n, nb, 2)
-    return blocks
-
 
 @pytest.mark.parametrize("name", sorted(K_FORMATS))
 def test_k_quants_are_stored_as_the_file_has_them(name):
     fmt = K_FORMATS[name]
-    blocks = _k_blocks(name, 6, 768)
+    blocks = random_k_blocks(name, 6, 768)
     stored = fmt.from_ggml_blocks(blocks)
     # Nothing added, but Q4_K's and Q5_K's sixteen 6-bit fields a byte each (4 bytes more).
     unpacked = 4 * blocks.shape[0] * blocks.shape[1] if name in K_NIBBLE_FORMATS else 0
@@ -551,7 +536,7 @@ def test_k_quant_kernels_decode_every_value(name):
     range."""
     fmt = K_FORMATS[name]
     n, k, rows = 24, 512, 3
-    blocks = _k_blocks(name, n, k, scale=1e-2)
+    blocks = random_k_blocks(name, n, k, scale=1e-2)
     stored = fmt.from_ggml_blocks(blocks)
     w = _reference_dequantize(name, blocks)
     x = np.random.default_rng(1).normal(size=(rows, k)).astype(np.float32)
@@ -607,7 +592,7 @@ def k_quant_file(tmp_path_factory):
         if qtype.name not in K_FORMATS:
             return real(array, qtype)
         n, k = array.shape
-        return _k_blocks(qtype.name, n, k, seed=n + k, scale=3e-4).reshape(n, -1)
+        return random_k_blocks(qtype.name, n, k, seed=n + k, scale=3e-4).reshape(n, -1)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gguf.quants, "quantize", k_quantize)
@@ -653,10 +638,11 @@ def test_k_quant_file_matches_transformers_reading_it(k_quant_file, tmp_path):
 @pytest.mark.parametrize("name", sorted(K_NIBBLE_FORMATS))
 def test_k_quant_scales_unpack_and_pack_every_pattern(name):
     """The runs' 6-bit scales and minima, one byte each, are llama.cpp's (`get_scale_min_k4`,
-    as our numpy decoder reads them) and pack back into the file's 12 bytes, any bit pattern."""
+    as the `gguf` package reads them) and pack back into the file's 12 bytes, any bit
+    pattern."""
     packed = np.random.default_rng(0).integers(0, 256, size=(500, 12), dtype=np.uint8)
-    sc, m = unpack_scales(packed)
-    expected_sc, expected_m = k_scales_mins(packed)
+    sc, m = k_scales_mins(packed)
+    expected_sc, expected_m = gguf.quants.Q4_K.get_scale_min(packed)
     np.testing.assert_array_equal(sc, expected_sc)
     np.testing.assert_array_equal(m, expected_m)
     np.testing.assert_array_equal(pack_scales(sc, m), packed)
@@ -673,7 +659,7 @@ def test_x86_kernel_computes_k_quant_runs_exactly(name, vnni):
     fmt = K_NIBBLE_FORMATS[name]
     target = x86_target(vnni)
     n, k, rows = 40, 768, 5
-    blocks = _k_blocks(name, n, k, scale=1e-2)
+    blocks = random_k_blocks(name, n, k, scale=1e-2)
     stored = fmt.from_ggml_blocks(blocks)
     w = _reference_dequantize(name, blocks).astype(np.float64)
     x = np.random.default_rng(1).normal(size=(1, rows, k)).astype(np.float32)
@@ -709,7 +695,7 @@ def test_x86_expert_kernel_computes_k_quant_runs_exactly(name):
     target = x86_target(vnni=False)
     vnni = has_avx512_vnni(target)
     experts, n, k, tokens, top_k = 3, 24, 768, 6, 2
-    blocks = [_k_blocks(name, n, k, seed=e, scale=1e-2) for e in range(experts)]
+    blocks = [random_k_blocks(name, n, k, seed=e, scale=1e-2) for e in range(experts)]
     stacks = [fmt.from_ggml_blocks(b) for b in blocks]
     stored = {key: np.stack([st[key] for st in stacks]) for key in stacks[0]}
     x = np.random.default_rng(5).normal(size=(1, tokens, k)).astype(np.float32)
@@ -764,7 +750,7 @@ def test_k_quant_experts_match_transformers_reading_the_file(tmp_path):
         if qtype.name not in K_FORMATS:
             return real(array, qtype)
         rows, k = int(np.prod(array.shape[:-1])), array.shape[-1]
-        blocks = _k_blocks(qtype.name, rows, k, seed=rows + k, scale=3e-4)
+        blocks = random_k_blocks(qtype.name, rows, k, seed=rows + k, scale=3e-4)
         return blocks.reshape(*array.shape[:-1], -1)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -796,7 +782,7 @@ def test_generic_kernel_gives_the_x86_kernel_s_bits_for_k_quants(name):
     target = x86_target(vnni=False)
     vnni = has_avx512_vnni(target)
     experts, n, k, tokens, top_k = 2, 24, 768, 3, 2
-    stacks = [fmt.from_ggml_blocks(_k_blocks(name, n, k, seed=e)) for e in range(experts)]
+    stacks = [fmt.from_ggml_blocks(random_k_blocks(name, n, k, seed=e)) for e in range(experts)]
     keys = [key for key in ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high") if key in stacks[0]]
     x = np.random.default_rng(5).normal(size=(1, tokens, k)).astype(np.float32)
     outputs = [np.zeros((1, tokens, k), "i1"), *(np.zeros((1, tokens, k // GROUP), "f4"),) * 2]

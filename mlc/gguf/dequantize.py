@@ -108,15 +108,15 @@ def _decode_q3_k(b: np.ndarray) -> np.ndarray:
 
 
 def k_scales_mins(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 8 six-bit scales and mins of a Q4_K/Q5_K super-block, from its 12 bytes."""
-    s = scales.astype(np.uint8)
-    sc = np.empty((s.shape[0], 8), np.uint8)
-    mn = np.empty((s.shape[0], 8), np.uint8)
-    sc[:, :4] = s[:, 0:4] & 63
-    mn[:, :4] = s[:, 4:8] & 63
-    sc[:, 4:] = (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 6) << 4)
-    mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
-    return sc.astype(np.float32), mn.astype(np.float32)
+    """The 8 six-bit scales and mins (uint8 `[..., 8]` each) of Q4_K/Q5_K super-blocks, from
+    their 12 bytes `[..., 12]` (llama.cpp's `get_scale_min_k4`): runs 0-3 in the low six bits
+    of bytes 0-3 (scales) and 4-7 (mins); runs 4-7 in the nibbles of bytes 8-11, their top two
+    bits in the top bits of bytes 0-3 and 4-7."""
+    s = np.asarray(scales, np.uint8)
+    low_sc, low_mn, mixed = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    sc = np.concatenate([low_sc & 63, (mixed & 0x0F) | ((low_sc >> 6) << 4)], axis=-1)
+    mn = np.concatenate([low_mn & 63, (mixed >> 4) | ((low_mn >> 6) << 4)], axis=-1)
+    return sc, mn
 
 
 def _k_nibbles(qs: np.ndarray) -> np.ndarray:
@@ -127,7 +127,7 @@ def _k_nibbles(qs: np.ndarray) -> np.ndarray:
 
 def _decode_q4_k(b: np.ndarray) -> np.ndarray:
     d, dmin = _f16(b, 0), _f16(b, 2)
-    sc, mn = k_scales_mins(b[:, 4:16])
+    sc, mn = (v.astype(np.float32) for v in k_scales_mins(b[:, 4:16]))
     q = _k_nibbles(b[:, 16:144]).astype(np.float32)
     out = (d * sc)[:, :, None] * q - (dmin * mn)[:, :, None]
     return out.reshape(b.shape[0], QK_K)
@@ -135,7 +135,7 @@ def _decode_q4_k(b: np.ndarray) -> np.ndarray:
 
 def _decode_q5_k(b: np.ndarray) -> np.ndarray:
     d, dmin = _f16(b, 0), _f16(b, 2)
-    sc, mn = k_scales_mins(b[:, 4:16])
+    sc, mn = (v.astype(np.float32) for v in k_scales_mins(b[:, 4:16]))
     qh = b[:, 16:48]
     q = _k_nibbles(b[:, 48:176]).astype(np.int32)
     # Run r of 32 values takes its fifth bit from bit r of the 32 qh bytes.

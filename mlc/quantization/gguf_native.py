@@ -8,8 +8,8 @@ exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share o
 on the CPU one whose parts are in different block formats keeps each run of parts in one
 format as a tensor of its own (`PartedBlockLinear`); any other is stored as float32. The
 model's activations are float32. On the CPU the 32-value formats, `Q4_K` and `Q5_K` multiply
-int8 activations; on GPU targets every format is decoded
-inside a float32 reduction (`for_target`).
+int8 activations; on GPU targets every format is decoded inside a float32 reduction
+(`for_target`).
 """
 
 from __future__ import annotations
@@ -167,10 +167,7 @@ class GGUFNative(Quantization):
             return super().convert_source(name, source, checkpoint)
         blocks = source.build([checkpoint.get_blocks(h) for h in source.hf_names])
         blocks = blocks.reshape(-1, *blocks.shape[-2:])  # experts: their rows one after another
-        stored = FORMATS[fmt].from_ggml_blocks(blocks)
-        prefix = name.removesuffix(".weight")
-        size = blocks.shape[0] * blocks.shape[1] * FORMATS[fmt].block_size
-        return size, [(f"{prefix}.{key}", array) for key, array in stored.items()]
+        return _stored_blocks(name.removesuffix(".weight"), FORMATS[fmt], blocks)
 
     def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
         if np.issubdtype(array.dtype, np.floating):
@@ -204,6 +201,14 @@ def _runs_of_formats(checkpoint: Any, hf_names) -> tuple[tuple[str, int, int], .
     return tuple(runs)
 
 
+def _stored_blocks(prefix: str, fmt, blocks: np.ndarray) -> tuple[int, list]:
+    """(values, stored tensors `{prefix}.{key}`) of GGUF blocks `[rows, blocks, bytes]` kept in
+    format `fmt`."""
+    stored = fmt.from_ggml_blocks(blocks)
+    size = blocks.shape[0] * blocks.shape[1] * fmt.block_size
+    return size, [(f"{prefix}.{key}", array) for key, array in stored.items()]
+
+
 def _convert_parts(
     name: str, runs, source: Any, checkpoint: Any
 ) -> tuple[int, list[tuple[str, np.ndarray]]]:
@@ -213,9 +218,8 @@ def _convert_parts(
     for i, (fmt, count, _rows) in enumerate(runs):
         blocks = np.concatenate([checkpoint.get_blocks(h) for h in names[:count]], axis=0)
         names = names[count:]
-        size += blocks.shape[0] * blocks.shape[1] * FORMATS[fmt].block_size
-        stored = FORMATS[fmt].from_ggml_blocks(blocks)
-        out += [(f"{prefix}.parts.{i}.{key}", array) for key, array in stored.items()]
+        part_size, tensors = _stored_blocks(f"{prefix}.parts.{i}", FORMATS[fmt], blocks)
+        size, out = size + part_size, out + tensors
     return size, out
 
 

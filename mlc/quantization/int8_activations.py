@@ -149,12 +149,37 @@ def _stored_integer(scheme, q_weight, q_high, row, k, p, weight_bits: int) -> ti
     return w
 
 
-def _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits: int) -> list:
+def _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits: int, k_scales=None) -> list:
     """The stored tensors a kernel takes, in its parameter order: weights, scales, then the
-    minima and the fifth bits where the format has them."""
+    minima, a K-quant's super-block scales and the fifth bits where the format has them."""
     if (weight_bits == 5) != (q_high is not None):
         raise ValueError("5-bit weights come with their fifth bits (q_high), and only they do")
-    return [q_weight, q_scale] + [t for t in (q_min, q_high) if t is not None]
+    if k_scales is not None and q_min is None:
+        raise ValueError("K-quant scales come with their minima")
+    return [q_weight, q_scale] + [t for t in (q_min, k_scales, q_high) if t is not None]
+
+
+K_RUNS = 8  # groups of 32 per K-quant super-block
+
+
+def _group_scale(q_scale, q_kd, row: tuple, g) -> tirx.PrimExpr:
+    """Group g's scale (float32) in the weight row `row` (`(n,)`, or `(expert, n)`): as
+    stored, or with a K-quant's super-block scales `q_kd`, its 6-bit byte times `d`."""
+    scale = q_scale[(*row, g)].astype("float32")
+    if q_kd is None:
+        return scale
+    return scale * q_kd[(*row, 2 * (g // K_RUNS))].astype("float32")
+
+
+def _group_offset(q_scale, q_min, q_kd, row: tuple, g) -> tirx.PrimExpr:
+    """What group g's `xc` term is weighted by (float32): its minimum where the format has
+    one (a K-quant's: its 6-bit byte times `-dmin`), else its scale."""
+    if q_min is None:
+        return q_scale[(*row, g)].astype("float32")
+    minimum = q_min[(*row, g)].astype("float32")
+    if q_kd is None:
+        return minimum
+    return minimum * -q_kd[(*row, 2 * (g // K_RUNS) + 1)].astype("float32")
 
 
 def activation_layout(k_padded: int) -> np.ndarray:
@@ -290,17 +315,6 @@ def q4a8_matmul(
         q_high = rest[-1] if weight_bits == 5 else None
         q_kd = rest[1] if has_k else None
 
-        def group_scale(j, g):
-            scale = q_scale[j, g].astype("float32")
-            return scale * q_kd[j, 2 * (g // 8)].astype("float32") if has_k else scale
-
-        def group_offset(j, g):
-            if q_min is None:
-                return q_scale[j, g].astype("float32")
-            if has_k:
-                return q_min[j, g].astype("float32") * -q_kd[j, 2 * (g // 8) + 1].astype("float32")
-            return q_min[j, g].astype("float32")
-
         lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
         p = te.reduce_axis((0, kp), name="p")
@@ -308,7 +322,7 @@ def q4a8_matmul(
 
         def term(row, j, p):
             k = source_index(p, groups)
-            scale = group_scale(j, k // GROUP) * xs[(*row, k // GROUP)]
+            scale = _group_scale(q_scale, q_kd, (j,), k // GROUP) * xs[(*row, k // GROUP)]
             w = _stored_integer(scheme, q_weight, q_high, j, k, p, weight_bits)
             return w * xq[(*row, p)].astype("float32") * scale
 
@@ -317,17 +331,15 @@ def q4a8_matmul(
         )
         zero = te.compute(
             (*lead, n),
-            lambda *i: te.sum(group_offset(i[-1], g) * xc[(*i[:-1], g)], axis=g),
+            lambda *i: te.sum(
+                _group_offset(q_scale, q_min, q_kd, (i[-1],), g) * xc[(*i[:-1], g)], axis=g
+            ),
             name="zero_point",
         )
         return te.compute((*lead, n), lambda *i: dots[i] + zero[i], name=Q4A8_MATMUL)
 
     has_min = q_min is not None
-    if has_k and not has_min:
-        raise ValueError("K-quant scales come with their minima")
-    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits)
-    if has_k:  # after the minima, before the fifth bits (the x86 kernel's order)
-        weights.insert(3, k_scales)
+    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits, k_scales)
     inputs = [xq, xs, xc, *weights]
     return op.tensor_expr_op(
         compute,
@@ -388,26 +400,12 @@ def q4a8_gather_matmul(
     swaps in its own kernel."""
     n = int(q_weight.shape[1])
     has_min, has_k = q_min is not None, k_scales is not None
-    if has_k and not has_min:
-        raise ValueError("K-quant scales come with their minima")
-    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits)
-    if has_k:  # after the minima, before the fifth bits (the x86 kernel's order)
-        weights.insert(3, k_scales)
+    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits, k_scales)
 
     def compute(xq, xs, xc, ids, q_weight, q_scale, *rest):
         q_min = rest[0] if has_min else None
         q_high = rest[-1] if weight_bits == 5 else None
         q_kd = rest[1] if has_k else None
-
-        def group_scale(e, m, g):
-            scale = q_scale[e, m, g].astype("float32")
-            return scale * q_kd[e, m, 2 * (g // 8)].astype("float32") if has_k else scale
-
-        def group_offset(e, m, g):
-            if q_min is None:
-                return q_scale[e, m, g].astype("float32")
-            minimum = q_min[e, m, g].astype("float32")
-            return minimum * -q_kd[e, m, 2 * (g // 8) + 1].astype("float32") if has_k else minimum
 
         tokens, top_k = ids.shape
         kp = xq.shape[-1]
@@ -421,7 +419,7 @@ def q4a8_gather_matmul(
         def term(t, j, m):
             e, k = ids[t, j], source_index(p, groups)
             w = _stored_integer(scheme, q_weight, q_high, (e, m), k, p, weight_bits)
-            scale = group_scale(e, m, k // GROUP) * xs[(*row(t, j), k // GROUP)]
+            scale = _group_scale(q_scale, q_kd, (e, m), k // GROUP) * xs[(*row(t, j), k // GROUP)]
             return w * xq[(*row(t, j), p)].astype("float32") * scale
 
         dots = te.compute(
@@ -429,7 +427,10 @@ def q4a8_gather_matmul(
         )
         zero = te.compute(
             (tokens, top_k, n),
-            lambda t, j, m: te.sum(group_offset(ids[t, j], m, g) * xc[(*row(t, j), g)], axis=g),
+            lambda t, j, m: te.sum(
+                _group_offset(q_scale, q_min, q_kd, (ids[t, j], m), g) * xc[(*row(t, j), g)],
+                axis=g,
+            ),
             name="zero_point",
         )
         return te.compute((tokens, top_k, n), lambda *i: dots[i] + zero[i], name=name)

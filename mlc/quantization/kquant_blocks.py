@@ -25,11 +25,7 @@ import numpy as np
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 
-from mlc.gguf.dequantize import GGML_TYPES
-
-from .kquant_nibbles import K_NIBBLE_FORMATS, KQuantNibbles
-
-SUPER_BLOCK = 256
+from .kquant_nibbles import K_NIBBLE_FORMATS, SUPER_BLOCK, KQuantNibbles, decode_super_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +57,7 @@ class KQuantFormat:
 
     def dequantize(self, stored: dict[str, np.ndarray]) -> np.ndarray:
         """`w` float32 `[N, K]` (`mlc.gguf.dequantize`'s decoder)."""
-        blocks = self.to_ggml_blocks(stored)
-        n, nb, _ = blocks.shape
-        decode = next(t.decode for t in GGML_TYPES.values() if t.name == self.name)
-        return decode(blocks.reshape(n * nb, self.type_size)).reshape(n, nb * SUPER_BLOCK)
+        return decode_super_blocks(self.name, self.to_ggml_blocks(stored))
 
     # --- the model's parameters and their dequantized values in kernels ----------------------
 

@@ -27,7 +27,7 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor
 
-from mlc.gguf.dequantize import GGML_TYPES
+from mlc.gguf.dequantize import GGML_TYPES, k_scales_mins
 
 from .ggml_blocks import HIGH_BIT, move_high_bits, pack_nibbles, unpack_nibbles
 from .int8_activations import GROUP, fifth_bit, stored_word
@@ -63,7 +63,7 @@ class KQuantNibbles:
         chunks = blocks[..., self._nibbles_at :].reshape(n, nb, 4, 1, 32)
         runs = np.concatenate([chunks & 0x0F, chunks >> 4], axis=3)  # [n, nb, 4, 2, 32]
         out = {"q_weight": pack_nibbles(runs.reshape(n, nb * SUPER_BLOCK), transposed=True)}
-        sc, m = unpack_scales(blocks[..., 4:16])
+        sc, m = k_scales_mins(blocks[..., 4:16])
         out["q_ksc"], out["q_kmin"] = sc.reshape(n, nb * RUNS), m.reshape(n, nb * RUNS)
         out["q_kd"] = np.ascontiguousarray(blocks[..., :4]).view(np.float16).reshape(n, nb * 2)
         if self.bits == 5:
@@ -94,10 +94,7 @@ class KQuantNibbles:
 
     def dequantize(self, stored: dict[str, np.ndarray]) -> np.ndarray:
         """`w` float32 `[N, K]` (`mlc.gguf.dequantize`'s decoder of the file's bytes)."""
-        blocks = self.to_ggml_blocks(stored)
-        n, nb, _ = blocks.shape
-        decode = next(t.decode for t in GGML_TYPES.values() if t.name == self.name)
-        return decode(blocks.reshape(n * nb, self.type_size)).reshape(n, nb * SUPER_BLOCK)
+        return decode_super_blocks(self.name, self.to_ggml_blocks(stored))
 
     # --- the model's parameters and their values in kernels ----------------------------------
 
@@ -143,20 +140,17 @@ class KQuantNibbles:
 KEYS = ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high")
 
 
-def unpack_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """12 bytes `[..., 12]` → the eight 6-bit scales and minima `[..., 8]` uint8 each
-    (llama.cpp's `get_scale_min_k4`): runs 0-3 in the low six bits of bytes 0-3 (scales) and
-    4-7 (minima); runs 4-7 in the nibbles of bytes 8-11 with their top two bits in the top
-    bits of bytes 0-3 and 4-7."""
-    p = np.asarray(packed, np.uint8)
-    low_sc, low_m, mixed = p[..., 0:4], p[..., 4:8], p[..., 8:12]
-    sc = np.concatenate([low_sc & 63, (mixed & 15) | ((low_sc >> 6) << 4)], axis=-1)
-    m = np.concatenate([low_m & 63, (mixed >> 4) | ((low_m >> 6) << 4)], axis=-1)
-    return sc.astype(np.uint8), m.astype(np.uint8)
+def decode_super_blocks(name: str, blocks: np.ndarray) -> np.ndarray:
+    """K-quant `name`'s super-blocks uint8 `[N, K / 256, type_size]` → `w` float32 `[N, K]`
+    (`mlc.gguf.dequantize`'s decoder)."""
+    n, nb, size = blocks.shape
+    decode = next(t.decode for t in GGML_TYPES.values() if t.name == name)
+    return decode(blocks.reshape(n * nb, size)).reshape(n, nb * SUPER_BLOCK)
 
 
 def pack_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The inverse of `unpack_scales`."""
+    """The inverse of `mlc.gguf.dequantize.k_scales_mins`: the 12 bytes of eight 6-bit scales
+    and minima."""
     sc, m = np.asarray(sc, np.uint8), np.asarray(m, np.uint8)
     low_sc = (sc[..., :4] & 63) | ((sc[..., 4:] >> 4) << 6)
     low_m = (m[..., :4] & 63) | ((m[..., 4:] >> 4) << 6)
