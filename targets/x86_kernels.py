@@ -83,14 +83,23 @@ def _u8(value: int, lanes: int):
     return T.Broadcast(T.uint8(value), lanes)
 
 
-def _fifth_bits(high, by, lanes: int):
+def _fifth_bits(high, by, lanes: int, bit: int = 4):
     """Bytes `0x10` where a 5-bit value's fifth bit is set: lane l of `high` (uint32x`lanes`, a
     group's `q_high` word) shifted right by lane l of `by` (`2j + p` for word j's low or high
     nibbles, `int8_activations.high_bit`) leaves the bits of that word's four bytes at bit 0 of
-    each byte; as uint8x(4 · lanes)."""
+    each byte; as uint8x(4 · lanes), moved to `bit` (5: `Q6_K`'s sixth bits, bytes `0x20`)."""
     ones = T.Broadcast(T.uint32(0x01010101), lanes)
     bits = T.bitwise_and(T.shift_right(high, by), ones)
-    return T.reinterpret(f"uint8x{4 * lanes}", T.shift_left(bits, T.Broadcast(T.uint32(4), lanes)))
+    moved = T.shift_left(bits, T.Broadcast(T.uint32(bit), lanes))
+    return T.reinterpret(f"uint8x{4 * lanes}", moved)
+
+
+def _high_bits(high, by, lanes: int):
+    """What goes on top of the nibbles: `high` a buffer-read `q_high` vector (5-bit), or the
+    pair of fifth- and sixth-bit vectors (6-bit, `Q6_K`), shifted as `_fifth_bits` says."""
+    if isinstance(high, tuple):
+        return T.bitwise_or(_fifth_bits(high[0], by, lanes), _fifth_bits(high[1], by, lanes, 5))
+    return _fifth_bits(high, by, lanes)
 
 
 def _shift(amount: int, lanes: int):
@@ -112,14 +121,17 @@ def _dot4(a, b, lanes: int):
     return (parts[0] + parts[1]) + (parts[2] + parts[3])
 
 
-def _word_dot(acc, w, x_even, x_odd, isa: str, fifth=None):
+def _word_dot(acc, w, x_even, x_odd, isa: str, fifth=None, six: bool = False):
     """`acc` + the int32x8 sums of 32 weight bytes' low nibbles times `x_even` and high nibbles
     times `x_odd` (four products per lane each); `fifth`: the (low, high) nibbles' fifth bits
-    (`_fifth_bits`) set on top, for 5-bit weights."""
+    (`_high_bits`) set on top, for 5-bit weights, or fifth and sixth bits with `six` (the sums
+    then of `(q - 32) · x`, `_six_dot`)."""
     lo = T.bitwise_and(w, _u8(15, 32))
     hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
     if fifth is not None:
         lo, hi = T.bitwise_or(lo, fifth[0]), T.bitwise_or(hi, fifth[1])
+    if six:
+        return _six_dot(acc, lo, hi, x_even, x_odd, isa)
     if isa == GENERIC:
         return acc + (_dot4(lo, x_even, 8) + _dot4(hi, x_odd, 8))
     if isa == VNNI:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
@@ -129,6 +141,37 @@ def _word_dot(acc, w, x_even, x_odd, isa: str, fifth=None):
     odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, x_odd)
     return acc + T.call_llvm_pure_intrin(
         "int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16)
+    )
+
+
+def _six_dot(acc, lo, hi, x_even, x_odd, isa: str, lanes: int = 8):
+    """`acc` + the int32x`lanes` sums of `(q - 32) · x` over 6-bit weight bytes `lo` and `hi`
+    (the even and odd values, 0..63) and `x_even`, `x_odd`: the products of `q` as the
+    instructions take them (unsigned by signed) less those of 32, exact: the zero point of
+    `Q6_K` subtracted in the integer sum, before its half-runs are scaled. On AVX2 the
+    difference is taken in int16 pairs (two's complement, and each true sum of four
+    `(q - 32) · x` fits)."""
+    count = 4 * lanes
+    zero = _u8(32, count)
+    if isa == GENERIC:
+        signed = [T.reinterpret(f"int8x{count}", v - zero) for v in (lo, hi)]
+        return acc + (_dot4(signed[0], x_even, lanes) + _dot4(signed[1], x_odd, lanes))
+    if isa == VNNI:
+        dpbusd = _DPBUSD_512 if lanes == 16 else _DPBUSD
+        vector = f"int32x{lanes}"
+        dots = T.call_llvm_pure_intrin(vector, dpbusd, acc, lo, x_even)
+        dots = T.call_llvm_pure_intrin(vector, dpbusd, dots, hi, x_odd)
+        none = T.Broadcast(T.int32(0), lanes)
+        zeros = T.call_llvm_pure_intrin(vector, dpbusd, none, zero, x_even)
+        return dots - T.call_llvm_pure_intrin(vector, dpbusd, zeros, zero, x_odd)
+    pairs = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, x_even) + T.call_llvm_pure_intrin(
+        "int16x16", _MADD_UBSW, hi, x_odd
+    )
+    zeros = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, zero, x_even) + T.call_llvm_pure_intrin(
+        "int16x16", _MADD_UBSW, zero, x_odd
+    )
+    return acc + T.call_llvm_pure_intrin(
+        "int32x8", _MADD_WD, pairs - zeros, T.Broadcast(T.int16(1), 16)
     )
 
 
@@ -179,19 +222,34 @@ def _block_sums_8(qw, xq, n, i, block, isa: str = AVX2, qh=None):
     return T.Shuffle(halves, list(range(16)))
 
 
+def _high_words(qh, n, at):
+    """The `q_high` words at `at` (an index or a Ramp) of row n: one vector, or with 6-bit
+    weights (`qh` the pair of fifth- and sixth-bit buffers) a pair, as `_high_bits` takes."""
+    if isinstance(qh, tuple):
+        return tuple(bits[n, at] for bits in qh)
+    return qh[n, at]
+
+
 def _pair_dot(qw, xq, n, i, pair, isa: str = AVX2, qh=None):
     """int32x8: lanes 0-3 partial sums of the pair's first group, lanes 4-7 of the second
-    (words 0-3 of each); `qh`: the groups' fifth bits."""
+    (words 0-3 of each; 6-bit: lanes 0-1 and 4-5 a group's first half-run, 2-3 and 6-7 its
+    second); `qh`: the groups' fifth bits (and sixth: a pair of buffers)."""
     w = T.reinterpret("uint8x32", qw[n, T.Ramp(pair * 8, 1, 8)])
     even_x, odd_x = xq[i, T.Ramp(pair * 64, 1, 32)], xq[i, T.Ramp(pair * 64 + 32, 1, 32)]
     fifth = None
     if qh is not None:
-        groups = [T.Broadcast(qh[n, 2 * pair + g], 4) for g in range(2)]
-        high = T.Shuffle(groups, list(range(8)))
+        words = [_high_words(qh, n, 2 * pair + g) for g in range(2)]
+        if isinstance(qh, tuple):
+            high = tuple(
+                T.Shuffle([T.Broadcast(g[b], 4) for g in words], list(range(8))) for b in (0, 1)
+            )
+        else:
+            high = T.Shuffle([T.Broadcast(g, 4) for g in words], list(range(8)))
         fifth = tuple(
-            _fifth_bits(high, T.Shuffle([_word_shifts(p)] * 2, list(range(8))), 8) for p in (0, 1)
+            _high_bits(high, T.Shuffle([_word_shifts(p)] * 2, list(range(8))), 8) for p in (0, 1)
         )
-    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, isa, fifth)
+    six = isinstance(qh, tuple)
+    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, isa, fifth, six)
 
 
 def _single_dot(qw, xq, n, i, group, isa: str = AVX2, qh=None):
@@ -214,46 +272,55 @@ def _single_dot(qw, xq, n, i, group, isa: str = AVX2, qh=None):
 def _block_sums(qw, xq, n, i, block, isa: str = AVX2, qh=None):
     """int32x16: lane g holds the integer dot product of group g of `block` (AVX2: two halves
     of 8 groups, each word j's 32 bytes of weights against 32 even and 32 odd values); `qh`:
-    the groups' fifth bits, one uint32 lane per group as the words."""
-    halves = []
+    the groups' fifth bits, one uint32 lane per group as the words. 6-bit weights (`qh` the
+    pair of fifth- and sixth-bit buffers): a pair, each group's sums of `(q - 32) · x` over its
+    first half-run (words 0-1) and its second (words 2-3)."""
+    six = isinstance(qh, tuple)
+    halves = [[], []]
     for h in range(2):
-        acc = T.Broadcast(T.int32(0), 8)
+        accs = [T.Broadcast(T.int32(0), 8), T.Broadcast(T.int32(0), 8)]
         if qh is not None:
-            high = qh[n, T.Ramp(block * BLOCK_GROUPS + 8 * h, 1, 8)]
+            high = _high_words(qh, n, T.Ramp(block * BLOCK_GROUPS + 8 * h, 1, 8))
         for j in range(4):
             w = T.reinterpret("uint8x32", qw[n, T.Ramp(block * BLOCK_WORDS + 16 * j + 8 * h, 1, 8)])
             even, odd = (block * BLOCK + block_offset(j, o) + 32 * h for o in (0, 1))
             x_even, x_odd = xq[i, T.Ramp(even, 1, 32)], xq[i, T.Ramp(odd, 1, 32)]
             fifth = None
             if qh is not None:
-                fifth = tuple(_fifth_bits(high, _shift(2 * j + p, 8), 8) for p in (0, 1))
-            acc = _word_dot(acc, w, x_even, x_odd, GENERIC if isa == GENERIC else AVX2, fifth)
-        halves.append(acc)
-    return T.Shuffle(halves, list(range(16)))
+                fifth = tuple(_high_bits(high, _shift(2 * j + p, 8), 8) for p in (0, 1))
+            sub = j // 2 if six else 0
+            word_isa = GENERIC if isa == GENERIC else AVX2
+            accs[sub] = _word_dot(accs[sub], w, x_even, x_odd, word_isa, fifth, six)
+        for sub in range(2):
+            halves[sub].append(accs[sub])
+    sums = tuple(T.Shuffle(parts, list(range(16))) for parts in halves)
+    return sums if six else sums[0]
 
 
 def _block_sums_512(qw, xq, n, i, block, isa: str = VNNI, qh=None):
     """`_block_sums` on 512-bit registers (AVX512-VNNI `vpdpbusd`): word j of the 16 groups at
-    once, the even words and the odd words in two accumulators (two short dependency chains);
-    the sums are exact integers, so the result is the AVX2 one."""
+    once, the even words and the odd words in two accumulators (two short dependency chains;
+    6-bit: each half-run's words in one); the sums are exact integers, so the result is the
+    AVX2 one."""
+    six = isinstance(qh, tuple)
     chains = [T.Broadcast(T.int32(0), 16), T.Broadcast(T.int32(0), 16)]
     if qh is not None:
-        high = qh[n, T.Ramp(block * BLOCK_GROUPS, 1, 16)]
+        high = _high_words(qh, n, T.Ramp(block * BLOCK_GROUPS, 1, 16))
     for j in range(4):
         w = T.reinterpret("uint8x64", qw[n, T.Ramp(block * BLOCK_WORDS + 16 * j, 1, 16)])
         lo = T.bitwise_and(w, _u8(15, 64))
         hi = T.bitwise_and(T.shift_right(w, _u8(4, 64)), _u8(15, 64))
         if qh is not None:
-            lo = T.bitwise_or(lo, _fifth_bits(high, _shift(2 * j, 16), 16))
-            hi = T.bitwise_or(hi, _fifth_bits(high, _shift(2 * j + 1, 16), 16))
+            lo = T.bitwise_or(lo, _high_bits(high, _shift(2 * j, 16), 16))
+            hi = T.bitwise_or(hi, _high_bits(high, _shift(2 * j + 1, 16), 16))
         even, odd = (block * BLOCK + block_offset(j, o) for o in (0, 1))
-        acc = T.call_llvm_pure_intrin(
-            "int32x16", _DPBUSD_512, chains[j % 2], lo, xq[i, T.Ramp(even, 1, 64)]
-        )
-        chains[j % 2] = T.call_llvm_pure_intrin(
-            "int32x16", _DPBUSD_512, acc, hi, xq[i, T.Ramp(odd, 1, 64)]
-        )
-    return chains[0] + chains[1]
+        x_even, x_odd = xq[i, T.Ramp(even, 1, 64)], xq[i, T.Ramp(odd, 1, 64)]
+        if six:
+            chains[j // 2] = _six_dot(chains[j // 2], lo, hi, x_even, x_odd, VNNI, 16)
+            continue
+        acc = T.call_llvm_pure_intrin("int32x16", _DPBUSD_512, chains[j % 2], lo, x_even)
+        chains[j % 2] = T.call_llvm_pure_intrin("int32x16", _DPBUSD_512, acc, hi, x_odd)
+    return tuple(chains) if six else chains[0] + chains[1]
 
 
 def _fma(a, b, c):
@@ -320,9 +387,16 @@ def q4a8_matmul_avx2(
     lone-token path), so that a prompt's slots equal decode's. With `k_scales`, the scales and
     minima are a K-quant's (`Q4_K`, `Q5_K`; `kquant_nibbles`): each run's 6-bit `sc` and `m`
     as bytes, times its super-block's `d` and `-dmin` from `qd` (float16, two per 256
-    values), so a run's scale is `d · sc` and its minimum `-dmin · m`, exact in float32."""
-    if k_scales and (not has_min or k_padded % SUPER_BLOCK):
-        raise ValueError("K-quant scales take whole super-blocks, with minima")
+    values), so a run's scale is `d · sc` and its minimum `-dmin · m`, exact in float32.
+    `weight_bits` 6 is `Q6_K` (with `k_scales`, no minima): the nibbles with fifth and sixth
+    bits (`qh`, and the sixth in the minima's place), the zero point 32 subtracted in the
+    integer sums, each group's two half-runs of 16 summed apart and scaled by their int8
+    scales (`qs`, two per group) times the super-block's `d` (`qd`, one per 256 values)."""
+    six = weight_bits == 6
+    if k_scales and (has_min == six or k_padded % SUPER_BLOCK):
+        raise ValueError("K-quant scales take whole super-blocks, with minima (except Q6_K)")
+    if six and not k_scales:
+        raise ValueError("6-bit weights are Q6_K's, with K-quant scales")
     groups = k_padded // GROUP
     words = k_padded // (4 if weight_bits == 8 else 8)
     blocks = groups // BLOCK_GROUPS
@@ -338,9 +412,10 @@ def q4a8_matmul_avx2(
     lanes = BLOCK_GROUPS
     five = weight_bits == 5
 
-    def fifth(qh):
-        """The fifth bits' buffer for the dot products (None unless 5-bit weights)."""
-        return qh if five else None
+    def fifth(qh, qm):
+        """The high bits' buffers for the dot products: the fifth bits (5-bit), the fifth and
+        the sixth (6-bit: these in the minima's place), or None."""
+        return (qh, qm) if six else qh if five else None
 
     def scales(qs, qm, qd, row, first, count: int):
         """The scales and minima (float32 x `count`) of groups `first` .. `first + count`:
@@ -367,14 +442,38 @@ def q4a8_matmul_avx2(
         # order for the 4-token micro-kernel and in another for a lone token.
         return _fence(sw * per_super_block(0)), _fence(m * -per_super_block(1))
 
+    def six_scales(qs, qd, row, first, count: int):
+        """6-bit: the scales (float32 x `count`) of the first and of the second half-runs of
+        groups `first` .. `first + count`, their int8 bytes times their super-blocks' `d`."""
+        raw = T.reinterpret(f"int8x{2 * count}", qs[row, T.Ramp(2 * first, 1, 2 * count)])
+        both = T.Cast(f"float32x{2 * count}", raw)
+        runs = SUPER_BLOCK // GROUP
+        parts = [
+            T.Broadcast(T.Cast("float32", qd[row, first // runs + s]), runs)
+            for s in range(count // runs)
+        ]
+        d = parts[0] if len(parts) == 1 else T.Shuffle(parts, list(range(count)))
+        halves = (T.Shuffle([both], list(range(h, 2 * count, 2))) for h in (0, 1))
+        return tuple(_fence(half * d) for half in halves)
+
+    def six_value(s, dots, xs_at, acc):
+        """`acc` + each group's two half-runs' `s · (dot · xs)`, lane by lane, fenced as
+        `block_value`."""
+        first = _fence(_fma(s[0], T.Cast(str(xs_at.ty), dots[0]) * xs_at, acc))
+        return _fence(_fma(s[1], T.Cast(str(xs_at.ty), dots[1]) * xs_at, first))
+
     def block_value(qw, qs, qm, qh, qd, xq, xs, xc, row, i, b, acc):
         """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane (with
         minima: `acc + m · xc + sw · (dot · xs)`). The sum is fenced: fast-math reassociated
         the chain over the blocks differently in the 4-token micro-kernel than for a lone
         token on AVX2, 1 ulp apart."""
         groups_at = T.Ramp(b * BLOCK_GROUPS, 1, lanes)
+        if six:
+            dots = block_sums(qw, xq, row, i, b, isa, fifth(qh, qm))
+            s = six_scales(qs, qd, row, b * BLOCK_GROUPS, lanes)
+            return six_value(s, dots, xs[i, groups_at], acc)
         sw, m = scales(qs, qm, qd, row, b * BLOCK_GROUPS, lanes)
-        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, isa, fifth(qh)))
+        dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, isa, fifth(qh, qm)))
         if has_min:
             return _fence(_fma(sw, dot * xs[i, groups_at], _fence(_fma(m, xc[i, groups_at], acc))))
         return _fence(_fma(sw, _fma(dot, xs[i, groups_at], xc[i, groups_at]), acc))
@@ -394,6 +493,10 @@ def q4a8_matmul_avx2(
         sw · (dot · xs)`), one lane per group, fenced as `block_value`."""
         count = tail_groups
         groups_at = T.Ramp(blocks * BLOCK_GROUPS, 1, count)
+        if six:
+            halves = (part[T.Ramp(PART_DOTS + h * count, 1, count)] for h in (0, 1))
+            s = six_scales(qs, qd, row, blocks * BLOCK_GROUPS, count)
+            return six_value(s, tuple(halves), xs[i, groups_at], acc)
         sw, m = scales(qs, qm, qd, row, blocks * BLOCK_GROUPS, count)
         dot = T.Cast(f"float32x{count}", part[T.Ramp(PART_DOTS, 1, count)])
         if has_min:
@@ -411,11 +514,17 @@ def q4a8_matmul_avx2(
         if tail_groups >= 2:
             for p in range(tail_pairs):
                 pair = blocks * BLOCK_GROUPS // 2 + p
-                part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, isa, fifth(qh))
-                part[PART_DOTS + 2 * p] = _lanes_sum(part, 0, 4)
-                part[PART_DOTS + 2 * p + 1] = _lanes_sum(part, 4, 4)
+                part[T.Ramp(0, 1, 8)] = pair_dot(qw, xq, row, i, pair, isa, fifth(qh, qm))
+                if six:  # each group's half-runs apart: after the first halves, the second
+                    part[PART_DOTS + 2 * p] = _lanes_sum(part, 0, 2)
+                    part[PART_DOTS + 2 * p + 1] = _lanes_sum(part, 4, 2)
+                    part[PART_DOTS + tail_groups + 2 * p] = _lanes_sum(part, 2, 2)
+                    part[PART_DOTS + tail_groups + 2 * p + 1] = _lanes_sum(part, 6, 2)
+                else:
+                    part[PART_DOTS + 2 * p] = _lanes_sum(part, 0, 4)
+                    part[PART_DOTS + 2 * p + 1] = _lanes_sum(part, 4, 4)
             if single:
-                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, isa, fifth(qh))
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, isa, fifth(qh, qm))
                 part[PART_DOTS + tail_groups - 1] = _lanes_sum(part, 0, 8)
             acc[T.Ramp(base, 1, tail_groups)] = tail_lanes(
                 qs, qm, qd, xs, xc, row, i, part, acc[T.Ramp(base, 1, tail_groups)]
@@ -424,7 +533,7 @@ def q4a8_matmul_avx2(
         else:
             tail[0] = T.float32(0)
             if single:
-                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, isa, fifth(qh))
+                part[T.Ramp(0, 1, 8)] = single_dot(qw, xq, row, i, groups - 1, isa, fifth(qh, qm))
                 tail[0] = tail_value(
                     qs, qm, xs, xc, row, i, groups - 1, _lanes_sum(part, 0, 8), tail[0]
                 )
@@ -518,7 +627,7 @@ def q4a8_matmul_avx2(
                         i, r, 1, 1, i, r, _consecutive,
                     )  # fmt: skip
 
-    if not five:
+    if not five and not six:
 
         @T.prim_func
         def q4a8_matmul(
@@ -577,6 +686,25 @@ def q4a8_matmul_avx2(
     if k_scales and gather is None:
         super_blocks = k_padded // SUPER_BLOCK
 
+        if six:
+
+            @T.prim_func
+            def q6a8_matmul_k_scales(
+                var_xq: T.handle,
+                var_xs: T.handle,
+                var_xc: T.handle,
+                qw: T.Buffer((n, words), "uint32"),
+                qs: T.Buffer((n, 2 * groups), "uint8"),
+                qd: T.Buffer((n, super_blocks), "float16"),
+                qh: T.Buffer((n, groups), "uint32"),
+                q6: T.Buffer((n, groups), "uint32"),
+                var_y: T.handle,
+            ):
+                T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+                matmul(qw, qs, q6, qh, qd, var_xq, var_xs, var_xc, var_y)
+
+            return q6a8_matmul_k_scales
+
         @T.prim_func
         def q4a8_matmul_k_scales(
             var_xq: T.handle,
@@ -611,6 +739,10 @@ def q4a8_matmul_avx2(
     if gather is not None:
         experts, top_k = gather.experts, gather.top_k
         slots_per_row = top_k if gather.shared else 1
+        # 6-bit: two scales per group, one `d` per super-block, the sixth bits as the minima.
+        scales_per_row = 2 * groups if six else groups
+        minima_dtype = "uint32" if six else scale_dtype
+        k_scales_per_row = k_padded // SUPER_BLOCK * (1 if six else 2)
 
     @T.macro
     def gather_matmul(qw3, qs3, qm3, qh3, qd3, var_xq, var_xs, var_xc, var_ids, var_y):
@@ -633,14 +765,14 @@ def q4a8_matmul_avx2(
         y = T.decl_buffer((slots, n), "float32", data=y_out.data)
         # Every expert's rows one after another: expert e's row r is row e · n + r.
         qw = T.decl_buffer((experts * n, words), "uint32", data=qw3.data)
-        qs = T.decl_buffer((experts * n, groups), scale_dtype, data=qs3.data)
-        qm = T.decl_buffer((experts * n, groups), scale_dtype, data=qm3.data)
-        if five:
+        qs = T.decl_buffer((experts * n, scales_per_row), scale_dtype, data=qs3.data)
+        qm = T.decl_buffer((experts * n, groups), minima_dtype, data=qm3.data)
+        if five or six:
             qh = T.decl_buffer((experts * n, groups), "uint32", data=qh3.data)
         else:
             qh = qs  # not read
         if k_scales:
-            qd = T.decl_buffer((experts * n, k_padded // SUPER_BLOCK * 2), "float16", data=qd3.data)
+            qd = T.decl_buffer((experts * n, k_scales_per_row), "float16", data=qd3.data)
         else:
             qd = qs  # not read
         # The slots in order of their experts (a counting sort, stable): expert e's slots are
@@ -696,6 +828,26 @@ def q4a8_matmul_avx2(
 
     if gather is not None and k_scales:
         super_blocks = k_padded // SUPER_BLOCK
+
+        if six:
+
+            @T.prim_func
+            def q6a8_gather_matmul_k_scales(
+                var_xq: T.handle,
+                var_xs: T.handle,
+                var_xc: T.handle,
+                var_ids: T.handle,
+                qw3: T.Buffer((experts, n, words), "uint32"),
+                qs3: T.Buffer((experts, n, 2 * groups), "uint8"),
+                qd3: T.Buffer((experts, n, super_blocks), "float16"),
+                qh3: T.Buffer((experts, n, groups), "uint32"),
+                q63: T.Buffer((experts, n, groups), "uint32"),
+                var_y: T.handle,
+            ):
+                T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+                gather_matmul(qw3, qs3, q63, qh3, qd3, var_xq, var_xs, var_xc, var_ids, var_y)
+
+            return q6a8_gather_matmul_k_scales
 
         @T.prim_func
         def q4a8_gather_matmul_k_scales(

@@ -265,7 +265,18 @@ def block_matmul(
         q_weight, q_scale, q_min = operands["q_weight"], operands["q_scale"], operands.get("q_min")
         high, k_scales = operands.get("q_high"), operands.get("q_kd")
         return q4a8_matmul(
-            _Q4_LAYOUT, xq, xs, xc, q_weight, q_scale, n, q_min, fmt.bits, high, k_scales
+            _Q4_LAYOUT,
+            xq,
+            xs,
+            xc,
+            q_weight,
+            q_scale,
+            n,
+            q_min,
+            fmt.bits,
+            high,
+            k_scales,
+            operands.get("q_sixth"),
         )
     keys = list(tensors)
 

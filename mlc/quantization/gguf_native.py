@@ -116,11 +116,11 @@ class GGUFNative(Quantization):
             # The 32-value formats' bits are moved into the int8 kernels' order; the version
             # changes with that order, so a library refuses weights stored in another.
             "storage": "each weight in the GGUF file's own block format, bits unchanged "
-            "(moved: layout 3, Q5 fifth bits in the int8 kernels' order, Q4_K/Q5_K nibbles "
-            "in the int8 kernels' words)",
+            "(moved: layout 4, Q5 fifth bits in the int8 kernels' order, Q4_K/Q5_K/Q6_K "
+            "nibbles in the int8 kernels' words, Q6_K high bits as two bit planes)",
             "tensor_formats": {group: dict(counts) for group, counts in groups.items()},
             "activations": "int8 per token and group of 32 into the Linears of the 32-value "
-            "formats, Q4_K and Q5_K"
+            "formats, Q4_K, Q5_K and Q6_K"
             if self.int8_activations
             else "float32: every format decoded inside float32 reductions",
             # The blocks' scales are float16: WebGPU kernels need `shader-f16` to read them.

@@ -137,34 +137,66 @@ def fifth_bit(q_high, row, k) -> tirx.PrimExpr:
     return (q_high[index] >> high_bit(k % GROUP).astype("uint32")) & tirx.const(1, "uint32")
 
 
+def signed_scale(q_ksc, row: tuple, index) -> tirx.PrimExpr:
+    """Byte `index` of a `Q6_K` row's scales `q_ksc` (uint8, two's complement) as float32;
+    `row`: `(n,)`, or `(expert, n)`."""
+    byte = q_ksc[(*row, index)].astype("int32")
+    return (byte - ((byte & 128) << 1)).astype("float32")
+
+
 def _stored_integer(scheme, q_weight, q_high, row, k, p, weight_bits: int) -> tirx.PrimExpr:
     """The integer a weight stores for activation index k (at `xq` position p), float32:
-    signed bytes (8-bit, kept in `xq`'s layout), or unsigned nibbles with the fifth bit on
-    top (5-bit); `row` as in `fifth_bit`."""
+    signed bytes (8-bit, kept in `xq`'s layout), unsigned nibbles with the fifth bit on top
+    (5-bit), or with the fifth and sixth bits on top, less the zero point 32 (6-bit, `Q6_K`:
+    `q_high` the pair of bit tensors); `row` as in `fifth_bit`."""
     if weight_bits == 8:
         return signed_byte(q_weight, row, p)
     w = scheme.packed_value(q_weight, row, k)
     if weight_bits == 5:
         w = w + fifth_bit(q_high, row, k).astype("float32") * tirx.const(16, "float32")
+    if weight_bits == 6:
+        fifth, sixth = (fifth_bit(bits, row, k).astype("float32") for bits in q_high)
+        w = w + fifth * tirx.const(16, "float32") + sixth * tirx.const(32, "float32") - 32.0
     return w
 
 
-def _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits: int, k_scales=None) -> list:
+def _weight_inputs(
+    q_weight, q_scale, q_min, q_high, weight_bits: int, k_scales=None, q_sixth=None
+) -> list:
     """The stored tensors a kernel takes, in its parameter order: weights, scales, then the
-    minima, a K-quant's super-block scales and the fifth bits where the format has them."""
-    if (weight_bits == 5) != (q_high is not None):
-        raise ValueError("5-bit weights come with their fifth bits (q_high), and only they do")
-    if k_scales is not None and q_min is None:
+    minima, a K-quant's super-block scales and the fifth and sixth bits where the format has
+    them."""
+    if (weight_bits in (5, 6)) != (q_high is not None):
+        raise ValueError("5- and 6-bit weights come with their fifth bits (q_high), only they do")
+    if (weight_bits == 6) != (q_sixth is not None and k_scales is not None and q_min is None):
+        raise ValueError("6-bit weights (Q6_K) take sixth bits and K-quant scales, no minima")
+    if k_scales is not None and q_min is None and weight_bits != 6:
         raise ValueError("K-quant scales come with their minima")
-    return [q_weight, q_scale] + [t for t in (q_min, k_scales, q_high) if t is not None]
+    optional = (q_min, k_scales, q_high, q_sixth)
+    return [q_weight, q_scale] + [t for t in optional if t is not None]
 
 
 K_RUNS = 8  # groups of 32 per K-quant super-block
 
 
-def _group_scale(q_scale, q_kd, row: tuple, g) -> tirx.PrimExpr:
-    """Group g's scale (float32) in the weight row `row` (`(n,)`, or `(expert, n)`): as
-    stored, or with a K-quant's super-block scales `q_kd`, its 6-bit byte times `d`."""
+def _unpack_rest(rest, has_min: bool, has_k: bool, weight_bits: int) -> tuple:
+    """A kernel's stored tensors after the scales (`_weight_inputs`' order) → (minima, super-
+    block scales, fifth bits; 6-bit: the pair of fifth and sixth bits), None where absent."""
+    rest = list(rest)
+    q_min = rest.pop(0) if has_min else None
+    q_kd = rest.pop(0) if has_k else None
+    q_high = tuple(rest) if weight_bits == 6 else rest[0] if weight_bits == 5 else None
+    return q_min, q_kd, q_high
+
+
+def _group_scale(q_scale, q_kd, row: tuple, k, weight_bits: int) -> tirx.PrimExpr:
+    """The scale (float32) of activation index k's weight in the weight row `row` (`(n,)`, or
+    `(expert, n)`): its group's as stored; with a K-quant's super-block scales `q_kd`, its
+    run's 6-bit byte times `d`; 6-bit (`Q6_K`): its half-run's int8 byte times `d`."""
+    if weight_bits == 6:
+        d = q_kd[(*row, k // (GROUP * K_RUNS))].astype("float32")
+        return signed_scale(q_scale, row, k // (GROUP // 2)) * d
+    g = k // GROUP
     scale = q_scale[(*row, g)].astype("float32")
     if q_kd is None:
         return scale
@@ -299,6 +331,7 @@ def q4a8_matmul(
     weight_bits: int = 4,
     q_high: Tensor | None = None,
     k_scales: Tensor | None = None,
+    q_sixth: Tensor | None = None,
 ) -> Tensor:
     """`y[..., n]` float32; the portable reference every target may replace with its own
     kernel (the attribute `mlc.kernel` names it). With `q_min` (per-group minima, `Q4_1`) the
@@ -307,13 +340,14 @@ def q4a8_matmul(
     fifth bits from `q_high` (`Q5_0`, `Q5_1`, in `high_bit`'s order). With `k_scales`
     (float16 `[N, K / 256 · 2]`: each super-block's `d` and `dmin`), `q_scale` and `q_min`
     are a K-quant's 6-bit run scales and minima as bytes: a group's scale is `d · sc`, its
-    minimum `-dmin · m` (`kquant_nibbles`)."""
+    minimum `-dmin · m` (`kquant_nibbles`). `weight_bits` 6 is `Q6_K`: `q_high` and `q_sixth`
+    the fifth and sixth bits, `q_scale` the int8 scales of the half-runs of 16, `k_scales`
+    each super-block's `d` (`[N, K / 256]`), no `xc` term (the zero point 32 is subtracted in
+    the integer sums)."""
     has_k = k_scales is not None
 
     def compute(xq, xs, xc, q_weight, q_scale, *rest):
-        q_min = rest[0] if has_min else None
-        q_high = rest[-1] if weight_bits == 5 else None
-        q_kd = rest[1] if has_k else None
+        q_min, q_kd, q_high = _unpack_rest(rest, has_min, has_k, weight_bits)
 
         lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
@@ -322,13 +356,15 @@ def q4a8_matmul(
 
         def term(row, j, p):
             k = source_index(p, groups)
-            scale = _group_scale(q_scale, q_kd, (j,), k // GROUP) * xs[(*row, k // GROUP)]
+            scale = _group_scale(q_scale, q_kd, (j,), k, weight_bits) * xs[(*row, k // GROUP)]
             w = _stored_integer(scheme, q_weight, q_high, j, k, p, weight_bits)
             return w * xq[(*row, p)].astype("float32") * scale
 
         dots = te.compute(
             (*lead, n), lambda *i: te.sum(term(i[:-1], i[-1], p), axis=p), name="dots"
         )
+        if weight_bits == 6:  # the zero point is in the stored integers
+            return te.compute((*lead, n), lambda *i: dots[i], name=Q4A8_MATMUL)
         zero = te.compute(
             (*lead, n),
             lambda *i: te.sum(
@@ -339,7 +375,7 @@ def q4a8_matmul(
         return te.compute((*lead, n), lambda *i: dots[i] + zero[i], name=Q4A8_MATMUL)
 
     has_min = q_min is not None
-    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits, k_scales)
+    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits, k_scales, q_sixth)
     inputs = [xq, xs, xc, *weights]
     return op.tensor_expr_op(
         compute,
@@ -351,7 +387,7 @@ def q4a8_matmul(
             "mlc.has_min": q_min is not None,
             "mlc.weight_bits": weight_bits,
             "mlc.n": n,
-            "mlc.k_padded": int(q_scale.shape[1]) * GROUP,
+            "mlc.k_padded": int(xq.shape[-1]),
             "mlc.scale_dtype": str(q_scale.dtype),
             "mlc.ndim": len(xq.shape),
             "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
@@ -390,22 +426,21 @@ def q4a8_gather_matmul(
     weight_bits: int = 4,
     q_high: Tensor | None = None,
     k_scales: Tensor | None = None,
+    q_sixth: Tensor | None = None,
 ) -> Tensor:
     """`y[t, j, n]`: `q4a8_matmul` of slot j of token t with the weights of its expert
     `ids[t, j]` (`q_weight` `[experts, N, words]`, the other stored tensors `[experts, N,
-    groups]`; `q_min`, `weight_bits`, `q_high` and `k_scales` (`[experts, N, K / 256 · 2]`)
-    as in `q4a8_matmul`), float32. The
+    groups]`; `q_min`, `weight_bits`, `q_high`, `k_scales` (`[experts, N, K / 256 · 2]`) and
+    `q_sixth` as in `q4a8_matmul`), float32. The
     activations are one row per token (`xq` `[1, tokens, Kp]`: every slot multiplies the same
     input) or per slot (`[tokens, top_k, Kp]`), as `shared` says. The portable reference; x86
     swaps in its own kernel."""
     n = int(q_weight.shape[1])
     has_min, has_k = q_min is not None, k_scales is not None
-    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits, k_scales)
+    weights = _weight_inputs(q_weight, q_scale, q_min, q_high, weight_bits, k_scales, q_sixth)
 
     def compute(xq, xs, xc, ids, q_weight, q_scale, *rest):
-        q_min = rest[0] if has_min else None
-        q_high = rest[-1] if weight_bits == 5 else None
-        q_kd = rest[1] if has_k else None
+        q_min, q_kd, q_high = _unpack_rest(rest, has_min, has_k, weight_bits)
 
         tokens, top_k = ids.shape
         kp = xq.shape[-1]
@@ -419,12 +454,15 @@ def q4a8_gather_matmul(
         def term(t, j, m):
             e, k = ids[t, j], source_index(p, groups)
             w = _stored_integer(scheme, q_weight, q_high, (e, m), k, p, weight_bits)
-            scale = _group_scale(q_scale, q_kd, (e, m), k // GROUP) * xs[(*row(t, j), k // GROUP)]
+            scale = _group_scale(q_scale, q_kd, (e, m), k, weight_bits)
+            scale = scale * xs[(*row(t, j), k // GROUP)]
             return w * xq[(*row(t, j), p)].astype("float32") * scale
 
         dots = te.compute(
             (tokens, top_k, n), lambda t, j, m: te.sum(term(t, j, m), axis=p), name="dots"
         )
+        if weight_bits == 6:  # the zero point is in the stored integers
+            return te.compute((tokens, top_k, n), lambda *i: dots[i], name=name)
         zero = te.compute(
             (tokens, top_k, n),
             lambda t, j, m: te.sum(
@@ -445,7 +483,7 @@ def q4a8_gather_matmul(
             "mlc.has_min": has_min,
             "mlc.weight_bits": weight_bits,
             "mlc.n": n,
-            "mlc.k_padded": int(q_scale.shape[2]) * GROUP,
+            "mlc.k_padded": int(xq.shape[-1]),
             "mlc.experts": int(q_weight.shape[0]),
             "mlc.top_k": int(ids.shape[1]),
             "mlc.shared": shared,
@@ -468,8 +506,8 @@ def int8_expert_matmul(
 ) -> Tensor:
     """`q4a8_gather_matmul` of float `x` — `[tokens, k]`, the gate/up input every slot of a
     token shares, quantized once per token; or `[tokens, top_k, k]`, the down input, once per
-    slot — with the stored tensors `weights` (`q_weight`, `q_scale`, and `q_min`/`q_high`/`q_kd`
-    where the format has them, `[experts, N, ...]`)."""
+    slot — with the stored tensors `weights` (`q_weight`, `q_scale`, and `q_min`/`q_high`/`q_kd`/
+    `q_sixth` where the format has them, `[experts, N, ...]`)."""
     shared = len(x.shape) == 2
     # The activation kernels take `[batch, seq, k]`: `[1, tokens, k]` for the gate/up input.
     xq, xs, xc = quantize_activations(op.unsqueeze(x, 0) if shared else x, k, sum_factor)
@@ -487,6 +525,7 @@ def int8_expert_matmul(
         weight_bits,
         weights.get("q_high"),
         weights.get("q_kd"),
+        weights.get("q_sixth"),
     )
 
 

@@ -1,4 +1,4 @@
-"""llama.cpp's K-quants `Q2_K`, `Q3_K` and `Q6_K`, stored as the GGUF file has them: each row's
+"""llama.cpp's K-quants `Q2_K` and `Q3_K`, stored as the GGUF file has them: each row's
 super-blocks of 256 values, byte for byte, as one uint8 tensor `q_blocks` `[N, K / 256 ·
 type_size]`. Kernels decode the values they read straight from those bytes:
 
@@ -7,14 +7,13 @@ type_size]`. Kernels decode the values they read straight from those bytes:
   of its bytes), fp16 `d` and `dmin`: `w = d · sc · q - dmin · m`;
 - `Q3_K` (110 bytes): 32 bytes of high bits (bit r of byte e: value e of run r; a clear bit
   subtracts 4), the 2-bit values as `Q2_K`'s, twelve bytes of sixteen 6-bit scales
-  (`mlc.gguf.dequantize.q3_k_scales`), fp16 `d`: `w = d · (sc - 32) · q`;
-- `Q6_K` (210 bytes): 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, sixteen int8
-  scales (one per 16 values) and fp16 `d`: `w = d · sc · (q - 32)`.
+  (`mlc.gguf.dequantize.q3_k_scales`), fp16 `d`: `w = d · (sc - 32) · q`.
 
-The byte offsets follow llama.cpp's `block_q2_K` / `block_q3_K` / `block_q6_K`; `mlc.gguf.
+The byte offsets follow llama.cpp's `block_q2_K` / `block_q3_K`; `mlc.gguf.
 dequantize` decodes the same bytes in numpy. These formats dequantize inside a float32 matmul;
-int8-activation kernels for them are not written yet. `Q4_K` and `Q5_K`, whose runs of 32 fit
-the `q4a8_1` kernels, are moved into their layout (`kquant_nibbles`); `K_FORMATS` holds all five.
+int8-activation kernels for them are not written yet. `Q4_K`, `Q5_K` and `Q6_K`, whose runs of
+32 fit the `q4a8_1` kernels, are moved into their layout (`kquant_nibbles`); `K_FORMATS` holds
+all five.
 """
 
 from __future__ import annotations
@@ -25,7 +24,13 @@ import numpy as np
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 
-from .kquant_nibbles import K_NIBBLE_FORMATS, SUPER_BLOCK, KQuantNibbles, decode_super_blocks
+from .kquant_nibbles import (
+    K_NIBBLE_FORMATS,
+    SUPER_BLOCK,
+    KQuantNibbles,
+    SixBitK,
+    decode_super_blocks,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,22 +105,10 @@ class KQuantFormat:
             d = f16(108) * (scale.astype("int32") - 32).astype("float32")
             return d * q.astype("float32")
 
-        if self.name == "Q6_K":
-            run, e = i // 32, i % 32
-            half, t = run // 4, run % 4
-            low = bits(byte(64 * half + 32 * (t % 2) + e), 4 * (t // 2), 15)
-            high = bits(byte(128 + 32 * half + e), 2 * t, 3)
-            q = (low | (high << tirx.const(4, "uint32"))).astype("int32") - 32
-            scale = byte(192 + i // 16).astype("int32")
-            scale = scale - ((scale & 128) << 1)  # the int8 scale, sign-extended
-            d = f16(208) * scale.astype("float32")
-            return d * q.astype("float32")
-
         raise ValueError(f"{self.name} is not a byte-wise K-quant")
 
 
-K_FORMATS: dict[str, KQuantFormat | KQuantNibbles] = {
+K_FORMATS: dict[str, KQuantFormat | KQuantNibbles | SixBitK] = {
     **{f.name: f for f in (KQuantFormat("Q2_K", 84), KQuantFormat("Q3_K", 110))},
     **K_NIBBLE_FORMATS,
-    "Q6_K": KQuantFormat("Q6_K", 210),
 }

@@ -1,4 +1,4 @@
-"""llama.cpp's `Q4_K` and `Q5_K` moved into the int8-activation kernels' nibble layout.
+"""llama.cpp's `Q4_K`, `Q5_K` and `Q6_K` moved into the int8-activation kernels' nibble layout.
 
 A super-block of 256 values is eight runs of 32, each with a 6-bit scale `sc` and minimum `m`,
 under the super-block's float16 `d` and `dmin`: `w = d · sc · q - dmin · m` (`q` 4-bit, or
@@ -16,6 +16,13 @@ kernels form `s` and `mn` from the fields as they read them. We store the file's
 - `q_kd` float16 `[N, K / 256 · 2]`: each super-block's `d` and `dmin`;
 - `q_high` uint32 `[N, K / 32]` (`Q5_K`): each run's 32 fifth bits in one word, in
   `int8_activations.high_bit`'s order.
+
+`Q6_K` (`SixBitK`) has no minima: sixteen int8 scales per super-block, one per 16 values, under
+its float16 `d`: `w = d · sc · (q - 32)`, `q` 6-bit. Its low nibbles are `q_weight` as above,
+its fifth and sixth bits `q_high` and `q_sixth` (one word per run each, `high_bit`'s order),
+its scales `q_ksc` uint8 `[N, K / 16]` (the file's bytes, two's complement) and `q_kd` float16
+`[N, K / 256]` (`d`). The kernels sum each half-run of 16 on its own, the zero point subtracted
+in the integer sum.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from tvm.relax.frontend.nn import Tensor
 from mlc.gguf.dequantize import GGML_TYPES, k_scales_mins
 
 from .ggml_blocks import HIGH_BIT, move_high_bits, pack_nibbles, unpack_nibbles
-from .int8_activations import GROUP, fifth_bit, stored_word
+from .int8_activations import GROUP, fifth_bit, signed_scale, stored_word
 
 SUPER_BLOCK = 256
 RUNS = SUPER_BLOCK // GROUP  # runs of 32 per super-block
@@ -140,6 +147,111 @@ class KQuantNibbles:
 KEYS = ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high")
 
 
+@dataclasses.dataclass(frozen=True)
+class SixBitK:
+    """llama.cpp's `Q6_K` (210 bytes per 256 values: 128 bytes of low nibbles, 64 of high
+    2-bit pairs, sixteen int8 scales, float16 `d`) in the int8 kernels' layout."""
+
+    name = "Q6_K"
+    type_size = 210
+    bits = 6
+    block_size = SUPER_BLOCK
+    int8_activations = True
+    int8_experts = True
+    has_min = False
+    sum_factor = 0.0  # the zero point 32 is subtracted inside the kernels' integer sums
+    sub_block = 16  # values per scale
+
+    def from_ggml_blocks(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """GGUF blocks uint8 `[N, K / 256, 210]` → the stored tensors by suffix."""
+        n, nb, size = blocks.shape
+        if size != self.type_size:
+            raise ValueError(f"{self.name} blocks have {self.type_size} bytes, got {size}")
+        # Half h of a super-block: run t's value e has its low nibble in byte 32 (t % 2) + e of
+        # the half's 64 (nibble t // 2) and its high pair in bits 2t of byte e of its 32.
+        ql = blocks[..., :128].reshape(n, nb, 2, 2, 32)
+        qh = blocks[..., 128:192].reshape(n, nb, 2, 32)
+        low = np.stack([ql[..., c, :] >> s & 15 for s in (0, 4) for c in (0, 1)], axis=3)
+        high = np.stack([(qh >> (2 * t)) & 3 for t in range(4)], axis=3)  # [n, nb, 2, 4, 32]
+        runs = n, nb * RUNS, GROUP
+        return {
+            "q_weight": pack_nibbles(low.reshape(n, nb * SUPER_BLOCK), transposed=True),
+            "q_high": move_high_bits(bit_words((high & 1).reshape(runs)), HIGH_BIT),
+            "q_sixth": move_high_bits(bit_words((high >> 1).reshape(runs)), HIGH_BIT),
+            "q_ksc": np.ascontiguousarray(blocks[..., 192:208]).reshape(n, nb * 16),
+            "q_kd": np.ascontiguousarray(blocks[..., 208:]).view(np.float16).reshape(n, nb),
+        }
+
+    def to_ggml_blocks(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """The inverse of `from_ggml_blocks`: the GGUF file's bytes, bit for bit."""
+        kd = np.ascontiguousarray(stored["q_kd"], dtype=np.float16)
+        n, nb = kd.shape
+        low = unpack_nibbles(stored["q_weight"], transposed=True).reshape(n, nb, 2, 4, 32)
+        fifth, sixth = (
+            word_bits(move_high_bits(stored[key], np.argsort(HIGH_BIT))).reshape(n, nb, 2, 4, 32)
+            for key in ("q_high", "q_sixth")
+        )
+        high = fifth | (sixth << 1)
+        ql = np.concatenate([low[:, :, :, t] | (low[:, :, :, t + 2] << 4) for t in (0, 1)], axis=-1)
+        qh = np.bitwise_or.reduce([high[:, :, :, t] << (2 * t) for t in range(4)], axis=0)
+        parts = [
+            ql.reshape(n, nb, 128),
+            qh.reshape(n, nb, 64),
+            np.asarray(stored["q_ksc"], np.uint8).reshape(n, nb, 16),
+            kd.view(np.uint8).reshape(n, nb, 2),
+        ]
+        return np.concatenate(parts, axis=-1).astype(np.uint8)
+
+    def dequantize(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """`w` float32 `[N, K]` (`mlc.gguf.dequantize`'s decoder of the file's bytes)."""
+        return decode_super_blocks(self.name, self.to_ggml_blocks(stored))
+
+    def params(self, rows: int, k: int) -> dict[str, nn.Parameter]:
+        if k % SUPER_BLOCK:
+            raise ValueError(f"{self.name} needs rows of whole super-blocks of 256, not {k}")
+        return {
+            "q_weight": nn.Parameter((rows, k // 8), "uint32"),
+            "q_high": nn.Parameter((rows, k // GROUP), "uint32"),
+            "q_sixth": nn.Parameter((rows, k // GROUP), "uint32"),
+            "q_ksc": nn.Parameter((rows, k // self.sub_block), "uint8"),
+            "q_kd": nn.Parameter((rows, k // SUPER_BLOCK), "float16"),
+        }
+
+    def value(self, tensors: dict[str, te.Tensor], n, k) -> tirx.PrimExpr:
+        """`w[n, k]` in float32, read from the stored tensors inside a kernel."""
+        words = tensors["q_weight"]
+        word = stored_word(k // 8, int(words.shape[1]))
+        q = (words[n, word] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
+        q = q | (fifth_bit(tensors["q_high"], n, k) << tirx.const(4, "uint32"))
+        q = q | (fifth_bit(tensors["q_sixth"], n, k) << tirx.const(5, "uint32"))
+        scale = signed_scale(tensors["q_ksc"], (n,), k // self.sub_block)
+        d = tensors["q_kd"][n, k // SUPER_BLOCK].astype("float32")
+        return d * scale * (q.astype("int32") - 32).astype("float32")
+
+    def int8_operands(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What the int8 kernels take: the words, the half-runs' scales as `q_scale`, the
+        super-blocks' `d` as `q_kd`, the fifth and sixth bits."""
+        return {
+            "q_weight": tensors["q_weight"],
+            "q_scale": tensors["q_ksc"],
+            "q_kd": tensors["q_kd"],
+            "q_high": tensors["q_high"],
+            "q_sixth": tensors["q_sixth"],
+        }
+
+
+def bit_words(bits: np.ndarray) -> np.ndarray:
+    """Bits `[..., 32]` (0 or 1) → uint32 words `[...]`, bit v from element v."""
+    shifts = np.arange(32, dtype=np.uint32)
+    return np.bitwise_or.reduce(bits.astype(np.uint32) << shifts, axis=-1).astype(np.uint32)
+
+
+def word_bits(words: np.ndarray) -> np.ndarray:
+    """The inverse of `bit_words`: uint8 `[..., 32]`."""
+    shifts = np.arange(32, dtype=np.uint32)
+    return ((np.asarray(words, np.uint32)[..., None] >> shifts) & 1).astype(np.uint8)
+
+
 def decode_super_blocks(name: str, blocks: np.ndarray) -> np.ndarray:
     """K-quant `name`'s super-blocks uint8 `[N, K / 256, type_size]` → `w` float32 `[N, K]`
     (`mlc.gguf.dequantize`'s decoder)."""
@@ -159,5 +271,5 @@ def pack_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 K_NIBBLE_FORMATS = {
-    f.name: f for f in (KQuantNibbles("Q4_K", 144, 4), KQuantNibbles("Q5_K", 176, 5))
+    f.name: f for f in (KQuantNibbles("Q4_K", 144, 4), KQuantNibbles("Q5_K", 176, 5), SixBitK())
 }
