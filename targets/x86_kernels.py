@@ -121,17 +121,14 @@ def _dot4(a, b, lanes: int):
     return (parts[0] + parts[1]) + (parts[2] + parts[3])
 
 
-def _word_dot(acc, w, x_even, x_odd, isa: str, fifth=None, six: bool = False):
+def _word_dot(acc, w, x_even, x_odd, isa: str, fifth=None):
     """`acc` + the int32x8 sums of 32 weight bytes' low nibbles times `x_even` and high nibbles
-    times `x_odd` (four products per lane each); `fifth`: the (low, high) nibbles' fifth bits
-    (`_high_bits`) set on top, for 5-bit weights, or fifth and sixth bits with `six` (the sums
-    then of `(q - 32) · x`, `_six_dot`)."""
+    times `x_odd` (four products per lane each); `fifth`: the (low, high) nibbles' high bits
+    (`_high_bits`: the fifth, or the fifth and sixth) set on top, for 5- and 6-bit weights."""
     lo = T.bitwise_and(w, _u8(15, 32))
     hi = T.bitwise_and(T.shift_right(w, _u8(4, 32)), _u8(15, 32))
     if fifth is not None:
         lo, hi = T.bitwise_or(lo, fifth[0]), T.bitwise_or(hi, fifth[1])
-    if six:
-        return _six_dot(acc, lo, hi, x_even, x_odd, isa)
     if isa == GENERIC:
         return acc + (_dot4(lo, x_even, 8) + _dot4(hi, x_odd, 8))
     if isa == VNNI:  # vpdpbusd: u8 x s8, four products summed into each int32 lane, accumulating
@@ -141,37 +138,6 @@ def _word_dot(acc, w, x_even, x_odd, isa: str, fifth=None, six: bool = False):
     odd = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, hi, x_odd)
     return acc + T.call_llvm_pure_intrin(
         "int32x8", _MADD_WD, even + odd, T.Broadcast(T.int16(1), 16)
-    )
-
-
-def _six_dot(acc, lo, hi, x_even, x_odd, isa: str, lanes: int = 8):
-    """`acc` + the int32x`lanes` sums of `(q - 32) · x` over 6-bit weight bytes `lo` and `hi`
-    (the even and odd values, 0..63) and `x_even`, `x_odd`: the products of `q` as the
-    instructions take them (unsigned by signed) less those of 32, exact: the zero point of
-    `Q6_K` subtracted in the integer sum, before its half-runs are scaled. On AVX2 the
-    difference is taken in int16 pairs (two's complement, and each true sum of four
-    `(q - 32) · x` fits)."""
-    count = 4 * lanes
-    zero = _u8(32, count)
-    if isa == GENERIC:
-        signed = [T.reinterpret(f"int8x{count}", v - zero) for v in (lo, hi)]
-        return acc + (_dot4(signed[0], x_even, lanes) + _dot4(signed[1], x_odd, lanes))
-    if isa == VNNI:
-        dpbusd = _DPBUSD_512 if lanes == 16 else _DPBUSD
-        vector = f"int32x{lanes}"
-        dots = T.call_llvm_pure_intrin(vector, dpbusd, acc, lo, x_even)
-        dots = T.call_llvm_pure_intrin(vector, dpbusd, dots, hi, x_odd)
-        none = T.Broadcast(T.int32(0), lanes)
-        zeros = T.call_llvm_pure_intrin(vector, dpbusd, none, zero, x_even)
-        return dots - T.call_llvm_pure_intrin(vector, dpbusd, zeros, zero, x_odd)
-    pairs = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, lo, x_even) + T.call_llvm_pure_intrin(
-        "int16x16", _MADD_UBSW, hi, x_odd
-    )
-    zeros = T.call_llvm_pure_intrin("int16x16", _MADD_UBSW, zero, x_even) + T.call_llvm_pure_intrin(
-        "int16x16", _MADD_UBSW, zero, x_odd
-    )
-    return acc + T.call_llvm_pure_intrin(
-        "int32x8", _MADD_WD, pairs - zeros, T.Broadcast(T.int16(1), 16)
     )
 
 
@@ -248,8 +214,7 @@ def _pair_dot(qw, xq, n, i, pair, isa: str = AVX2, qh=None):
         fifth = tuple(
             _high_bits(high, T.Shuffle([_word_shifts(p)] * 2, list(range(8))), 8) for p in (0, 1)
         )
-    six = isinstance(qh, tuple)
-    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, isa, fifth, six)
+    return _word_dot(T.Broadcast(T.int32(0), 8), w, even_x, odd_x, isa, fifth)
 
 
 def _single_dot(qw, xq, n, i, group, isa: str = AVX2, qh=None):
@@ -273,8 +238,8 @@ def _block_sums(qw, xq, n, i, block, isa: str = AVX2, qh=None):
     """int32x16: lane g holds the integer dot product of group g of `block` (AVX2: two halves
     of 8 groups, each word j's 32 bytes of weights against 32 even and 32 odd values); `qh`:
     the groups' fifth bits, one uint32 lane per group as the words. 6-bit weights (`qh` the
-    pair of fifth- and sixth-bit buffers): a pair, each group's sums of `(q - 32) · x` over its
-    first half-run (words 0-1) and its second (words 2-3)."""
+    pair of fifth- and sixth-bit buffers): a pair, each group's sums over its first half-run
+    (words 0-1) and over its second (words 2-3)."""
     six = isinstance(qh, tuple)
     halves = [[], []]
     for h in range(2):
@@ -290,7 +255,7 @@ def _block_sums(qw, xq, n, i, block, isa: str = AVX2, qh=None):
                 fifth = tuple(_high_bits(high, _shift(2 * j + p, 8), 8) for p in (0, 1))
             sub = j // 2 if six else 0
             word_isa = GENERIC if isa == GENERIC else AVX2
-            accs[sub] = _word_dot(accs[sub], w, x_even, x_odd, word_isa, fifth, six)
+            accs[sub] = _word_dot(accs[sub], w, x_even, x_odd, word_isa, fifth)
         for sub in range(2):
             halves[sub].append(accs[sub])
     sums = tuple(T.Shuffle(parts, list(range(16))) for parts in halves)
@@ -315,11 +280,9 @@ def _block_sums_512(qw, xq, n, i, block, isa: str = VNNI, qh=None):
             hi = T.bitwise_or(hi, _high_bits(high, _shift(2 * j + 1, 16), 16))
         even, odd = (block * BLOCK + block_offset(j, o) for o in (0, 1))
         x_even, x_odd = xq[i, T.Ramp(even, 1, 64)], xq[i, T.Ramp(odd, 1, 64)]
-        if six:
-            chains[j // 2] = _six_dot(chains[j // 2], lo, hi, x_even, x_odd, VNNI, 16)
-            continue
-        acc = T.call_llvm_pure_intrin("int32x16", _DPBUSD_512, chains[j % 2], lo, x_even)
-        chains[j % 2] = T.call_llvm_pure_intrin("int32x16", _DPBUSD_512, acc, hi, x_odd)
+        chain = j // 2 if six else j % 2
+        acc = T.call_llvm_pure_intrin("int32x16", _DPBUSD_512, chains[chain], lo, x_even)
+        chains[chain] = T.call_llvm_pure_intrin("int32x16", _DPBUSD_512, acc, hi, x_odd)
     return tuple(chains) if six else chains[0] + chains[1]
 
 
@@ -389,9 +352,10 @@ def q4a8_matmul_avx2(
     as bytes, times its super-block's `d` and `-dmin` from `qd` (float16, two per 256
     values), so a run's scale is `d · sc` and its minimum `-dmin · m`, exact in float32.
     `weight_bits` 6 is `Q6_K` (with `k_scales`, no minima): the nibbles with fifth and sixth
-    bits (`qh`, and the sixth in the minima's place), the zero point 32 subtracted in the
-    integer sums, each group's two half-runs of 16 summed apart and scaled by their int8
-    scales (`qs`, two per group) times the super-block's `d` (`qd`, one per 256 values)."""
+    bits (`qh`, and the sixth in the minima's place), each group's two half-runs of 16 summed
+    apart, `sw · (dot · xs + xc)` for each with its own `xc` (two per group: the activations'
+    half-run sums times `-32 · xs`) and its int8 scale (`qs`, two per group) times the
+    super-block's `d` (`qd`, one per 256 values)."""
     six = weight_bits == 6
     if k_scales and (has_min == six or k_padded % SUPER_BLOCK):
         raise ValueError("K-quant scales take whole super-blocks, with minima (except Q6_K)")
@@ -410,6 +374,7 @@ def q4a8_matmul_avx2(
         pair_dot, single_dot = _pair_dot, _single_dot
     isa = GENERIC if generic else VNNI if vnni else AVX2
     lanes = BLOCK_GROUPS
+    sums = 2 * groups if six else groups  # activation sums `xc`: per group, or half-run
     five = weight_bits == 5
 
     def fifth(qh, qm):
@@ -456,11 +421,17 @@ def q4a8_matmul_avx2(
         halves = (T.Shuffle([both], list(range(h, 2 * count, 2))) for h in (0, 1))
         return tuple(_fence(half * d) for half in halves)
 
-    def six_value(s, dots, xs_at, acc):
-        """`acc` + each group's two half-runs' `s · (dot · xs)`, lane by lane, fenced as
-        `block_value`."""
-        first = _fence(_fma(s[0], T.Cast(str(xs_at.ty), dots[0]) * xs_at, acc))
-        return _fence(_fma(s[1], T.Cast(str(xs_at.ty), dots[1]) * xs_at, first))
+    def six_value(s, dots, xs, xc, i, first, count: int, acc):
+        """`acc` + each group's two half-runs' `s · (dot · xs + xc)`, lane by lane (groups
+        `first` .. `first + count`), fenced as `block_value`."""
+        vector = f"float32x{count}"
+        xs_at = xs[i, T.Ramp(first, 1, count)]
+        both = xc[i, T.Ramp(2 * first, 1, 2 * count)]
+        for h in range(2):
+            xc_at = T.Shuffle([both], list(range(h, 2 * count, 2)))
+            dot = T.Cast(vector, dots[h])
+            acc = _fence(_fma(s[h], _fma(dot, xs_at, xc_at), acc))
+        return acc
 
     def block_value(qw, qs, qm, qh, qd, xq, xs, xc, row, i, b, acc):
         """`acc` + `sw · (dot · xs + xc)` for each of the block's groups, lane by lane (with
@@ -471,7 +442,7 @@ def q4a8_matmul_avx2(
         if six:
             dots = block_sums(qw, xq, row, i, b, isa, fifth(qh, qm))
             s = six_scales(qs, qd, row, b * BLOCK_GROUPS, lanes)
-            return six_value(s, dots, xs[i, groups_at], acc)
+            return six_value(s, dots, xs, xc, i, b * BLOCK_GROUPS, lanes, acc)
         sw, m = scales(qs, qm, qd, row, b * BLOCK_GROUPS, lanes)
         dot = T.Cast(f"float32x{lanes}", block_sums(qw, xq, row, i, b, isa, fifth(qh, qm)))
         if has_min:
@@ -496,7 +467,7 @@ def q4a8_matmul_avx2(
         if six:
             halves = (part[T.Ramp(PART_DOTS + h * count, 1, count)] for h in (0, 1))
             s = six_scales(qs, qd, row, blocks * BLOCK_GROUPS, count)
-            return six_value(s, tuple(halves), xs[i, groups_at], acc)
+            return six_value(s, tuple(halves), xs, xc, i, blocks * BLOCK_GROUPS, count, acc)
         sw, m = scales(qs, qm, qd, row, blocks * BLOCK_GROUPS, count)
         dot = T.Cast(f"float32x{count}", part[T.Ramp(PART_DOTS, 1, count)])
         if has_min:
@@ -594,13 +565,13 @@ def q4a8_matmul_avx2(
         seq = T.int64()
         xq_in = T.match_buffer(var_xq, (batch, seq, k_padded), "int8")
         xs_in = T.match_buffer(var_xs, (batch, seq, groups), "float32")
-        xc_in = T.match_buffer(var_xc, (batch, seq, groups), "float32")
+        xc_in = T.match_buffer(var_xc, (batch, seq, sums), "float32")
         y_out = T.match_buffer(var_y, (batch, seq, n), "float32")
         # The (batch, seq) tokens as one axis of rows, over the same memory.
         rows = T.meta_var(batch * seq)
         xq = T.decl_buffer((rows, k_padded), "int8", data=xq_in.data)
         xs = T.decl_buffer((rows, groups), "float32", data=xs_in.data)
-        xc = T.decl_buffer((rows, groups), "float32", data=xc_in.data)
+        xc = T.decl_buffer((rows, sums), "float32", data=xc_in.data)
         y = T.decl_buffer((rows, n), "float32", data=y_out.data)
         for tile in T.parallel(tiles):
             acc = T.decl_buffer((TOKENS * ROWS * lanes,), "float32", scope="global")
@@ -754,12 +725,12 @@ def q4a8_matmul_avx2(
         inner = T.int64()
         xq_in = T.match_buffer(var_xq, (outer, inner, k_padded), "int8")
         xs_in = T.match_buffer(var_xs, (outer, inner, groups), "float32")
-        xc_in = T.match_buffer(var_xc, (outer, inner, groups), "float32")
+        xc_in = T.match_buffer(var_xc, (outer, inner, sums), "float32")
         y_out = T.match_buffer(var_y, (tokens, top_k, n), "float32")
         x_rows = T.meta_var(outer * inner)
         xq = T.decl_buffer((x_rows, k_padded), "int8", data=xq_in.data)
         xs = T.decl_buffer((x_rows, groups), "float32", data=xs_in.data)
-        xc = T.decl_buffer((x_rows, groups), "float32", data=xc_in.data)
+        xc = T.decl_buffer((x_rows, sums), "float32", data=xc_in.data)
         slots = T.meta_var(tokens * top_k)
         ids = T.decl_buffer((slots,), "int32", data=ids_in.data)
         y = T.decl_buffer((slots, n), "float32", data=y_out.data)
@@ -950,10 +921,15 @@ def q4a8_matmul_avx2(
     return q4a8_matmul_with_min if has_min else q4a8_matmul
 
 
-def quantize_activations_avx2(k: int, sum_factor: float = -7.0) -> tirx.PrimFunc:
+def quantize_activations_avx2(
+    k: int, sum_factor: float = -7.0, halves: bool = False
+) -> tirx.PrimFunc:
     """float32 `x[batch, seq, k]` → (`xq` int8 `[.., Kp]` in the kernel layout, `xs`, and
-    `xc = sum_factor · xs · Σ xq`)."""
+    `xc = sum_factor · xs · Σ xq`: per group, or with `halves` per half-group of 16, two per
+    group)."""
     groups = (k + GROUP - 1) // GROUP
+    sums = 2 * groups if halves else groups
+    span = GROUP // 2 if halves else GROUP  # values per sum
     k_padded = groups * GROUP
     whole = k // GROUP  # groups with all values inside k; a last partial one is zero-padded
     in_blocks = groups // BLOCK_GROUPS * BLOCK_GROUPS  # groups stored block-transposed
@@ -999,10 +975,12 @@ def quantize_activations_avx2(k: int, sum_factor: float = -7.0) -> tirx.PrimFunc
                     q[8 * u + e] = T.Cast(
                         "int8", T.round(value(x, r, g * GROUP + 8 * u + e) * lanes[1])
                     )
-        total[0] = 0
-        for e in range(GROUP):
-            total[0] = total[0] + T.Cast("int32", q[e])
-        xc[r, g] = T.float32(sum_factor) * xs[r, g] * T.Cast("float32", total[0])
+        for part in range(GROUP // span):
+            total[0] = 0
+            for e in range(span):
+                total[0] = total[0] + T.Cast("int32", q[part * span + e])
+            at = g * (GROUP // span) + part
+            xc[r, at] = T.float32(sum_factor) * xs[r, g] * T.Cast("float32", total[0])
 
     @T.macro
     def store_blocked(xq, r, g, q):
@@ -1031,7 +1009,7 @@ def quantize_activations_avx2(k: int, sum_factor: float = -7.0) -> tirx.PrimFunc
         x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
         xq_out = T.match_buffer(var_xq, (batch, seq, k_padded), "int8")
         xs_out = T.match_buffer(var_xs, (batch, seq, groups), "float32")
-        xc_out = T.match_buffer(var_xc, (batch, seq, groups), "float32")
+        xc_out = T.match_buffer(var_xc, (batch, seq, sums), "float32")
         with T.sblock("root"):
             T.reads()
             T.writes()
@@ -1039,7 +1017,7 @@ def quantize_activations_avx2(k: int, sum_factor: float = -7.0) -> tirx.PrimFunc
             x = T.decl_buffer((rows, k), "float32", data=x_in.data)
             xq = T.decl_buffer((rows, k_padded), "int8", data=xq_out.data)
             xs = T.decl_buffer((rows, groups), "float32", data=xs_out.data)
-            xc = T.decl_buffer((rows, groups), "float32", data=xc_out.data)
+            xc = T.decl_buffer((rows, sums), "float32", data=xc_out.data)
             for r in T.parallel(rows):
                 q = T.decl_buffer((GROUP,), "int8", scope="global")
                 lanes = T.decl_buffer((8,), "float32", scope="global")
@@ -1110,7 +1088,10 @@ def use_x86_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
                     n, k_padded, scale_dtype, vnni, has_min, bits, gather, generic, k_scales
                 )
             elif a[KERNEL_ATTR] == QUANTIZE_ACTIVATIONS and str(a["mlc.dtype"]) == "float32":
-                fast = quantize_activations_avx2(int(a["mlc.k"]), float(a["mlc.sum_factor"]))
+                halves = bool(a.get("mlc.halves", False))
+                fast = quantize_activations_avx2(
+                    int(a["mlc.k"]), float(a["mlc.sum_factor"]), halves
+                )
             else:
                 continue
             mod[gvar] = fast.with_attr("global_symbol", gvar.name_hint)

@@ -265,6 +265,17 @@ def _run_portable(layer: nn.Module, inputs: dict, stored: dict, *arrays: np.ndar
     return vm["forward"](*[tvm.runtime.tensor(a) for a in arrays], weights).numpy()
 
 
+def _kernel_activations(fmt, x: np.ndarray, target) -> list[np.ndarray]:
+    """`x[1, tokens, k]` quantized by the x86 activation kernel for format `fmt`: `xq`, `xs`
+    and `xc` (`Q6_K`: two sums per group, one per half-run)."""
+    _, tokens, k = x.shape
+    sums = k // GROUP * (2 if fmt.bits == 6 else 1)
+    outputs = [np.zeros((1, tokens, k), "i1"), np.zeros((1, tokens, k // GROUP), "f4")]
+    outputs.append(np.zeros((1, tokens, sums), "f4"))
+    kernel = quantize_activations_avx2(k, fmt.sum_factor, fmt.bits == 6)
+    return run_kernel(kernel, target, [x, *outputs], 3)
+
+
 def _int8_rounded(x: np.ndarray) -> np.ndarray:
     """`x[rows, k]` rounded to int8 per group of 32 as the kernels round activations."""
     groups = x.reshape(x.shape[0], -1, GROUP)
@@ -664,8 +675,7 @@ def test_x86_kernel_computes_k_quant_runs_exactly(name, vnni):
     stored = fmt.from_ggml_blocks(blocks)
     w = _reference_dequantize(name, blocks).astype(np.float64)
     x = np.random.default_rng(1).normal(size=(1, rows, k)).astype(np.float32)
-    outputs = [np.zeros((1, rows, k), "i1"), *(np.zeros((1, rows, k // GROUP), "f4"),) * 2]
-    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    acts = _kernel_activations(fmt, x, target)
     exact = _int8_rounded(x[0]).astype(np.float64) @ w.T
     params = list(fmt.int8_operands(stored).values())
     kernel = q4a8_matmul_avx2(n, k, "uint8", vnni, fmt.has_min, fmt.bits, k_scales=True)
@@ -700,8 +710,7 @@ def test_x86_expert_kernel_computes_k_quant_runs_exactly(name):
     stacks = [fmt.from_ggml_blocks(b) for b in blocks]
     stored = {key: np.stack([st[key] for st in stacks]) for key in stacks[0]}
     x = np.random.default_rng(5).normal(size=(1, tokens, k)).astype(np.float32)
-    outputs = [np.zeros((1, tokens, k), "i1"), *(np.zeros((1, tokens, k // GROUP), "f4"),) * 2]
-    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    acts = _kernel_activations(fmt, x, target)
     ids = np.random.default_rng(9).integers(0, experts, (tokens, top_k)).astype(np.int32)
     xf = _int8_rounded(x[0]).astype(np.float64)
     w = [_reference_dequantize(name, b).astype(np.float64) for b in blocks]
@@ -786,8 +795,7 @@ def test_generic_kernel_gives_the_x86_kernel_s_bits_for_k_quants(name):
     stacks = [fmt.int8_operands(stack) for stack in stacks]
     keys = list(stacks[0])
     x = np.random.default_rng(5).normal(size=(1, tokens, k)).astype(np.float32)
-    outputs = [np.zeros((1, tokens, k), "i1"), *(np.zeros((1, tokens, k // GROUP), "f4"),) * 2]
-    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
+    acts = _kernel_activations(fmt, x, target)
     ids = np.random.default_rng(3).integers(0, experts, (tokens, top_k)).astype(np.int32)
     cases = [
         (None, [*acts, *[stacks[0][key] for key in keys]], (1, tokens, n)),

@@ -260,7 +260,7 @@ def block_matmul(
     """`x[..., K] @ w[N, K]^T` in float32: int8 activations for the formats that have them
     (with `int8`), else one kernel that dequantizes inside the reduction."""
     if int8 and fmt.int8_activations:
-        xq, xs, xc = quantize_activations(x, k, fmt.sum_factor)
+        xq, xs, xc = quantize_activations(x, k, fmt.sum_factor, halves=fmt.bits == 6)
         operands = fmt.int8_operands(tensors)
         q_weight, q_scale, q_min = operands["q_weight"], operands["q_scale"], operands.get("q_min")
         high, k_scales = operands.get("q_high"), operands.get("q_kd")

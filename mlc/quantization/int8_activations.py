@@ -147,8 +147,8 @@ def signed_scale(q_ksc, row: tuple, index) -> tirx.PrimExpr:
 def _stored_integer(scheme, q_weight, q_high, row, k, p, weight_bits: int) -> tirx.PrimExpr:
     """The integer a weight stores for activation index k (at `xq` position p), float32:
     signed bytes (8-bit, kept in `xq`'s layout), unsigned nibbles with the fifth bit on top
-    (5-bit), or with the fifth and sixth bits on top, less the zero point 32 (6-bit, `Q6_K`:
-    `q_high` the pair of bit tensors); `row` as in `fifth_bit`."""
+    (5-bit), or with the fifth and sixth bits on top (6-bit, `Q6_K`: `q_high` the pair of bit
+    tensors); `row` as in `fifth_bit`."""
     if weight_bits == 8:
         return signed_byte(q_weight, row, p)
     w = scheme.packed_value(q_weight, row, k)
@@ -156,7 +156,7 @@ def _stored_integer(scheme, q_weight, q_high, row, k, p, weight_bits: int) -> ti
         w = w + fifth_bit(q_high, row, k).astype("float32") * tirx.const(16, "float32")
     if weight_bits == 6:
         fifth, sixth = (fifth_bit(bits, row, k).astype("float32") for bits in q_high)
-        w = w + fifth * tirx.const(16, "float32") + sixth * tirx.const(32, "float32") - 32.0
+        w = w + fifth * tirx.const(16, "float32") + sixth * tirx.const(32, "float32")
     return w
 
 
@@ -203,9 +203,12 @@ def _group_scale(q_scale, q_kd, row: tuple, k, weight_bits: int) -> tirx.PrimExp
     return scale * q_kd[(*row, 2 * (g // K_RUNS))].astype("float32")
 
 
-def _group_offset(q_scale, q_min, q_kd, row: tuple, g) -> tirx.PrimExpr:
-    """What group g's `xc` term is weighted by (float32): its minimum where the format has
-    one (a K-quant's: its 6-bit byte times `-dmin`), else its scale."""
+def _sum_weight(q_scale, q_min, q_kd, row: tuple, g, weight_bits: int) -> tirx.PrimExpr:
+    """What activation sum g's `xc` term is weighted by (float32): its group's minimum where
+    the format has one (a K-quant's: its 6-bit byte times `-dmin`), else its group's scale
+    (6-bit: sum g is half-run g's, weighted by that half-run's scale)."""
+    if weight_bits == 6:
+        return _group_scale(q_scale, q_kd, row, g * (GROUP // 2), weight_bits)
     if q_min is None:
         return q_scale[(*row, g)].astype("float32")
     minimum = q_min[(*row, g)].astype("float32")
@@ -252,11 +255,14 @@ class Int8ActivationQuantization(GroupQuantization):
 
 
 def quantize_activations(
-    x: Tensor, k: int, sum_factor: float = -7.0
+    x: Tensor, k: int, sum_factor: float = -7.0, halves: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`x[..., k]` float → (`xq` int8 `[..., Kp]` in the kernel layout, `xs`, and
-    `xc = sum_factor · xs · Σ xq` `[..., G]`)."""
+    `xc = sum_factor · xs · Σ xq` `[..., G]`, or with `halves` `[..., 2G]`: the sums over each
+    half of a group, for `Q6_K`'s half-runs of 16)."""
     groups = (k + GROUP - 1) // GROUP
+    parts = 2 if halves else 1
+    span = GROUP // parts
 
     def compute(x: te.Tensor):
         lead = tuple(x.shape[:-1])
@@ -291,14 +297,16 @@ def quantize_activations(
             lambda *i: natural[(*i[:-1], source_index(i[-1], groups))],
             name="xq",
         )
-        s = te.reduce_axis((0, GROUP), name="s")
+        s = te.reduce_axis((0, span), name="s")
         total = te.compute(
-            (*lead, groups),
-            lambda *i: te.sum(natural[(*i[:-1], i[-1] * GROUP + s)].astype("int32"), axis=s),
+            (*lead, groups * parts),
+            lambda *i: te.sum(natural[(*i[:-1], i[-1] * span + s)].astype("int32"), axis=s),
         )
         xc = te.compute(
             total.shape,
-            lambda *i: tirx.const(sum_factor) * xs[i] * total[i].astype("float32"),
+            lambda *i: (
+                tirx.const(sum_factor) * xs[(*i[:-1], i[-1] // parts)] * total[i].astype("float32")
+            ),
             name="xc",
         )
         return [xq, xs, xc]
@@ -311,6 +319,7 @@ def quantize_activations(
             KERNEL_ATTR: QUANTIZE_ACTIVATIONS,
             "mlc.k": k,
             "mlc.sum_factor": float(sum_factor),
+            "mlc.halves": halves,
             "mlc.dtype": x.dtype,
             "mlc.ndim": len(x.shape),
             "op_pattern": 8,  # opaque: never fused, so a target can swap in its own kernel
@@ -342,8 +351,8 @@ def q4a8_matmul(
     are a K-quant's 6-bit run scales and minima as bytes: a group's scale is `d · sc`, its
     minimum `-dmin · m` (`kquant_nibbles`). `weight_bits` 6 is `Q6_K`: `q_high` and `q_sixth`
     the fifth and sixth bits, `q_scale` the int8 scales of the half-runs of 16, `k_scales`
-    each super-block's `d` (`[N, K / 256]`), no `xc` term (the zero point 32 is subtracted in
-    the integer sums)."""
+    each super-block's `d` (`[N, K / 256]`), `xc` one per half-run (`quantize_activations`'
+    `halves`: the zero point 32 enters as for `Q4_0`)."""
     has_k = k_scales is not None
 
     def compute(xq, xs, xc, q_weight, q_scale, *rest):
@@ -352,7 +361,7 @@ def q4a8_matmul(
         lead, kp = tuple(xq.shape[:-1]), xq.shape[-1]
         groups = kp // GROUP
         p = te.reduce_axis((0, kp), name="p")
-        g = te.reduce_axis((0, groups), name="g")
+        g = te.reduce_axis((0, groups * (2 if weight_bits == 6 else 1)), name="g")
 
         def term(row, j, p):
             k = source_index(p, groups)
@@ -363,12 +372,11 @@ def q4a8_matmul(
         dots = te.compute(
             (*lead, n), lambda *i: te.sum(term(i[:-1], i[-1], p), axis=p), name="dots"
         )
-        if weight_bits == 6:  # the zero point is in the stored integers
-            return te.compute((*lead, n), lambda *i: dots[i], name=Q4A8_MATMUL)
         zero = te.compute(
             (*lead, n),
             lambda *i: te.sum(
-                _group_offset(q_scale, q_min, q_kd, (i[-1],), g) * xc[(*i[:-1], g)], axis=g
+                _sum_weight(q_scale, q_min, q_kd, (i[-1],), g, weight_bits) * xc[(*i[:-1], g)],
+                axis=g,
             ),
             name="zero_point",
         )
@@ -446,7 +454,7 @@ def q4a8_gather_matmul(
         kp = xq.shape[-1]
         groups = kp // GROUP
         p = te.reduce_axis((0, kp), name="p")
-        g = te.reduce_axis((0, groups), name="g")
+        g = te.reduce_axis((0, groups * (2 if weight_bits == 6 else 1)), name="g")
 
         def row(t, j):
             return (0, t) if shared else (t, j)
@@ -461,12 +469,11 @@ def q4a8_gather_matmul(
         dots = te.compute(
             (tokens, top_k, n), lambda t, j, m: te.sum(term(t, j, m), axis=p), name="dots"
         )
-        if weight_bits == 6:  # the zero point is in the stored integers
-            return te.compute((tokens, top_k, n), lambda *i: dots[i], name=name)
         zero = te.compute(
             (tokens, top_k, n),
             lambda t, j, m: te.sum(
-                _group_offset(q_scale, q_min, q_kd, (ids[t, j], m), g) * xc[(*row(t, j), g)],
+                _sum_weight(q_scale, q_min, q_kd, (ids[t, j], m), g, weight_bits)
+                * xc[(*row(t, j), g)],
                 axis=g,
             ),
             name="zero_point",
@@ -510,7 +517,9 @@ def int8_expert_matmul(
     `q_sixth` where the format has them, `[experts, N, ...]`)."""
     shared = len(x.shape) == 2
     # The activation kernels take `[batch, seq, k]`: `[1, tokens, k]` for the gate/up input.
-    xq, xs, xc = quantize_activations(op.unsqueeze(x, 0) if shared else x, k, sum_factor)
+    xq, xs, xc = quantize_activations(
+        op.unsqueeze(x, 0) if shared else x, k, sum_factor, halves=weight_bits == 6
+    )
     return q4a8_gather_matmul(
         scheme,
         xq,

@@ -21,8 +21,8 @@ kernels form `s` and `mn` from the fields as they read them. We store the file's
 its float16 `d`: `w = d · sc · (q - 32)`, `q` 6-bit. Its low nibbles are `q_weight` as above,
 its fifth and sixth bits `q_high` and `q_sixth` (one word per run each, `high_bit`'s order),
 its scales `q_ksc` uint8 `[N, K / 16]` (the file's bytes, two's complement) and `q_kd` float16
-`[N, K / 256]` (`d`). The kernels sum each half-run of 16 on its own, the zero point subtracted
-in the integer sum.
+`[N, K / 256]` (`d`). The kernels sum each half-run of 16 on its own, its zero point entering
+through the activations' sum over that half-run (as `Q4_0`'s does over a group).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class SixBitK:
     int8_activations = True
     int8_experts = True
     has_min = False
-    sum_factor = 0.0  # the zero point 32 is subtracted inside the kernels' integer sums
+    sum_factor = -32.0  # `xc = -32 · xs · Σ xq` over each half-run: the zero point
     sub_block = 16  # values per scale
 
     def from_ggml_blocks(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
