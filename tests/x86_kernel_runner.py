@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import tvm
 
 from mlc.targets import get_target
-from mlc.targets.x86_kernels import has_avx2, has_avx512_vnni
+from mlc.targets.x86_kernels import has_avx2, has_avx512_vnni, quantize_activations_avx2
+
+# Compiled kernels by (function object, target): a test calls one kernel on several inputs
+# (a prompt's rows together, then each alone) and compiles it once.
+_COMPILED: dict = {}
 
 
 def run_kernel(
     func: tvm.tirx.PrimFunc, target: tvm.target.Target, arrays: list[np.ndarray], outputs: int = 1
 ) -> list[np.ndarray]:
-    """Compile `func`, call it on `arrays`, and return the last `outputs` of them."""
-    lib = tvm.compile(func.with_attr("global_symbol", "kernel"), target=target)
+    """Compile `func` (once per function object and target), call it on `arrays`, and return
+    the last `outputs` of them."""
+    key = (func, str(target))
+    if key not in _COMPILED:
+        _COMPILED[key] = tvm.compile(func.with_attr("global_symbol", "kernel"), target=target)
+    lib = _COMPILED[key]
     args = [tvm.runtime.tensor(a) for a in arrays]
     lib["kernel"](*args)
     return [a.numpy() for a in args[-outputs:]]
@@ -28,3 +38,9 @@ def x86_target(vnni: bool) -> tvm.target.Target:
     if vnni and not has_avx512_vnni(target):
         pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
     return target
+
+
+@functools.cache
+def activation_kernel(k: int, sum_factor: float = -7.0, halves: bool = False) -> tvm.tirx.PrimFunc:
+    """`quantize_activations_avx2`, one function object per arguments (compiled once)."""
+    return quantize_activations_avx2(k, sum_factor, halves)
