@@ -8,6 +8,8 @@ of the sequence, or in a sliding layer those of the last `window` positions.
 
 from __future__ import annotations
 
+import functools
+
 from tvm import tirx
 from tvm.relax.frontend.nn.llm._kernel_common import (
     _declare_length_info,
@@ -18,6 +20,7 @@ from tvm.script import tirx as T
 from .cpu_attention_common import BLOCK, LANES, PLAIN, AttentionVariant, PagedRows, attend
 
 
+@functools.lru_cache(maxsize=128)  # immutable IR: parsed once per process
 def decode_attention(
     num_kv_heads: int,
     num_qo_heads: int,

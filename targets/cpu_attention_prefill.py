@@ -9,6 +9,8 @@ pages); the cache merges the two by their log-sum-exps. Both are parallel and ve
 
 from __future__ import annotations
 
+import functools
+
 from tvm import tirx
 from tvm.relax.frontend.nn.llm._kernel_common import (
     _declare_length_info,
@@ -27,6 +29,7 @@ from .cpu_attention_common import (
 )
 
 
+@functools.lru_cache(maxsize=128)  # immutable IR: parsed once per process
 def prefill_ragged_attention(
     num_kv_heads: int,
     num_qo_heads: int,
@@ -138,6 +141,7 @@ def prefill_ragged_attention(
     return prefill_ragged
 
 
+@functools.lru_cache(maxsize=128)  # immutable IR: parsed once per process
 def prefill_paged_attention(
     num_kv_heads: int,
     num_qo_heads: int,

@@ -24,6 +24,7 @@ group written straight into the kernel layout.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import tvm
 from tvm import tirx
@@ -328,6 +329,7 @@ def _lanes_sum(buf, base, lanes):
     return total
 
 
+@functools.lru_cache(maxsize=128)  # immutable IR: parsed once per process
 def q4a8_matmul_avx2(
     n: int,
     k_padded: int,
@@ -921,6 +923,7 @@ def q4a8_matmul_avx2(
     return q4a8_matmul_with_min if has_min else q4a8_matmul
 
 
+@functools.lru_cache(maxsize=128)  # immutable IR: parsed once per process
 def quantize_activations_avx2(
     k: int, sum_factor: float = -7.0, halves: bool = False
 ) -> tirx.PrimFunc:

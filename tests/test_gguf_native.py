@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from reference import hf_logits, quantize_activations_int8
 from test_gguf import load_gguf_reference, max_logit_error
 from tvm.relax.frontend import nn
-from x86_kernel_runner import activation_kernel, run_kernel, x86_target
+from x86_kernel_runner import run_kernel, x86_target
 
 from mlc.build import BuildOptions, build
 from mlc.cli import main
@@ -45,6 +45,7 @@ from mlc.targets.x86_kernels import (
     has_avx2,
     has_avx512_vnni,
     q4a8_matmul_avx2,
+    quantize_activations_avx2,
 )
 from mlc.testing.random_blocks import random_k_blocks
 from mlc.testing.random_model import save_llama, save_model
@@ -115,7 +116,7 @@ def _problem(name: str, n: int, k: int, rows: int, seed: int = 0):
     groups = k // GROUP
     outputs = [np.zeros((1, rows, k), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
     target = x86_target(vnni=False)
-    xq, xs, xc = run_kernel(activation_kernel(k, fmt.sum_factor), target, [x, *outputs], 3)
+    xq, xs, xc = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
     natural = np.empty_like(xq[0])
     natural[:, activation_layout(k)] = xq[0]
     w = _reference_dequantize(name, blocks).astype(np.float64)
@@ -181,7 +182,7 @@ def test_x86_expert_kernel_is_exact(name, vnni, shared):
     x = np.random.default_rng(5).normal(size=(1, rows, k)).astype(np.float32)
     groups = k // GROUP
     outputs = [np.zeros((1, rows, k), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
-    acts = run_kernel(activation_kernel(k, fmt.sum_factor), target, [x, *outputs], 3)
+    acts = run_kernel(quantize_activations_avx2(k, fmt.sum_factor), target, [x, *outputs], 3)
     ids = np.random.default_rng(9).integers(0, experts, (tokens, top_k)).astype(np.int32)
     natural = np.empty_like(acts[0][0])
     natural[:, activation_layout(k)] = acts[0][0]
@@ -271,7 +272,7 @@ def _kernel_activations(fmt, x: np.ndarray, target) -> list[np.ndarray]:
     sums = k // GROUP * (2 if fmt.bits == 6 else 1)
     outputs = [np.zeros((1, tokens, k), "i1"), np.zeros((1, tokens, k // GROUP), "f4")]
     outputs.append(np.zeros((1, tokens, sums), "f4"))
-    kernel = activation_kernel(k, fmt.sum_factor, fmt.bits == 6)
+    kernel = quantize_activations_avx2(k, fmt.sum_factor, fmt.bits == 6)
     return run_kernel(kernel, target, [x, *outputs], 3)
 
 

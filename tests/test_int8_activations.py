@@ -15,7 +15,7 @@ from reference import (
     round_like_fp16_kv_cache,
 )
 from tvm.relax.frontend import nn
-from x86_kernel_runner import activation_kernel, run_kernel, x86_target
+from x86_kernel_runner import run_kernel, x86_target
 
 from mlc import ChatModule, GenerationConfig
 from mlc.quantization import get_quantization
@@ -32,6 +32,7 @@ from mlc.targets.x86_kernels import (
     Gather,
     has_avx2,
     q4a8_matmul_avx2,
+    quantize_activations_avx2,
 )
 
 CODE = "q4a8_1"
@@ -187,7 +188,7 @@ def test_x86_activation_quantization_matches_the_definition(k, rows):
     kp = inputs[0].shape[1]
     groups = kp // GROUP
     outputs = [np.zeros((1, rows, kp), "i1"), *(np.zeros((1, rows, groups), "f4"),) * 2]
-    xq, xs, xc = run_kernel(activation_kernel(k), target, [x[None], *outputs], outputs=3)
+    xq, xs, xc = run_kernel(quantize_activations_avx2(k), target, [x[None], *outputs], outputs=3)
     np.testing.assert_array_equal(xq[0], inputs[0])
     np.testing.assert_allclose(xs[0], inputs[1], rtol=1e-6)
     np.testing.assert_allclose(xc[0], inputs[2], rtol=1e-5, atol=1e-6)

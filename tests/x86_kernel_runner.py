@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import tvm
 
 from mlc.targets import get_target
-from mlc.targets.x86_kernels import has_avx2, has_avx512_vnni, quantize_activations_avx2
+from mlc.targets.x86_kernels import has_avx2, has_avx512_vnni
 
 # Compiled kernels by (function object, target): a test calls one kernel on several inputs
 # (a prompt's rows together, then each alone) and compiles it once.
@@ -38,9 +36,3 @@ def x86_target(vnni: bool) -> tvm.target.Target:
     if vnni and not has_avx512_vnni(target):
         pytest.skip("this CPU has no AVX512-VNNI (the build uses the AVX2 kernel here)")
     return target
-
-
-@functools.cache
-def activation_kernel(k: int, sum_factor: float = -7.0, halves: bool = False) -> tvm.tirx.PrimFunc:
-    """`quantize_activations_avx2`, one function object per arguments (compiled once)."""
-    return quantize_activations_avx2(k, sum_factor, halves)
