@@ -31,10 +31,12 @@ CONVERSATION = [
 # 495.9. Symmetric re-quantization of a 135M model that was already Q4_1 costs a lot; 3 bits
 # is ruinous at this size. The bounds catch regressions and garbage (a uniform guess scores
 # 49,152).
-# `q4f16_1` quantizes as `q4f32_1` (scales rounded to fp16: the same perplexity to 0.1 %) and
-# `q3f16_1` is 26x off; both prefill slowly on the CPU (45 s and 255 s for this text on a Xeon),
-# so `benchmarks/quant_table.py` measures their quality (KL against q0f32), not the suite.
-PERPLEXITY_BOUND = {"gguf": 1.03, "q4f32_1": 2.0, "q4a8_1": 2.0}
+# `q4f32_1` and `q4f16_1` (the same perplexity to 0.1 %) quantize as `q4a8_1` does, without the
+# int8 activations, and `q3f16_1` is 26x off; they prefill slowly on the CPU (45 s and 255 s
+# for this text on a Xeon for the last two), so `benchmarks/quant_table.py` measures their
+# quality (KL against q0f32), not the suite (their kernels are checked on tiny models against
+# transformers in tests/test_parity.py).
+PERPLEXITY_BOUND = {"gguf": 1.03, "q4a8_1": 2.0}
 
 
 @pytest.fixture(scope="module")
