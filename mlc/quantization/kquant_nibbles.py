@@ -77,8 +77,7 @@ class KQuantNibbles:
             # Bit r of byte e: the fifth bit of value e of run r → one word per run, bit e.
             qh = blocks[..., 16:48].astype(np.uint32)  # [n, nb, 32]
             bits = (qh[..., None, :] >> np.arange(RUNS, dtype=np.uint32)[:, None]) & 1
-            words = np.bitwise_or.reduce(bits << np.arange(32, dtype=np.uint32), axis=-1)
-            out["q_high"] = move_high_bits(words.reshape(n, nb * RUNS), HIGH_BIT)
+            out["q_high"] = move_high_bits(bit_words(bits).reshape(n, nb * RUNS), HIGH_BIT)
         return out
 
     def to_ggml_blocks(self, stored: dict[str, np.ndarray]) -> np.ndarray:
@@ -90,7 +89,7 @@ class KQuantNibbles:
         parts.append(pack_scales(sc, m))
         if self.bits == 5:
             words = move_high_bits(stored["q_high"], np.argsort(HIGH_BIT)).reshape(n, nb, RUNS)
-            bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # [n, nb, run, e]
+            bits = word_bits(words).astype(np.uint32)  # [n, nb, run, e]
             qh = np.bitwise_or.reduce(bits << np.arange(RUNS, dtype=np.uint32)[:, None], axis=2)
             parts.append(qh.astype(np.uint8))
         runs = unpack_nibbles(stored["q_weight"], transposed=True).reshape(n, nb, 4, 2, 32)
