@@ -7,7 +7,7 @@ Builds `targets/x86_kernels.q4a8_matmul_avx2` for this CPU (`--format`: `q4a8_1`
 or a GGUF K-quant's in its int8-kernel layout), feeds random packed weights and activations,
 and times it (median of `--repeat` runs of a loop of calls). GMAC/s counts `rows * n * k`
 multiply-adds; the bytes column is the weights read per call, for decode the figure to compare
-with `benchmarks/read_bandwidth.py`. `--cold` cycles through copies of the weights larger than
+with `python -m mlc.bandwidth`. `--cold` cycles through copies of the weights larger than
 the caches, as decode reads them (from memory, not from L3).
 """
 

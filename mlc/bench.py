@@ -34,6 +34,7 @@ class BenchResult:
     quantization: str = ""
     references: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     speculative: dict[str, Any] | None = None  # `mlc.bench_speculative`
+    bandwidth: dict[str, Any] | None = None  # `bandwidth_fraction`
 
     def table(self) -> str:
         lines = [
@@ -56,6 +57,8 @@ class BenchResult:
                 f"  load           {ref['load_seconds']:.2f} s",
                 f"  peak memory    {ref['peak_rss_mb']:.0f} MB (resident)",
             ]
+        if self.bandwidth:
+            lines += _bandwidth_lines(self.bandwidth)
         if self.speculative:
             spec = self.speculative
             lines += [
@@ -67,6 +70,20 @@ class BenchResult:
                 f"  drafts kept    {spec['draft_acceptance'] * 100:.0f} %, answers identical",
             ]
         return "\n".join(lines)
+
+
+def _bandwidth_lines(bandwidth: dict[str, Any]) -> list[str]:
+    if "read_bandwidth_gb_s" not in bandwidth:
+        return [f"bandwidth        not measured: {bandwidth['error']}"]
+    b = bandwidth
+    return [
+        f"bandwidth        {b['read_bandwidth_gb_s']:.1f} GB/s read (probe after the decode runs: "
+        f"{b['probe_mb']} MiB, {b['probe_threads']} threads, median of {b['probe_runs']})",
+        f"  decode reads   {b['bytes_per_token'] / 1e6:.1f} MB/token (weights "
+        f"{b['weight_bytes'] / 1e6:.1f}, KV cache {b['kv_cache_bytes'] / 1e6:.1f})"
+        f"   limit {b['limit_tokens_per_s']:.1f} tok/s",
+        f"  decode         {b['fraction'] * 100:.0f} % of the bandwidth limit",
+    ]
 
 
 def machine_description() -> str:
@@ -91,6 +108,7 @@ def run_bench(
     compare: tuple[str, ...] = (),
     speculative: str | None = None,
     draft_model: Path | None = None,
+    probe_mb: int = 1024,
 ) -> BenchResult:
     if speculative is not None:
         GenerationConfig(speculative=speculative).validate()  # before minutes of timing
@@ -132,6 +150,8 @@ def run_bench(
         threads=thread_count(),
         quantization=engine.chat_config.quantization,
     )
+    if gen_len and probe_mb:
+        result.bandwidth = bandwidth_fraction(result, device, probe_mb)
     for kind in compare:
         result.references.append(_compare(result, engine.chat_config, kind))
     if speculative is not None:
@@ -142,6 +162,29 @@ def run_bench(
             model_dir, speculative, gen_len, runs, device, draft_model
         )
     return result
+
+
+def bandwidth_fraction(result: BenchResult, device: str, probe_mb: int) -> dict[str, Any]:
+    """The read bandwidth probed now, the bytes a decode step of this run reads, and the
+    fraction of the resulting speed limit the decode reached."""
+    from mlc.bandwidth import decode_bytes_per_token, probe_in_subprocess
+
+    if device.split(":")[0] != "cpu":
+        return {"error": f"the probe measures the CPU's memory, not --device {device}'s"}
+    probe = probe_in_subprocess(result.threads, probe_mb)
+    if "error" in probe:
+        return probe
+    context = result.prompt_len + (result.gen_len + 1) / 2  # mean positions a step attends to
+    read = decode_bytes_per_token(Path(result.model), context)
+    per_token = read["weight_bytes"] + read["kv_cache_bytes"]
+    limit = probe["read_bandwidth_gb_s"] * 1e9 / per_token
+    return {
+        **probe,
+        **read,
+        "bytes_per_token": per_token,
+        "limit_tokens_per_s": limit,
+        "fraction": result.decode_tokens_per_s / limit,
+    }
 
 
 def _compare(result: BenchResult, chat_config: ChatConfig, kind: str) -> dict[str, Any]:

@@ -183,6 +183,16 @@ def chat(
     default=None,
     help="With --speculative draft-model: a smaller build with the same tokenizer.",
 )
+@click.option(
+    "--bandwidth-probe-mb",
+    "probe_mb",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="After the decode runs, read a buffer this large (MiB, in a process of its own) to "
+    "measure the memory bandwidth, and report the decode's fraction of the limit it sets; 0 "
+    "skips the probe.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench(
     model: Path,
@@ -194,6 +204,7 @@ def bench(
     compare: tuple[str, ...],
     speculative: str | None,
     draft_model: Path | None,
+    probe_mb: int,
     as_json: bool,
 ) -> None:
     """Measure prefill and decode speed of the built model in directory MODEL.
@@ -212,7 +223,17 @@ def bench(
 
     _run(
         lambda: print_result(
-            run_bench(model, prompt_len, gen_len, runs, device, compare, speculative, draft_model),
+            run_bench(
+                model,
+                prompt_len,
+                gen_len,
+                runs,
+                device,
+                compare,
+                speculative,
+                draft_model,
+                probe_mb,
+            ),
             as_json,
         )
     )
