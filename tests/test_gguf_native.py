@@ -484,11 +484,15 @@ def test_k_quant_file_runs_on_vulkan(k_quant_file, tmp_path):
     _gpu_matches_exact_cpu(k_quant_file, tmp_path, "vulkan")
 
 
-def test_k_quants_are_refused_for_webgpu(k_quant_file, tmp_path):
-    options = BuildOptions(model=k_quant_file, target="webgpu", output=tmp_path, quiet=True)
-    with pytest.raises(ValueError, match="K-quants .* no 8-bit storage.* --quantization q4f32_1"):
-        build(options)
-    assert not list(tmp_path.iterdir())
+def test_k_quant_file_runs_on_webgpu(k_quant_file, tmp_path):
+    """WGSL has no 8-bit storage: the K-quants' byte tensors are stored in uint32 words."""
+    _gpu_matches_exact_cpu(k_quant_file, tmp_path, "webgpu")
+    built = tmp_path / "webgpu" / "tiny-k-gguf-webgpu"
+    cache = json.loads((built / "tensor-cache.json").read_text())
+    dtypes = {r["name"]: r["dtype"] for shard in cache["records"] for r in shard["records"]}
+    assert dtypes["layers.0.mlp.down_proj.q_ksc"] == "uint32"  # Q6_K
+    assert dtypes["layers.1.mlp.down_proj.q_blocks"] == "uint32"  # Q2_K
+    assert "uint8" not in dtypes.values()
 
 
 def test_build_log_names_the_formats_stored_as_float32():
@@ -562,6 +566,27 @@ def test_k_quant_kernels_decode_every_value(name):
         x = _int8_rounded(x)
     exact = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("name", sorted(K_FORMATS))
+def test_k_quants_in_uint32_words_hold_the_same_bytes_and_values(name):
+    """`webgpu`'s storage (WGSL has no 8-bit type): each byte tensor in uint32 words, four
+    bytes each; the file's bytes come back, and a float kernel reading the words decodes every
+    value the `gguf` package does (a lookup of every row)."""
+    fmt = dataclasses.replace(K_FORMATS[name], byte_words=True)
+    n, k = 5, 768  # three super-blocks: Q3_K's 330 bytes a row end in a half-filled word
+    blocks = random_k_blocks(name, n, k, scale=1e-2)
+    if name in ("Q2_K", "Q3_K"):  # kernels widen their float16 `d` from its bits: a negative
+        d = blocks[..., -2:] if name == "Q3_K" else blocks[..., 80:82]  # and a subnormal one
+        d[0, 0] = np.array([-0.01], "<f2").view(np.uint8)
+        d[1, 2] = np.array([3 * 2.0**-24], "<f2").view(np.uint8)
+    stored = fmt.from_ggml_blocks(blocks)
+    assert {a.dtype for a in stored.values()} <= {np.dtype("uint32"), np.dtype("float16")}
+    np.testing.assert_array_equal(fmt.to_ggml_blocks(stored), blocks)
+    embedding = BlockEmbedding(fmt, n, k, "float32", int8=False)
+    ids = np.arange(n, dtype=np.int32)
+    table = _run_portable(embedding, {"ids": nn.spec.Tensor([n], "int32")}, stored, ids)
+    np.testing.assert_array_equal(table, _reference_dequantize(name, blocks))
 
 
 # A Q4_K_M-like file: Q4_K attention and gate/up, Q6_K down and LM head, F32 norms; layer 1

@@ -7,9 +7,10 @@ weights, block formats without a kernel yet) is stored as float32, which holds t
 exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one format;
 on the CPU one whose parts are in different block formats keeps each run of parts in one
 format as a tensor of its own (`PartedBlockLinear`); any other is stored as float32. The
-model's activations are float32. On the CPU the 32-value formats, `Q4_K` and `Q5_K` multiply
-int8 activations; on GPU targets every format is decoded inside a float32 reduction
-(`for_target`).
+model's activations are float32. On the CPU the 32-value formats, `Q4_K`, `Q5_K` and `Q6_K`
+multiply int8 activations; on GPU targets every format is decoded inside a float32 reduction
+(`for_target`), and for `webgpu` the K-quants' byte tensors are stored as uint32 words (WGSL
+has no 8-bit storage).
 """
 
 from __future__ import annotations
@@ -82,8 +83,6 @@ class GGUFNative(Quantization):
                 keepable and source.combine is concat_rows and not expert and self.int8_activations
             ):
                 parted[ours] = _runs_of_formats(checkpoint, source.hf_names)
-        if self.target == "webgpu":
-            _refuse_byte_formats(kept)
         return dataclasses.replace(
             self,
             file_types=tuple(file_types.items()),
@@ -117,7 +116,8 @@ class GGUFNative(Quantization):
             # changes with that order, so a library refuses weights stored in another.
             "storage": "each weight in the GGUF file's own block format, bits unchanged "
             "(moved: layout 4, Q5 fifth bits in the int8 kernels' order, Q4_K/Q5_K/Q6_K "
-            "nibbles in the int8 kernels' words, Q6_K high bits as two bit planes)",
+            "nibbles in the int8 kernels' words, Q6_K high bits as two bit planes; webgpu: "
+            "K-quant bytes in uint32 words)",
             "tensor_formats": {group: dict(counts) for group, counts in groups.items()},
             "activations": "int8 per token and group of 32 into the Linears of the 32-value "
             "formats, Q4_K, Q5_K and Q6_K"
@@ -150,10 +150,17 @@ class GGUFNative(Quantization):
             )
         return lines
 
+    def stored_format(self, name: str):
+        """The block format `name` as this target stores it: for `webgpu` the K-quants keep
+        their bytes in uint32 words."""
+        fmt = FORMATS[name]
+        if self.target == "webgpu" and any(f.name == "byte_words" for f in _fields(fmt)):
+            return dataclasses.replace(fmt, byte_words=True)
+        return fmt
+
     def quantize_model(self, model: nn.Module) -> nn.Module:
-        keep = _KeepBlocks(
-            dict(self.formats), dict(self.parts), self.model_dtype, self.int8_activations
-        )
+        formats = {name: self.stored_format(fmt) for name, fmt in self.formats}
+        keep = _KeepBlocks(formats, dict(self.parts), self.model_dtype, self.int8_activations)
         return keep.visit("", model)
 
     def convert_source(
@@ -167,7 +174,7 @@ class GGUFNative(Quantization):
             return super().convert_source(name, source, checkpoint)
         blocks = source.build([checkpoint.get_blocks(h) for h in source.hf_names])
         blocks = blocks.reshape(-1, *blocks.shape[-2:])  # experts: their rows one after another
-        return _stored_blocks(name.removesuffix(".weight"), FORMATS[fmt], blocks)
+        return _stored_blocks(name.removesuffix(".weight"), self.stored_format(fmt), blocks)
 
     def convert(self, name: str, array: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
         if np.issubdtype(array.dtype, np.floating):
@@ -175,18 +182,8 @@ class GGUFNative(Quantization):
         yield name, array
 
 
-def _refuse_byte_formats(kept: dict[str, str]) -> None:
-    """WGSL has no 8-bit storage type: the K-quants' super-blocks, kept as bytes, cannot be read
-    by `webgpu` kernels."""
-    byte_formats = {name: fmt for name, fmt in kept.items() if fmt in K_FORMATS}
-    if byte_formats:
-        example, fmt = next(iter(byte_formats.items()))
-        raise ValueError(
-            f"--quantization gguf for webgpu: {len(byte_formats)} weights are K-quants (e.g. "
-            f"{example}: {fmt}), whose byte-wise super-blocks WGSL cannot read (it has no 8-bit "
-            "storage); build this file for webgpu with --quantization q4f32_1 (or q4f16_1), or "
-            "for vulkan, which keeps them"
-        )
+def _fields(fmt) -> tuple:
+    return dataclasses.fields(fmt) if dataclasses.is_dataclass(fmt) else ()
 
 
 def _runs_of_formats(checkpoint: Any, hf_names) -> tuple[tuple[str, int, int], ...]:
@@ -227,11 +224,11 @@ class _KeepBlocks(nn.Mutator):
     """Replaces each Linear, Embedding and Experts whose weight keeps its blocks with its block
     twin, and each fused Linear kept in parts with a `PartedBlockLinear`."""
 
-    def __init__(self, formats: dict[str, str], parts: dict, dtype: str, int8: bool):
+    def __init__(self, formats: dict[str, Any], parts: dict, dtype: str, int8: bool):
         self.formats, self.parts, self.dtype, self.int8 = formats, parts, dtype, int8
 
     def visit_module(self, name: str, node: nn.Module):
-        fmt = FORMATS.get(self.formats.get(f"{name}.weight", ""))
+        fmt = self.formats.get(f"{name}.weight")
         int8 = self.int8
         runs = self.parts.get(f"{name}.weight")
         if runs is not None and isinstance(node, nn.Linear):

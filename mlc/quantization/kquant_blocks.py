@@ -1,6 +1,7 @@
 """llama.cpp's K-quants `Q2_K` and `Q3_K`, stored as the GGUF file has them: each row's
 super-blocks of 256 values, byte for byte, as one uint8 tensor `q_blocks` `[N, K / 256 ·
-type_size]`. Kernels decode the values they read straight from those bytes:
+type_size]` (uint32 words of four for `webgpu`, `kquant_nibbles.as_stored`). Kernels decode
+the values they read straight from those bytes:
 
 - `Q2_K` (84 bytes): sixteen bytes of 4-bit scale `sc` (low nibble) and minimum `m` (high),
   one pair per 16 values, 64 bytes of 2-bit values (per 32-byte half h, run 4h + j is bits 2j
@@ -29,14 +30,23 @@ from .kquant_nibbles import (
     SUPER_BLOCK,
     KQuantNibbles,
     SixBitK,
+    as_stored,
+    byte_parameter,
     decode_super_blocks,
+    read_byte,
+    stored_bytes,
 )
+
+
+def u32(value: int) -> tirx.PrimExpr:
+    return tirx.const(value, "uint32")
 
 
 @dataclasses.dataclass(frozen=True)
 class KQuantFormat:
     name: str
     type_size: int  # bytes per super-block of 256 values
+    byte_words: bool = False  # `q_blocks` stored as uint32 words (`webgpu`: `as_stored`)
 
     block_size = SUPER_BLOCK
     int8_activations = False
@@ -54,10 +64,12 @@ class KQuantFormat:
         n, nb, size = blocks.shape
         if size != self.type_size:
             raise ValueError(f"{self.name} blocks have {self.type_size} bytes, got {size}")
-        return {"q_blocks": np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, nb * size)}
+        return {"q_blocks": as_stored(blocks.reshape(n, nb * size), self.byte_words)}
 
     def to_ggml_blocks(self, stored: dict[str, np.ndarray]) -> np.ndarray:
         data = stored["q_blocks"]
+        if data.dtype != np.uint8:  # words: the padding of the last one dropped
+            data = stored_bytes(data, data.shape[-1] * 4 // self.type_size * self.type_size)
         return data.reshape(data.shape[0], -1, self.type_size)
 
     def dequantize(self, stored: dict[str, np.ndarray]) -> np.ndarray:
@@ -69,7 +81,8 @@ class KQuantFormat:
     def params(self, rows: int, k: int) -> dict[str, nn.Parameter]:
         if k % SUPER_BLOCK:
             raise ValueError(f"{self.name} needs rows of whole super-blocks of 256, not {k}")
-        return {"q_blocks": nn.Parameter((rows, k // SUPER_BLOCK * self.type_size), "uint8")}
+        size = k // SUPER_BLOCK * self.type_size
+        return {"q_blocks": byte_parameter(rows, size, self.byte_words)}
 
     def value(self, tensors: dict[str, te.Tensor], n, k) -> tirx.PrimExpr:
         """`w[n, k]` in float32, decoded from the row's bytes inside a kernel."""
@@ -78,11 +91,21 @@ class KQuantFormat:
         i = k % SUPER_BLOCK
 
         def byte(offset):
-            return data[n, base + offset].astype("uint32")
+            return read_byte(data, n, base + offset)
 
         def f16(offset):
-            bits = (byte(offset) | (byte(offset + 1) << tirx.const(8, "uint32"))).astype("uint16")
-            return tirx.reinterpret("float16", bits).astype("float32")
+            # Widened from its bits in 32-bit integers (WGSL has no 16-bit ones): a normal
+            # number's exponent rebased from 15 to 127, a subnormal one m · 2^-24.
+            bits = byte(offset) | (byte(offset + 1) << tirx.const(8, "uint32"))
+            exponent, mantissa = (bits >> u32(10)) & u32(31), bits & u32(1023)
+            sign = (bits >> u32(15)) << u32(31)
+            rebased = tirx.Select(exponent == u32(31), u32(255), exponent + u32(112))
+            normal = tirx.reinterpret(
+                "float32", sign | (rebased << u32(23)) | (mantissa << u32(13))
+            )
+            tiny = mantissa.astype("float32") * tirx.const(2.0**-24, "float32")
+            tiny = tirx.Select(sign == u32(0), tiny, -tiny)
+            return tirx.Select(exponent == u32(0), tiny, normal)
 
         def bits(value, shift, mask: int):
             return (value >> shift.astype("uint32")) & tirx.const(mask, "uint32")

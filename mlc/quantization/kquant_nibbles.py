@@ -23,6 +23,9 @@ its fifth and sixth bits `q_high` and `q_sixth` (one word per run each, `high_bi
 its scales `q_ksc` uint8 `[N, K / 16]` (the file's bytes, two's complement) and `q_kd` float16
 `[N, K / 256]` (`d`). The kernels sum each half-run of 16 on its own, its zero point entering
 through the activations' sum over that half-run (as `Q4_0`'s does over a group).
+
+For `webgpu` (`byte_words`: WGSL has no 8-bit storage) each uint8 tensor is stored as uint32
+words, four bytes each, least significant first, and kernels read the bytes by shifting.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from tvm.relax.frontend.nn import Tensor
 from mlc.gguf.dequantize import GGML_TYPES, k_scales_mins
 
 from .ggml_blocks import HIGH_BIT, move_high_bits, pack_nibbles, unpack_nibbles
-from .int8_activations import GROUP, fifth_bit, signed_scale, stored_word
+from .int8_activations import GROUP, fifth_bit, stored_word
 
 SUPER_BLOCK = 256
 RUNS = SUPER_BLOCK // GROUP  # runs of 32 per super-block
@@ -48,6 +51,7 @@ class KQuantNibbles:
     name: str
     type_size: int  # bytes per super-block in the GGUF file
     bits: int  # 4 (Q4_K) or 5 (Q5_K)
+    byte_words: bool = False  # uint8 tensors stored as uint32 words (`webgpu`)
 
     block_size = SUPER_BLOCK
     int8_activations = True
@@ -71,7 +75,9 @@ class KQuantNibbles:
         runs = np.concatenate([chunks & 0x0F, chunks >> 4], axis=3)  # [n, nb, 4, 2, 32]
         out = {"q_weight": pack_nibbles(runs.reshape(n, nb * SUPER_BLOCK), transposed=True)}
         sc, m = k_scales_mins(blocks[..., 4:16])
-        out["q_ksc"], out["q_kmin"] = sc.reshape(n, nb * RUNS), m.reshape(n, nb * RUNS)
+        out["q_ksc"], out["q_kmin"] = (
+            as_stored(a.reshape(n, nb * RUNS), self.byte_words) for a in (sc, m)
+        )
         out["q_kd"] = np.ascontiguousarray(blocks[..., :4]).view(np.float16).reshape(n, nb * 2)
         if self.bits == 5:
             # Bit r of byte e: the fifth bit of value e of run r → one word per run, bit e.
@@ -85,7 +91,7 @@ class KQuantNibbles:
         kd = np.ascontiguousarray(stored["q_kd"], dtype=np.float16)
         n, nb = kd.shape[0], kd.shape[1] // 2
         parts = [kd.view(np.uint8).reshape(n, nb, 4)]
-        sc, m = (np.asarray(stored[key], np.uint8).reshape(n, nb, RUNS) for key in KEYS[1:3])
+        sc, m = (stored_bytes(stored[key], nb * RUNS).reshape(n, nb, RUNS) for key in KEYS[1:3])
         parts.append(pack_scales(sc, m))
         if self.bits == 5:
             words = move_high_bits(stored["q_high"], np.argsort(HIGH_BIT)).reshape(n, nb, RUNS)
@@ -109,8 +115,8 @@ class KQuantNibbles:
             raise ValueError(f"{self.name} needs rows of whole super-blocks of 256, not {k}")
         out = {
             "q_weight": nn.Parameter((rows, k // 8), "uint32"),
-            "q_ksc": nn.Parameter((rows, k // GROUP), "uint8"),
-            "q_kmin": nn.Parameter((rows, k // GROUP), "uint8"),
+            "q_ksc": byte_parameter(rows, k // GROUP, self.byte_words),
+            "q_kmin": byte_parameter(rows, k // GROUP, self.byte_words),
             "q_kd": nn.Parameter((rows, k // SUPER_BLOCK * 2), "float16"),
         }
         if self.bits == 5:
@@ -125,9 +131,10 @@ class KQuantNibbles:
         if self.bits == 5:
             q = q | (fifth_bit(tensors["q_high"], n, k) << tirx.const(4, "uint32"))
         g, kd = k // GROUP, tensors["q_kd"]
-        scale = tensors["q_ksc"][n, g].astype("float32") * kd[n, 2 * (g // RUNS)].astype("float32")
+        sc, m = (read_byte(tensors[key], n, g).astype("float32") for key in ("q_ksc", "q_kmin"))
+        scale = sc * kd[n, 2 * (g // RUNS)].astype("float32")
         dmin = kd[n, 2 * (g // RUNS) + 1].astype("float32")
-        return scale * q.astype("float32") - dmin * tensors["q_kmin"][n, g].astype("float32")
+        return scale * q.astype("float32") - dmin * m
 
     def int8_operands(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """What the int8 kernels take: the words, the runs' scales and minima as `q_scale` and
@@ -150,6 +157,8 @@ KEYS = ("q_weight", "q_ksc", "q_kmin", "q_kd", "q_high")
 class SixBitK:
     """llama.cpp's `Q6_K` (210 bytes per 256 values: 128 bytes of low nibbles, 64 of high
     2-bit pairs, sixteen int8 scales, float16 `d`) in the int8 kernels' layout."""
+
+    byte_words: bool = False  # `q_ksc` stored as uint32 words (`webgpu`)
 
     name = "Q6_K"
     type_size = 210
@@ -177,7 +186,7 @@ class SixBitK:
             "q_weight": pack_nibbles(low.reshape(n, nb * SUPER_BLOCK), transposed=True),
             "q_high": move_high_bits(bit_words((high & 1).reshape(runs)), HIGH_BIT),
             "q_sixth": move_high_bits(bit_words((high >> 1).reshape(runs)), HIGH_BIT),
-            "q_ksc": np.ascontiguousarray(blocks[..., 192:208]).reshape(n, nb * 16),
+            "q_ksc": as_stored(blocks[..., 192:208].reshape(n, nb * 16), self.byte_words),
             "q_kd": np.ascontiguousarray(blocks[..., 208:]).view(np.float16).reshape(n, nb),
         }
 
@@ -196,7 +205,7 @@ class SixBitK:
         parts = [
             ql.reshape(n, nb, 128),
             qh.reshape(n, nb, 64),
-            np.asarray(stored["q_ksc"], np.uint8).reshape(n, nb, 16),
+            stored_bytes(stored["q_ksc"], nb * 16).reshape(n, nb, 16),
             kd.view(np.uint8).reshape(n, nb, 2),
         ]
         return np.concatenate(parts, axis=-1).astype(np.uint8)
@@ -212,7 +221,7 @@ class SixBitK:
             "q_weight": nn.Parameter((rows, k // 8), "uint32"),
             "q_high": nn.Parameter((rows, k // GROUP), "uint32"),
             "q_sixth": nn.Parameter((rows, k // GROUP), "uint32"),
-            "q_ksc": nn.Parameter((rows, k // self.sub_block), "uint8"),
+            "q_ksc": byte_parameter(rows, k // self.sub_block, self.byte_words),
             "q_kd": nn.Parameter((rows, k // SUPER_BLOCK), "float16"),
         }
 
@@ -223,7 +232,8 @@ class SixBitK:
         q = (words[n, word] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
         q = q | (fifth_bit(tensors["q_high"], n, k) << tirx.const(4, "uint32"))
         q = q | (fifth_bit(tensors["q_sixth"], n, k) << tirx.const(5, "uint32"))
-        scale = signed_scale(tensors["q_ksc"], (n,), k // self.sub_block)
+        byte = read_byte(tensors["q_ksc"], n, k // self.sub_block).astype("int32")
+        scale = (byte - ((byte & 128) << 1)).astype("float32")  # two's complement
         d = tensors["q_kd"][n, k // SUPER_BLOCK].astype("float32")
         return d * scale * (q.astype("int32") - 32).astype("float32")
 
@@ -249,6 +259,40 @@ def word_bits(words: np.ndarray) -> np.ndarray:
     """The inverse of `bit_words`: uint8 `[..., 32]`."""
     shifts = np.arange(32, dtype=np.uint32)
     return ((np.asarray(words, np.uint32)[..., None] >> shifts) & 1).astype(np.uint8)
+
+
+def as_stored(data: np.ndarray, byte_words: bool) -> np.ndarray:
+    """Bytes uint8 `[N, B]` as stored: themselves, or uint32 words `[N, ceil(B / 4)]` (byte i
+    in bits 8 (i % 4) of word i // 4, the last word zero-padded)."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    if not byte_words:
+        return data
+    pad = -data.shape[-1] % 4
+    data = np.pad(data, [(0, 0)] * (data.ndim - 1) + [(0, pad)])
+    return np.ascontiguousarray(data).view("<u4").astype(np.uint32)
+
+
+def stored_bytes(stored: np.ndarray, count: int) -> np.ndarray:
+    """The inverse of `as_stored`: uint8 `[N, count]`."""
+    stored = np.ascontiguousarray(stored)
+    if stored.dtype == np.uint8:
+        return stored
+    return stored.astype("<u4").view(np.uint8)[..., :count]
+
+
+def byte_parameter(rows: int, count: int, byte_words: bool) -> nn.Parameter:
+    """The parameter holding `count` bytes per row, as `as_stored` stores them."""
+    if byte_words:
+        return nn.Parameter((rows, -(-count // 4)), "uint32")
+    return nn.Parameter((rows, count), "uint8")
+
+
+def read_byte(tensor: te.Tensor, n, i) -> tirx.PrimExpr:
+    """Byte i of row n (uint32) from a tensor `as_stored` stored, in a kernel."""
+    if str(tensor.dtype) == "uint8":
+        return tensor[n, i].astype("uint32")
+    shift = ((i % 4) * 8).astype("uint32")
+    return (tensor[n, i // 4] >> shift) & tirx.const(255, "uint32")
 
 
 def decode_super_blocks(name: str, blocks: np.ndarray) -> np.ndarray:
