@@ -467,16 +467,18 @@ def _gpu_matches_exact_cpu(path, tmp_path, target: str) -> None:
 def test_gguf_file_runs_on_gpu_targets_in_its_own_formats(mixed, tmp_path, target):
     path, cpu = mixed
     _gpu_matches_exact_cpu(path, tmp_path, target)
-    # The same tensors in the same formats as the CPU build keeps, but the fused weight of two
-    # formats, which the CPU keeps in parts and GPU targets as float32.
+    # The same tensors in the same formats as the CPU build keeps, the fused weight of two
+    # formats in its parts too, but for vulkan (clspv crashed on the concatenation), float32.
     cpu_formats, gpu_formats = [
         json.loads((d / "mlc-chat-config.json").read_text())["quantization_scheme"][
             "tensor_formats"
         ]
         for d in (cpu, tmp_path / target / f"tiny-mixed-gguf-{target}")
     ]
-    parted = cpu_formats["layers.*.mlp.up_proj.weight"].pop("Q4_0+Q8_0")
-    assert gpu_formats["layers.*.mlp.up_proj.weight"].pop("float32 (from Q4_0+Q8_0)") == parted
+    if target == "vulkan":
+        parted = cpu_formats["layers.*.mlp.up_proj.weight"].pop("Q4_0+Q8_0")
+        up = gpu_formats["layers.*.mlp.up_proj.weight"]
+        assert up.pop("float32 (from Q4_0+Q8_0)") == parted
     assert cpu_formats == gpu_formats
 
 

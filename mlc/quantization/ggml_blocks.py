@@ -331,8 +331,8 @@ class PartedBlockLinear(nn.Module):
     """A fused Linear (q/k/v, gate/up) whose parts the file stores in different block formats
     (`Q4_K_M` keeps v in `Q6_K` beside q and k in `Q4_K`): each run of rows in one format is a
     `BlockLinear` of its own, their outputs concatenated, so that every part keeps its bits
-    and its kernel. `parts`: (format, rows) in the fused weight's row order. CPU targets only:
-    clspv (the vulkan target's compiler) crashed on the concatenation's kernel."""
+    and its kernel. `parts`: (format, rows) in the fused weight's row order. Not for `vulkan`:
+    clspv, its compiler, crashed on the concatenation's kernel."""
 
     def __init__(self, parts, in_features: int, bias: bool, dtype: str, int8: bool = True):
         self.in_features = in_features

@@ -5,8 +5,8 @@ format our kernels compute (`FORMATS`: `ggml_blocks`' Q4_0 … Q8_0 and `kquant_
 Q6_K) keeps its blocks, bits unchanged; every other tensor (norms, biases, F32/F16/BF16
 weights, block formats without a kernel yet) is stored as float32, which holds their values
 exactly. A fused weight (q/k/v, gate/up) keeps its blocks when its parts share one format;
-on the CPU one whose parts are in different block formats keeps each run of parts in one
-format as a tensor of its own (`PartedBlockLinear`); any other is stored as float32. The
+one whose parts are in different block formats keeps each run of parts in one format as a
+tensor of its own (`PartedBlockLinear`; not for `vulkan`); any other is stored as float32. The
 model's activations are float32. On the CPU the 32-value formats, `Q4_K`, `Q5_K` and `Q6_K`
 multiply int8 activations; on GPU targets every format is decoded inside a float32 reduction
 (`for_target`), and for `webgpu` the K-quants' byte tensors are stored as uint32 words (WGSL
@@ -57,6 +57,12 @@ class GGUFNative(Quantization):
     def int8_activations(self) -> bool:
         return self.target in CPU_TARGETS
 
+    @property
+    def keeps_parts(self) -> bool:
+        """Whether fused weights with parts in different formats keep them (`vulkan` stores
+        them as float32: clspv, its compiler, crashed on the concatenation's kernel)."""
+        return self.target != "vulkan"
+
     def for_checkpoint(self, checkpoint: Any, weight_map: dict[str, Any]) -> GGUFNative:
         if not hasattr(checkpoint, "block_rows"):
             raise ValueError(
@@ -79,9 +85,7 @@ class GGUFNative(Quantization):
             )
             if keepable and len(types) == 1:
                 kept[ours] = types[0]
-            elif (
-                keepable and source.combine is concat_rows and not expert and self.int8_activations
-            ):
+            elif keepable and source.combine is concat_rows and not expert and self.keeps_parts:
                 parted[ours] = _runs_of_formats(checkpoint, source.hf_names)
         return dataclasses.replace(
             self,
@@ -160,7 +164,11 @@ class GGUFNative(Quantization):
 
     def quantize_model(self, model: nn.Module) -> nn.Module:
         formats = {name: self.stored_format(fmt) for name, fmt in self.formats}
-        keep = _KeepBlocks(formats, dict(self.parts), self.model_dtype, self.int8_activations)
+        parts = {
+            name: [(self.stored_format(fmt), rows) for fmt, _, rows in runs]
+            for name, runs in self.parts
+        }
+        keep = _KeepBlocks(formats, parts, self.model_dtype, self.int8_activations)
         return keep.visit("", model)
 
     def convert_source(
@@ -168,7 +176,7 @@ class GGUFNative(Quantization):
     ) -> tuple[int, list[tuple[str, np.ndarray]]]:
         runs = dict(self.parts).get(name)
         if runs is not None:
-            return _convert_parts(name, runs, source, checkpoint)
+            return _convert_parts(name, runs, source, checkpoint, self.stored_format)
         fmt = dict(self.formats).get(name)
         if fmt is None:
             return super().convert_source(name, source, checkpoint)
@@ -207,7 +215,7 @@ def _stored_blocks(prefix: str, fmt, blocks: np.ndarray) -> tuple[int, list]:
 
 
 def _convert_parts(
-    name: str, runs, source: Any, checkpoint: Any
+    name: str, runs, source: Any, checkpoint: Any, stored_format
 ) -> tuple[int, list[tuple[str, np.ndarray]]]:
     """A parted fused weight's stored tensors: `{prefix}.parts.{i}.{key}` for each run."""
     prefix, names = name.removesuffix(".weight"), list(source.hf_names)
@@ -215,7 +223,7 @@ def _convert_parts(
     for i, (fmt, count, _rows) in enumerate(runs):
         blocks = np.concatenate([checkpoint.get_blocks(h) for h in names[:count]], axis=0)
         names = names[count:]
-        part_size, tensors = _stored_blocks(f"{prefix}.parts.{i}", FORMATS[fmt], blocks)
+        part_size, tensors = _stored_blocks(f"{prefix}.parts.{i}", stored_format(fmt), blocks)
         size, out = size + part_size, out + tensors
     return size, out
 
@@ -230,9 +238,8 @@ class _KeepBlocks(nn.Mutator):
     def visit_module(self, name: str, node: nn.Module):
         fmt = self.formats.get(f"{name}.weight")
         int8 = self.int8
-        runs = self.parts.get(f"{name}.weight")
-        if runs is not None and isinstance(node, nn.Linear):
-            parts = [(FORMATS[f], rows) for f, _, rows in runs]
+        parts = self.parts.get(f"{name}.weight")
+        if parts is not None and isinstance(node, nn.Linear):
             return PartedBlockLinear(
                 parts, node.in_features, node.bias is not None, self.dtype, int8
             )
