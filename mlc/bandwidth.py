@@ -103,7 +103,7 @@ def decode_bytes_per_token(model_dir: Path, context_tokens: float) -> dict[str, 
     config = json.loads((Path(model_dir) / "mlc-chat-config.json").read_text())
     model = config.get("model_config", {})
     tied = bool(model.get("tie_word_embeddings"))
-    experts = model.get("num_experts") or model.get("num_local_experts")
+    experts = model.get("num_experts")
     top_k = model.get("num_experts_per_tok")
     weights = 0.0
     for shard in cache["records"]:

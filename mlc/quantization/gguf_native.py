@@ -158,7 +158,7 @@ class GGUFNative(Quantization):
         """The block format `name` as this target stores it: for `webgpu` the K-quants keep
         their bytes in uint32 words."""
         fmt = FORMATS[name]
-        if self.target == "webgpu" and any(f.name == "byte_words" for f in _fields(fmt)):
+        if self.target == "webgpu" and hasattr(fmt, "byte_words"):
             return dataclasses.replace(fmt, byte_words=True)
         return fmt
 
@@ -188,10 +188,6 @@ class GGUFNative(Quantization):
         if np.issubdtype(array.dtype, np.floating):
             array = array.astype(self.model_dtype, copy=False)
         yield name, array
-
-
-def _fields(fmt) -> tuple:
-    return dataclasses.fields(fmt) if dataclasses.is_dataclass(fmt) else ()
 
 
 def _runs_of_formats(checkpoint: Any, hf_names) -> tuple[tuple[str, int, int], ...]:

@@ -121,13 +121,27 @@ def high_bit(v):
     return 8 * ((v % 8) // 2) + 2 * (v // 8) + v % 2
 
 
+def stored_byte(tensor, row, position) -> tirx.PrimExpr:
+    """Byte `position` of `tensor[row]` as uint32: an element of a uint8 tensor, or a byte of
+    uint32 words (four bytes each, least significant first); `row` is a row, or an
+    `(expert, row)` pair of stacked experts."""
+    row = row if isinstance(row, tuple) else (row,)
+    if str(tensor.dtype) == "uint8":
+        return tensor[(*row, position)].astype("uint32")
+    shift = ((position % 4) * 8).astype("uint32")
+    return (tensor[(*row, position // 4)] >> shift) & tirx.const(255, "uint32")
+
+
+def as_signed(byte) -> tirx.PrimExpr:
+    """A byte (uint32, 0..255) read as two's complement, float32."""
+    high = (byte & tirx.const(128, "uint32")) << tirx.const(1, "uint32")
+    return (byte.astype("int32") - high.astype("int32")).astype("float32")
+
+
 def signed_byte(words, row, position) -> tirx.PrimExpr:
     """Byte `position` of `words[row]` (uint32, four bytes each, least significant first) as a
     signed value, float32; `row` is a row, or an `(expert, row)` pair of stacked experts."""
-    index = (*row, position // 4) if isinstance(row, tuple) else (row, position // 4)
-    byte = (words[index] >> ((position % 4) * 8).astype("uint32")) & tirx.const(255, "uint32")
-    high = (byte & tirx.const(128, "uint32")) << tirx.const(1, "uint32")
-    return (byte.astype("int32") - high.astype("int32")).astype("float32")
+    return as_signed(stored_byte(words, row, position))
 
 
 def fifth_bit(q_high, row, k) -> tirx.PrimExpr:
@@ -138,10 +152,9 @@ def fifth_bit(q_high, row, k) -> tirx.PrimExpr:
 
 
 def signed_scale(q_ksc, row: tuple, index) -> tirx.PrimExpr:
-    """Byte `index` of a `Q6_K` row's scales `q_ksc` (uint8, two's complement) as float32;
-    `row`: `(n,)`, or `(expert, n)`."""
-    byte = q_ksc[(*row, index)].astype("int32")
-    return (byte - ((byte & 128) << 1)).astype("float32")
+    """Byte `index` of a `Q6_K` row's scales `q_ksc` (two's complement; uint8, or uint32 words
+    as `stored_byte` reads them) as float32; `row`: `(n,)`, or `(expert, n)`."""
+    return as_signed(stored_byte(q_ksc, row, index))
 
 
 def _stored_integer(scheme, q_weight, q_high, row, k, p, weight_bits: int) -> tirx.PrimExpr:

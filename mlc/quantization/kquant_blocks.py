@@ -25,6 +25,7 @@ import numpy as np
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 
+from .int8_activations import stored_byte
 from .kquant_nibbles import (
     K_NIBBLE_FORMATS,
     SUPER_BLOCK,
@@ -33,7 +34,6 @@ from .kquant_nibbles import (
     as_stored,
     byte_parameter,
     decode_super_blocks,
-    read_byte,
     stored_bytes,
 )
 
@@ -91,7 +91,7 @@ class KQuantFormat:
         i = k % SUPER_BLOCK
 
         def byte(offset):
-            return read_byte(data, n, base + offset)
+            return stored_byte(data, n, base + offset)
 
         def f16(offset):
             # Widened from its bits in 32-bit integers (WGSL has no 16-bit ones): a normal

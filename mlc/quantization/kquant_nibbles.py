@@ -40,7 +40,7 @@ from tvm.relax.frontend.nn import Tensor
 from mlc.gguf.dequantize import GGML_TYPES, k_scales_mins
 
 from .ggml_blocks import HIGH_BIT, move_high_bits, pack_nibbles, unpack_nibbles
-from .int8_activations import GROUP, fifth_bit, stored_word
+from .int8_activations import GROUP, fifth_bit, signed_scale, stored_byte, stored_word
 
 SUPER_BLOCK = 256
 RUNS = SUPER_BLOCK // GROUP  # runs of 32 per super-block
@@ -131,7 +131,7 @@ class KQuantNibbles:
         if self.bits == 5:
             q = q | (fifth_bit(tensors["q_high"], n, k) << tirx.const(4, "uint32"))
         g, kd = k // GROUP, tensors["q_kd"]
-        sc, m = (read_byte(tensors[key], n, g).astype("float32") for key in ("q_ksc", "q_kmin"))
+        sc, m = (stored_byte(tensors[key], n, g).astype("float32") for key in ("q_ksc", "q_kmin"))
         scale = sc * kd[n, 2 * (g // RUNS)].astype("float32")
         dmin = kd[n, 2 * (g // RUNS) + 1].astype("float32")
         return scale * q.astype("float32") - dmin * m
@@ -232,8 +232,7 @@ class SixBitK:
         q = (words[n, word] >> ((k % 8) * 4).astype("uint32")) & tirx.const(15, "uint32")
         q = q | (fifth_bit(tensors["q_high"], n, k) << tirx.const(4, "uint32"))
         q = q | (fifth_bit(tensors["q_sixth"], n, k) << tirx.const(5, "uint32"))
-        byte = read_byte(tensors["q_ksc"], n, k // self.sub_block).astype("int32")
-        scale = (byte - ((byte & 128) << 1)).astype("float32")  # two's complement
+        scale = signed_scale(tensors["q_ksc"], (n,), k // self.sub_block)
         d = tensors["q_kd"][n, k // SUPER_BLOCK].astype("float32")
         return d * scale * (q.astype("int32") - 32).astype("float32")
 
@@ -281,18 +280,11 @@ def stored_bytes(stored: np.ndarray, count: int) -> np.ndarray:
 
 
 def byte_parameter(rows: int, count: int, byte_words: bool) -> nn.Parameter:
-    """The parameter holding `count` bytes per row, as `as_stored` stores them."""
+    """The parameter holding `count` bytes per row, as `as_stored` stores them (kernels read
+    them with `int8_activations.stored_byte`)."""
     if byte_words:
         return nn.Parameter((rows, -(-count // 4)), "uint32")
     return nn.Parameter((rows, count), "uint8")
-
-
-def read_byte(tensor: te.Tensor, n, i) -> tirx.PrimExpr:
-    """Byte i of row n (uint32) from a tensor `as_stored` stored, in a kernel."""
-    if str(tensor.dtype) == "uint8":
-        return tensor[n, i].astype("uint32")
-    shift = ((i % 4) * 8).astype("uint32")
-    return (tensor[n, i // 4] >> shift) & tirx.const(255, "uint32")
 
 
 def decode_super_blocks(name: str, blocks: np.ndarray) -> np.ndarray:
