@@ -1,10 +1,13 @@
 """What our CPU attention kernels share: the attention variant they compute, AVX2-wide dot
-products, and the online softmax over a block of keys.
+products, and the online softmax over chunks of keys.
 
 Every kernel runs the (sequence, KV head) pairs in parallel, reads each K and V row once for all
 the query heads that share it (grouped-query attention), visits only the keys a query sees, and
-keeps an online softmax per block of `BLOCK` rows, so that each exponential is computed once per
-score. Output and log-sum-exp (base 2) per query head, as the paged KV cache expects.
+keeps an online softmax per chunk of up to `CHUNK` rows: every head's scores for the chunk, then
+one rescaling of each head's running sums, then the weighted values, so that each exponential is
+computed once per score and the softmax's serial steps are paid once per chunk, not per few
+keys. A float16 cache's rows are converted to float32 once per row for all the heads
+(`StagedRows`). Output and log-sum-exp (base 2) per query head, as the paged KV cache expects.
 
 The variant (sliding window, score soft-capping, ALiBi) is a model constant, stamped on the
 cache's kernels as function attributes by `kv_cache_dispatch.py` from the model's facts.
@@ -26,7 +29,8 @@ from .vector_math import exp2
 LOG2E = math.log2(math.e)
 LANES = 8  # one AVX2 register of float32: scores, softmax
 WIDE = 16  # one AVX-512 register: the weighted values' chunks of a head
-BLOCK = 16  # keys per online-softmax step
+BLOCK = 16  # keys whose values are weighted together, held in L1
+CHUNK = 8 * BLOCK  # keys per online-softmax step: the scores of every head, then the values
 CACHE_LINE = 64  # bytes
 # Blocks of keys prefetched ahead: a (sequence, head) walks its pages in 4 KB runs (one head's
 # rows of a page), too short for the hardware prefetcher to stream; without it, decode
@@ -191,19 +195,28 @@ class RaggedRows(_Rows):
         return (self.k if kind == 0 else self.v)[self.first + row, self.head, d]
 
 
+class StagedRows(_Rows):
+    """Rows `first ..` of a float16 (or other narrow) cache copied to a float32 scratch
+    `stage[K|V, row, dim]` (`stage_rows`), so that each row is converted once for all the
+    query heads that read it, not once per head."""
+
+    def __init__(self, stage, first):
+        self.stage, self.first, self.dtype = stage, first, "float32"
+
+    def element(self, kind: int, row, d):
+        return self.stage[kind, row - self.first, d]
+
+
+def is_staged(rows: _Rows) -> bool:
+    """Whether `rows` are converted to float32 through a scratch (`StagedRows`)."""
+    return rows.dtype != "float32"
+
+
 def prefetch(element):
     """Ask for the cache line holding `element` (a read, kept in every cache level)."""
     return T.call_llvm_intrin(
         "void", "llvm.prefetch.p0", T.address_of(element), T.int32(0), T.int32(3), T.int32(1)
     )
-
-
-def tree(op, values: list):
-    """`op` over `values`, as a balanced tree (shorter dependency chains than a left fold)."""
-    while len(values) > 1:
-        pairs = [op(a, b) for a, b in zip(values[::2], values[1::2], strict=False)]
-        values = pairs + ([values[-1]] if len(values) % 2 else [])
-    return values[0]
 
 
 def lanes(c):
@@ -304,67 +317,110 @@ def online_softmax(s, o, m, denom, top, rows, num_heads, head_dim):
             denom[g] = denom[g] + s[g, r]
 
 
-def weighted_values(total, s, g, rows, first, ch, width: int):
-    """`total` plus the block's values (chunk ch of `width` lanes) weighted by head g's
-    probabilities: a chain of multiply-adds in row order (the head's other chunks give the
-    parallelism)."""
+@T.macro
+def stage_rows(stage, rows, kind, first, count, head_dim):
+    """Copy the keys (`kind` 0) or values (1) of rows `first .. first + count` to `stage`."""
+    for r in T.unroll(count):
+        for c in T.unroll(head_dim // LANES):
+            stage[kind, r, lanes(c)] = T.Cast(f"float32x{LANES}", rows.load(kind, first + r, c))
+
+
+def weighted_values(total, s, g, rows, first, offset, ch, width: int):
+    """`total` plus the values of rows `first ..` (BLOCK of them; chunk ch of `width` lanes)
+    weighted by head g's probabilities `s[g, offset ..]`: a chain of multiply-adds in row order
+    (the head's other chunks give the parallelism)."""
     for r in range(BLOCK):
         value = T.Cast(f"float32x{width}", rows.element(1, first + r, chunk(ch, width)))
-        total = total + T.Broadcast(s[g, r], width) * value
+        total = total + T.Broadcast(s[g, offset + r], width) * value
     return total
 
 
 @T.macro
-def attend_block(q, o, s, m, denom, top, factor, first, rows, variant, bias, g, head_dim):
-    """Fold BLOCK whole keys, rows `first ..`, into query head g's online softmax: scores
-    LANES rows at a time, the softmax and the weighted values all vectorised."""
-    for half in T.unroll(BLOCK // LANES):
-        s[g, lanes(half)] = bias.add_lanes(
-            variant.score(dot_rows(q, g, head_dim, rows, first + half * LANES)),
-            g,
-            first + half * LANES,
-        )
-    top[0] = T.max(
-        m[g], horizontal(T.max, tree(T.max, [s[g, lanes(i)] for i in range(BLOCK // LANES)]))
-    )
+def chunk_scores(q, s, stage, first, end, blocks, rows, variant, bias, group, head_dim):
+    """Base-2 scores of every query head for the keys in rows `first ..` (`blocks` whole
+    blocks of BLOCK) into `s[g, :]`, LANES rows at a time, each row group's K rows loaded (and
+    converted, see `StagedRows`) once for all the heads; the rows PREFETCH_AHEAD blocks ahead
+    are asked for meanwhile."""
+    for i in T.serial(blocks * (BLOCK // LANES)):
+        row: T.let[T.int32] = first + i * LANES
+        ahead: T.let[T.int32] = row + PREFETCH_AHEAD * BLOCK
+        if ahead + LANES <= end:
+            for r in T.unroll(LANES):
+                for line in T.unroll(head_dim // rows.line_elements()):
+                    T.evaluate(rows.prefetch(0, ahead + r, line * rows.line_elements()))
+                    T.evaluate(rows.prefetch(1, ahead + r, line * rows.line_elements()))
+        keys = T.meta_var(StagedRows(stage, row) if is_staged(rows) else rows)
+        if is_staged(rows):
+            stage_rows(stage, rows, 0, row, LANES, head_dim)
+        for g in T.serial(group):
+            s[g, lanes(i)] = bias.add_lanes(
+                variant.score(dot_rows(q, g, head_dim, keys, row)), g, row
+            )
+
+
+@T.macro
+def chunk_softmax(s, o, m, denom, top, factor, acc, blocks, g, head_dim):
+    """Fold head g's scores `s[g, :blocks * BLOCK]` into its running maximum `m`, denominator
+    `denom` and output `o` (rescaled once per chunk); `s` becomes the chunk's probabilities
+    (unnormalised). Two vector accumulators, a block's two row groups."""
+    acc[0, lanes(0)] = s[g, lanes(0)]
+    acc[1, lanes(0)] = s[g, lanes(1)]
+    for b in T.serial(1, blocks):
+        acc[0, lanes(0)] = T.max(acc[0, lanes(0)], s[g, lanes(2 * b)])
+        acc[1, lanes(0)] = T.max(acc[1, lanes(0)], s[g, lanes(2 * b + 1)])
+    top[0] = T.max(m[g], horizontal(T.max, T.max(acc[0, lanes(0)], acc[1, lanes(0)])))
     factor[0] = exp2(m[g] - top[0], 1, nonpositive=True)  # once, not a libm call per lane
     for d in T.vectorized(head_dim):
         o[g, d] = o[g, d] * factor[0]
     denom[g] = denom[g] * factor[0]
     m[g] = top[0]
-    for half in T.unroll(BLOCK // LANES):
-        s[g, lanes(half)] = exp2_lanes(s[g, lanes(half)] - broadcast(top[0]))
-    denom[g] = denom[g] + horizontal(
-        lambda a, b: a + b,
-        tree(lambda a, b: a + b, [s[g, lanes(i)] for i in range(BLOCK // LANES)]),
-    )
+    acc[0, lanes(0)] = broadcast(0.0)
+    acc[1, lanes(0)] = broadcast(0.0)
+    for b in T.serial(blocks):
+        for half in T.unroll(BLOCK // LANES):
+            s[g, lanes(2 * b + half)] = exp2_lanes(s[g, lanes(2 * b + half)] - broadcast(top[0]))
+            acc[half, lanes(0)] = acc[half, lanes(0)] + s[g, lanes(2 * b + half)]
+    denom[g] = denom[g] + horizontal(lambda a, b: a + b, acc[0, lanes(0)] + acc[1, lanes(0)])
+
+
+@T.macro
+def chunk_values(o, s, stage, first, blocks, rows, group, head_dim):
+    """Add each head's probability-weighted values of rows `first ..` to `o`, a block of BLOCK
+    rows (held in L1, converted once if staged) at a time for all the heads."""
     width = T.meta_var(chunk_lanes(head_dim))
-    for ch in T.serial(head_dim // width):
-        o[g, chunk(ch, width)] = weighted_values(
-            o[g, chunk(ch, width)], s, g, rows, first, ch, width
-        )
+    for b in T.serial(blocks):
+        row: T.let[T.int32] = first + b * BLOCK
+        values = T.meta_var(StagedRows(stage, row) if is_staged(rows) else rows)
+        if is_staged(rows):
+            stage_rows(stage, rows, 1, row, BLOCK, head_dim)
+        for g in T.serial(group):
+            for ch in T.serial(head_dim // width):
+                o[g, chunk(ch, width)] = weighted_values(
+                    o[g, chunk(ch, width)], s, g, values, row, b * BLOCK, ch, width
+                )
 
 
 @T.macro
 def attend(q, o, s, m, denom, top, lo, hi, rows, variant, bias, group, head_dim):
     """Fold the keys in rows `lo .. hi` of `rows` into the online softmax of `group` query
-    heads: whole blocks of BLOCK keys vectorised (`attend_block`), a last partial block one
-    score at a time."""
+    heads: chunks of up to CHUNK keys (whole blocks of BLOCK) vectorised, scores first, then
+    one softmax step per head, then the weighted values; a last partial block one score at a
+    time. `s` holds CHUNK scores per head."""
     # Bound once: the callers' bounds are expressions that every row index would repeat.
     start: T.let[T.int32] = lo
-    factor = T.decl_buffer((1,), "float32")  # a block's rescaling of the running sums
+    factor = T.decl_buffer((1,), "float32")  # a chunk's rescaling of the running sums
+    acc = T.decl_buffer((BLOCK // LANES, LANES), "float32")  # a chunk's maximum, then sum
+    stage = T.decl_buffer((2, BLOCK if is_staged(rows) else 1, head_dim), "float32")
     end: T.let[T.int32] = hi
-    for c in T.serial(T.max(end - start, 0) // BLOCK):
-        first: T.let[T.int32] = start + c * BLOCK
-        ahead: T.let[T.int32] = first + PREFETCH_AHEAD * BLOCK
-        if ahead + BLOCK <= end:
-            for r in T.serial(BLOCK):
-                for line in T.unroll(head_dim // rows.line_elements()):
-                    T.evaluate(rows.prefetch(0, ahead + r, line * rows.line_elements()))
-                    T.evaluate(rows.prefetch(1, ahead + r, line * rows.line_elements()))
+    whole: T.let[T.int32] = T.max(end - start, 0) // BLOCK
+    for c in T.serial((whole + CHUNK // BLOCK - 1) // (CHUNK // BLOCK)):
+        first: T.let[T.int32] = start + c * CHUNK
+        blocks: T.let[T.int32] = T.min(CHUNK // BLOCK, whole - c * (CHUNK // BLOCK))
+        chunk_scores(q, s, stage, first, end, blocks, rows, variant, bias, group, head_dim)
         for g in T.serial(group):
-            attend_block(q, o, s, m, denom, top, factor, first, rows, variant, bias, g, head_dim)
-    tail: T.let[T.int32] = start + T.max(end - start, 0) // BLOCK * BLOCK
+            chunk_softmax(s, o, m, denom, top, factor, acc, blocks, g, head_dim)
+        chunk_values(o, s, stage, first, blocks, rows, group, head_dim)
+    tail: T.let[T.int32] = start + whole * BLOCK
     n: T.let[T.int32] = end - tail
     if n > 0:
         for r in T.serial(n):

@@ -17,7 +17,7 @@ from tvm.relax.frontend.nn.llm._kernel_common import (
 )
 from tvm.script import tirx as T
 
-from .cpu_attention_common import BLOCK, LANES, PLAIN, AttentionVariant, PagedRows, attend
+from .cpu_attention_common import CHUNK, LANES, PLAIN, AttentionVariant, PagedRows, attend
 
 
 @functools.lru_cache(maxsize=128)  # immutable IR: parsed once per process
@@ -84,7 +84,7 @@ def decode_attention(
                 T.writes()
                 q = T.sblock_alloc_buffer((G, D), "float32")
                 o = T.sblock_alloc_buffer((G, D), "float32")
-                s = T.sblock_alloc_buffer((G, BLOCK), "float32")
+                s = T.sblock_alloc_buffer((G, CHUNK), "float32")
                 m = T.sblock_alloc_buffer((G,), "float32")
                 denom = T.sblock_alloc_buffer((G,), "float32")
                 top = T.sblock_alloc_buffer((1,), "float32")

@@ -19,7 +19,7 @@ from tvm.relax.frontend.nn.llm._kernel_common import (
 from tvm.script import tirx as T
 
 from .cpu_attention_common import (
-    BLOCK,
+    CHUNK,
     LANES,
     PLAIN,
     AttentionVariant,
@@ -94,7 +94,7 @@ def prefill_ragged_attention(
                 T.writes()
                 qv = T.sblock_alloc_buffer((G, D), "float32")
                 o = T.sblock_alloc_buffer((G, D), "float32")
-                s = T.sblock_alloc_buffer((G, BLOCK), "float32")
+                s = T.sblock_alloc_buffer((G, CHUNK), "float32")
                 m = T.sblock_alloc_buffer((G,), "float32")
                 denom = T.sblock_alloc_buffer((G,), "float32")
                 top = T.sblock_alloc_buffer((1,), "float32")
@@ -216,7 +216,7 @@ def prefill_paged_attention(
                 T.writes()
                 qv = T.sblock_alloc_buffer((G, D), "float32")
                 o = T.sblock_alloc_buffer((G, D), "float32")
-                s = T.sblock_alloc_buffer((G, BLOCK), "float32")
+                s = T.sblock_alloc_buffer((G, CHUNK), "float32")
                 m = T.sblock_alloc_buffer((G,), "float32")
                 denom = T.sblock_alloc_buffer((G,), "float32")
                 top = T.sblock_alloc_buffer((1,), "float32")
