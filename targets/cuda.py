@@ -20,6 +20,7 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 from tvm import relax
+from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
 from mlc.runtime.host import ToolMissingError
@@ -93,15 +94,26 @@ def nvcc_fatbin(code: str, arches: tuple[str, ...]) -> bytes:
         return output.read_bytes()
 
 
-@tvm.transform.module_pass(opt_level=0, name="NoTensorization")
-def no_tensorization(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-    """Keep DLight's matmul rule off tensor cores: in apache-tvm 0.27 its fp16 tensorization
-    (CUDA sm_70 and later) crashes the compiler (a segfault in `s_tir::Tensorize`) on fp16
-    matmuls as small as 256 x 256."""
-    for gvar, func in list(mod.functions.items()):
-        if isinstance(func, tvm.tirx.PrimFunc):
-            mod[gvar] = func.with_attr("dlight.do_not_tensorize", True)
-    return mod
+class WithoutTensorCores(dl.ScheduleRule):
+    """DLight's matmul rule shown the target as a GPU without tensor cores (`sm_60`), so that it
+    never tries its fp16/int8 tensorization. In apache-tvm 0.27 that path crashes the compiler
+    (a segfault in `s_tir::Tensorize`) on fp16 matmuls as small as 256 x 256; and even where a
+    function opts out (`dlight.do_not_tensorize`) the rule first imports every tensor intrinsic
+    TVM has (about 28 s, once per process). The architecture is the only thing the rule reads
+    from it besides the target's kind, which stays `cuda`."""
+
+    def __init__(self, rule: dl.ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target: Target, tunable: bool):
+        return self.rule.apply(func, _without_tensor_cores(str(target)), tunable)
+
+
+@functools.lru_cache(maxsize=8)
+def _without_tensor_cores(target: str) -> Target:
+    config = dict(Target(target).export())
+    config["arch"] = "sm_60"
+    return Target(config)
 
 
 @dataclasses.dataclass
@@ -121,8 +133,11 @@ class CUDATarget(GPUTarget):
         # Kernels are generated for the oldest requested arch: they run on all of them.
         return {"arch": min(self.arches, key=arch_number)}
 
-    def schedule_passes(self, target: Target) -> list[tvm.transform.Pass]:
-        return [no_tensorization, *super().schedule_passes(target)]
+    def schedule_rules(self) -> list[dl.ScheduleRule]:
+        return [
+            WithoutTensorCores(r) if isinstance(getattr(r, "rule", r), dl.gpu.Matmul) else r
+            for r in super().schedule_rules()
+        ]
 
     def planned_memory_passes(self, target: Target) -> list[tvm.transform.Pass]:
         # Lifts the kernel launches between allocations into functions the VM captures as
