@@ -6,7 +6,8 @@
 The 1.1B shape's layer by default (4 KV heads, 32 query heads, head dim 64, pages of 16).
 Each call reads one of 22 page sets scattered over a pool 22 times their size, as a decode
 step's 22 layers do, so K and V come from memory, not from cache. Threads: `TVM_NUM_THREADS`.
-Also prints the largest difference from float64 numpy on the same inputs.
+Also prints the largest difference from float64 numpy on the same inputs
+(`mlc.testing.numpy_kernels`, cast to the output's dtype).
 """
 
 from __future__ import annotations
@@ -20,21 +21,11 @@ import tvm
 
 from mlc.targets import get_target
 from mlc.targets.cpu_attention_decode import decode_attention
+from mlc.testing.kernel_case import KernelCase, is_buffer
+from mlc.testing.numpy_kernels import DECODE_ATTENTION, ModelFacts, numpy_reference
 
 PAGE = 16
 LAYERS = 22
-
-
-def exact(q, pages, table, keys: int, kv_heads: int, sm_scale: float) -> np.ndarray:
-    """Float64 attention of `q` [heads, dim] to the first `keys` rows of the pages `table`."""
-    rows = pages[table].astype(np.float64)  # [page, K|V, head, row, dim]
-    head_dim = q.shape[-1]
-    k, v = (rows[:, i].transpose(1, 0, 2, 3).reshape(kv_heads, -1, head_dim) for i in (0, 1))
-    queries = q.astype(np.float64).reshape(kv_heads, -1, head_dim)
-    scores = np.einsum("hgd,hkd->hgk", queries, k[:, :keys]) * sm_scale
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    return np.einsum("hgk,hkd->hgd", weights, v[:, :keys]).reshape(q.shape)
 
 
 def measure(keys: int, dtype: str, kv_heads: int, heads: int, head_dim: int, reps: int) -> str:
@@ -48,8 +39,9 @@ def measure(keys: int, dtype: str, kv_heads: int, heads: int, head_dim: int, rep
     tables = [rng.permutation(pool)[:n_pages].astype("int32") for _ in range(LAYERS)]
     q = rng.standard_normal((1, heads, head_dim)).astype(dtype)
     fixed = [q, pages, np.array([0, n_pages], "int32")]
-    rest = [np.array([keys - (n_pages - 1) * PAGE], "int32"), np.zeros(1, "int32")]
-    rest += [np.array([keys - 1], "int32"), np.zeros_like(q), np.zeros((1, heads), "float32")]
+    length_info = np.array([keys - (n_pages - 1) * PAGE], "int32")
+    rest = [length_info, np.zeros(1, "int32"), np.array([keys - 1], "int32")]
+    rest += [np.zeros_like(q), np.zeros((1, heads), "float32")]
     fixed_args = [tvm.runtime.tensor(a) for a in fixed]
     rest_args = [tvm.runtime.tensor(a) for a in rest]
     table_args = [tvm.runtime.tensor(t) for t in tables]
@@ -68,8 +60,12 @@ def measure(keys: int, dtype: str, kv_heads: int, heads: int, head_dim: int, rep
         call(i % LAYERS)
         times.append(time.perf_counter() - start)
     call(0)
-    reference = exact(q[0], pages, tables[0], keys, kv_heads, sm_scale)
-    error = np.abs(rest_args[-2].numpy()[0] - reference)
+    names = [p.name for p in kernel.params if is_buffer(p)]
+    arrays = dict(zip(names, [*fixed, tables[0], *rest], strict=True))
+    case = KernelCase({}, arrays, {"rotary_mode": 0, "sm_scale": sm_scale})
+    reference = numpy_reference(DECODE_ATTENTION, kernel, case, ModelFacts(0.0, None))
+    ours, exact = (a.astype(np.float64) for a in (rest_args[-2].numpy(), reference["output"]))
+    error = np.abs(ours - exact)
     median = statistics.median(times)
     kv_bytes = 2 * keys * kv_heads * head_dim * np.dtype(dtype).itemsize
     return (

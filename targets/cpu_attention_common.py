@@ -219,6 +219,14 @@ def prefetch(element):
     )
 
 
+def tree(op, values: list):
+    """`op` over `values`, as a balanced tree (shorter dependency chains than a left fold)."""
+    while len(values) > 1:
+        pairs = [op(a, b) for a, b in zip(values[::2], values[1::2], strict=False)]
+        values = pairs + ([values[-1]] if len(values) % 2 else [])
+    return values[0]
+
+
 def lanes(c):
     """Index of lanes c·LANES .. (c+1)·LANES."""
     return chunk(c, LANES)
@@ -362,25 +370,29 @@ def chunk_scores(q, s, stage, first, end, blocks, rows, variant, bias, group, he
 def chunk_softmax(s, o, m, denom, top, factor, acc, blocks, g, head_dim):
     """Fold head g's scores `s[g, :blocks * BLOCK]` into its running maximum `m`, denominator
     `denom` and output `o` (rescaled once per chunk); `s` becomes the chunk's probabilities
-    (unnormalised). Two vector accumulators, a block's two row groups."""
-    acc[0, lanes(0)] = s[g, lanes(0)]
-    acc[1, lanes(0)] = s[g, lanes(1)]
+    (unnormalised). One vector accumulator `acc[h]` per row group h of a block."""
+    groups = T.meta_var(BLOCK // LANES)
+    for h in T.unroll(groups):
+        acc[h, lanes(0)] = s[g, lanes(h)]
     for b in T.serial(1, blocks):
-        acc[0, lanes(0)] = T.max(acc[0, lanes(0)], s[g, lanes(2 * b)])
-        acc[1, lanes(0)] = T.max(acc[1, lanes(0)], s[g, lanes(2 * b + 1)])
-    top[0] = T.max(m[g], horizontal(T.max, T.max(acc[0, lanes(0)], acc[1, lanes(0)])))
+        for h in T.unroll(groups):
+            acc[h, lanes(0)] = T.max(acc[h, lanes(0)], s[g, lanes(b * groups + h)])
+    top[0] = T.max(m[g], horizontal(T.max, tree(T.max, [acc[h, lanes(0)] for h in range(groups)])))
     factor[0] = exp2(m[g] - top[0], 1, nonpositive=True)  # once, not a libm call per lane
     for d in T.vectorized(head_dim):
         o[g, d] = o[g, d] * factor[0]
     denom[g] = denom[g] * factor[0]
     m[g] = top[0]
-    acc[0, lanes(0)] = broadcast(0.0)
-    acc[1, lanes(0)] = broadcast(0.0)
+    for h in T.unroll(groups):
+        acc[h, lanes(0)] = broadcast(0.0)
     for b in T.serial(blocks):
-        for half in T.unroll(BLOCK // LANES):
-            s[g, lanes(2 * b + half)] = exp2_lanes(s[g, lanes(2 * b + half)] - broadcast(top[0]))
-            acc[half, lanes(0)] = acc[half, lanes(0)] + s[g, lanes(2 * b + half)]
-    denom[g] = denom[g] + horizontal(lambda a, b: a + b, acc[0, lanes(0)] + acc[1, lanes(0)])
+        for h in T.unroll(groups):
+            s[g, lanes(b * groups + h)] = exp2_lanes(
+                s[g, lanes(b * groups + h)] - broadcast(top[0])
+            )
+            acc[h, lanes(0)] = acc[h, lanes(0)] + s[g, lanes(b * groups + h)]
+    add = T.meta_var(lambda a, b: a + b)
+    denom[g] = denom[g] + horizontal(add, tree(add, [acc[h, lanes(0)] for h in range(groups)]))
 
 
 @T.macro

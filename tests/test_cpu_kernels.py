@@ -17,6 +17,8 @@ from mlc.build import BuildOptions, build
 from mlc.runtime import CompiledModel
 from mlc.targets import get_target
 from mlc.targets.cpu_attention_decode import decode_attention
+from mlc.testing.kernel_case import KernelCase, is_buffer
+from mlc.testing.numpy_kernels import DECODE_ATTENTION, ModelFacts, numpy_reference
 from mlc.testing.random_model import save_model
 
 GQA = {"num_key_value_heads": 2}
@@ -51,8 +53,8 @@ def test_decode_attention_kernel_over_several_chunks_matches_numpy(dtype):
     """The decode kernel over 300 keys (two whole chunks of its online softmax, two blocks and
     12 single keys) in pages scattered over the cache, 4 query heads per KV head; a float16
     cache's rows are converted once for all the heads. Against float64 numpy on the same
-    inputs: the output within its dtype's rounding, the log-sum-exp within 1e-5 (one key
-    fewer moves both beyond that)."""
+    inputs (`mlc.testing.numpy_kernels`, the GPU kernel checks' reference): the output within
+    its dtype's rounding, the log-sum-exp within 1e-5 (one key fewer moves both beyond that)."""
     kv_heads, group, head_dim, page, keys = 2, 4, 64, 16, 300
     target = get_target("llvm").tvm_target()
     kernel = decode_attention(kv_heads, kv_heads * group, head_dim, dtype, page)
@@ -61,29 +63,33 @@ def test_decode_attention_kernel_over_several_chunks_matches_numpy(dtype):
     pages = rng.standard_normal((40, 2, kv_heads, page, head_dim)).astype(dtype)
     table = rng.permutation(40)[: -(-keys // page)].astype("int32")
     q = rng.standard_normal((1, kv_heads * group, head_dim)).astype(dtype)
-    last_page = keys - (len(table) - 1) * page
-    arrays = [q, pages, np.array([0, len(table)], "int32"), table, np.array([last_page], "int32")]
-    arrays += [np.zeros(1, "int32"), np.array([keys - 1], "int32")]
-    arrays += [np.zeros_like(q), np.zeros((1, kv_heads * group), "float32")]
-    args = [tvm.runtime.tensor(a) for a in arrays]
-    sm_scale = head_dim**-0.5
-    lib["decode"](*args, 0, 1.0, 1e4, sm_scale)
+
+    def case(n_keys: int) -> KernelCase:
+        """The kernel's buffers by name, `n_keys` of the table's rows in use."""
+        arrays = {
+            "Q": q,
+            "pages": pages,
+            "page_table_indptr": np.array([0, len(table)], "int32"),
+            "page_table_values": table,
+            "length_info": np.array([n_keys - (len(table) - 1) * page], "int32"),
+            "k_rope_pos_offset": np.zeros(1, "int32"),
+            "q_rope_position": np.array([n_keys - 1], "int32"),
+            "output": np.zeros_like(q),
+            "lse": np.zeros((1, kv_heads * group), "float32"),
+        }
+        return KernelCase({}, arrays, {"rotary_mode": 0, "sm_scale": head_dim**-0.5})
+
+    ours = case(keys)
+    buffers = [ours.arrays[p.name] for p in kernel.params if is_buffer(p)]
+    args = [tvm.runtime.tensor(a) for a in buffers]
+    lib["decode"](*args, 0, 1.0, 1e4, ours.scalars["sm_scale"])
     out, lse = args[-2].numpy()[0].astype(np.float64), args[-1].numpy()[0]
 
-    def exact(n_keys: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = pages[table].astype(np.float64)  # [page, K|V, head, row, dim]
-        k, v = (rows[:, i].transpose(1, 0, 2, 3).reshape(kv_heads, -1, head_dim) for i in (0, 1))
-        queries = q[0].astype(np.float64).reshape(kv_heads, group, head_dim)
-        scores = np.einsum("hgd,hkd->hgk", queries, k[:, :n_keys]) * sm_scale
-        weights = np.exp(scores - scores.max(-1, keepdims=True))
-        sums = weights.sum(-1, keepdims=True)
-        values = np.einsum("hgk,hkd->hgd", weights / sums, v[:, :n_keys])
-        lse2 = (np.log(sums[..., 0]) + scores.max(-1)) / np.log(2)
-        return values.reshape(-1, head_dim), lse2.reshape(-1)
-
-    atol = 2.5e-4 if dtype == "float16" else 1e-5  # float16: half its step below 0.5
+    facts = ModelFacts(rms_norm_eps=0.0, quantization=None)  # attention reads neither
+    atol = 2.5e-4 if dtype == "float16" else 1e-5  # float16: a step of its output below 0.5
     for n_keys, close in ((keys, True), (keys - 1, False)):
-        values, lse2 = exact(n_keys)
+        exact = numpy_reference(DECODE_ATTENTION, kernel, case(n_keys), facts)
+        values, lse2 = exact["output"][0].astype(np.float64), exact["lse"][0]
         if close:
             np.testing.assert_allclose(out, values, atol=atol, rtol=0)
             np.testing.assert_allclose(lse, lse2, atol=1e-5, rtol=0)
